@@ -1,0 +1,274 @@
+"""Connection settings: petreloss.conf-style INI files and the boto3 chain.
+
+A ``ceph_config`` is what OpenUni passes next to ``ceph_folder``. It may be
+
+* a path to a petreloss.conf-style INI file::
+
+      [DEFAULT]
+      default_cluster = cluster1
+
+      [cluster1]
+      access_key = ...
+      secret_key = ...
+      host_base = http://10.0.0.1:7480
+
+  plus optional per-cluster keys of ours: ``region``, ``addressing_style``,
+  ``verify_ssl``, ``ca_bundle``, ``max_pool_connections``, ``retry_mode``,
+  ``max_attempts``, ``connect_timeout``, ``read_timeout``, ``profile``;
+* a dict with the same keys (an mmengine config), one level per cluster or flat;
+* ``None``: the standard boto3 chain (``AWS_*`` variables, profiles) with the
+  endpoint from ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` / ``S3_ENDPOINT_URL``,
+  or a file named by ``BLIP3O_CEPH_CONFIG``.
+
+Secrets are kept out of ``repr`` and error messages.
+"""
+from __future__ import annotations
+
+import configparser
+import logging
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
+from urllib.parse import urlparse
+
+from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CLUSTER_NAME = "default"
+CONFIG_ENV_VAR = "BLIP3O_CEPH_CONFIG"
+_ENDPOINT_ENV_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "S3_ENDPOINT_URL")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+# Keys of the closed client's petreloss.conf that have no meaning for boto3.
+_IGNORED_PETREL_KEYS = {
+    "enable_mc", "boto", "debug", "log_file_debug", "file_log_level", "console_log_level",
+    "count_disp", "mc_server_list_path", "mc_client_config_path", "enable_mem_trace",
+    "fake", "get_retry_max", "s3_cpp_log_level", "default_cluster", "enable_multipart",
+}
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Everything needed to build a boto3 S3 client for one cluster."""
+
+    endpoint_url: Optional[str] = None
+    access_key: Optional[str] = field(default=None, repr=False)
+    secret_key: Optional[str] = field(default=None, repr=False)
+    session_token: Optional[str] = field(default=None, repr=False)
+    profile: Optional[str] = None
+    region: Optional[str] = None
+    addressing_style: Optional[str] = None  # path | virtual | auto; None -> path off AWS
+    verify_ssl: bool = True
+    ca_bundle: Optional[str] = None
+    max_pool_connections: int = 64
+    retry_mode: str = "standard"
+    max_attempts: int = 5
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if (self.access_key is None) != (self.secret_key is None):
+            raise ConfigError("access_key and secret_key must be given together")
+        if self.addressing_style not in (None, "path", "virtual", "auto"):
+            raise ConfigError(f"addressing_style must be path, virtual or auto, not {self.addressing_style!r}")
+        if self.retry_mode not in ("legacy", "standard", "adaptive"):
+            raise ConfigError(f"retry_mode must be legacy, standard or adaptive, not {self.retry_mode!r}")
+        if self.max_attempts < 1 or self.max_pool_connections < 1:
+            raise ConfigError("max_attempts and max_pool_connections must be >= 1")
+        if self.endpoint_url is not None:
+            parsed = urlparse(self.endpoint_url)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                raise ConfigError(f"endpoint {self.endpoint_url!r} is not an http(s) URL")
+
+    @property
+    def is_aws(self) -> bool:
+        """True when talking to AWS itself (no endpoint, or an amazonaws.com one)."""
+        if not self.endpoint_url:
+            return True
+        host = urlparse(self.endpoint_url).hostname or ""
+        return host.endswith(".amazonaws.com") or host.endswith(".amazonaws.com.cn")
+
+    @property
+    def effective_addressing_style(self) -> str:
+        """Path-style for Ceph/MinIO (bucket DNS names rarely resolve there)."""
+        if self.addressing_style:
+            return self.addressing_style
+        return "auto" if self.is_aws else "path"
+
+    @property
+    def verify(self) -> Union[bool, str]:
+        """The ``verify`` argument for boto3: False, a CA bundle path, or True."""
+        if not self.verify_ssl:
+            return False
+        return self.ca_bundle or True
+
+    def describe(self) -> str:
+        """A log-safe one-line description (no secrets)."""
+        creds = "static keys" if self.access_key else (f"profile {self.profile}" if self.profile else "boto3 chain")
+        return f"endpoint={self.endpoint_url or 'AWS'} credentials={creds} addressing={self.effective_addressing_style}"
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Settings per cluster name, plus which cluster ``s3://`` means."""
+
+    clusters: Mapping[str, S3Settings]
+    default_cluster: str = DEFAULT_CLUSTER_NAME
+    source: str = "<defaults>"
+
+    def settings_for(self, cluster: Optional[str]) -> S3Settings:
+        name = cluster or self.default_cluster
+        try:
+            return self.clusters[name]
+        except KeyError:
+            known = ", ".join(sorted(self.clusters)) or "none"
+            raise ConfigError(
+                f"unknown cluster {name!r} in {self.source}; known clusters: {known}. "
+                f"Add a [{name}] section or use s3://bucket/key for the default cluster") from None
+
+
+_INT_KEYS = {"max_pool_connections", "max_attempts"}
+_FLOAT_KEYS = {"connect_timeout", "read_timeout"}
+_SETTING_KEYS = {f.name for f in fields(S3Settings)}
+_ALIASES = {"host_base": "endpoint_url", "endpoint": "endpoint_url", "region_name": "region",
+            "aws_access_key_id": "access_key", "aws_secret_access_key": "secret_key",
+            "aws_session_token": "session_token", "verify": "verify_ssl"}
+
+
+def _normalise_endpoint(value: str, *, where: str) -> str:
+    value = value.strip()
+    if not value:
+        raise ConfigError(f"{where}: empty host_base/endpoint_url")
+    if "://" not in value:
+        value = "http://" + value  # petreloss.conf often has a bare host:port
+    return value.rstrip("/")
+
+
+def settings_from_mapping(values: Mapping[str, Any], *, where: str) -> S3Settings:
+    """Build S3Settings from a mapping of (possibly aliased, string) values."""
+    kwargs: Dict[str, Any] = {}
+    for raw_key, raw_value in values.items():
+        key = _ALIASES.get(raw_key, raw_key)
+        if key in _IGNORED_PETREL_KEYS:
+            continue
+        if key not in _SETTING_KEYS:
+            raise ConfigError(f"{where}: unknown option {raw_key!r}; known: {', '.join(sorted(_SETTING_KEYS | set(_ALIASES)))}")
+        value = raw_value
+        try:
+            if key in _INT_KEYS:
+                value = int(value)
+            elif key in _FLOAT_KEYS:
+                value = float(value)
+            elif key == "verify_ssl":
+                if isinstance(value, str):
+                    low = value.strip().lower()
+                    if low in _TRUE:
+                        value = True
+                    elif low in _FALSE:
+                        value = False
+                    else:  # a path given as verify= is a CA bundle
+                        kwargs["ca_bundle"] = value
+                        value = True
+                value = bool(value)
+            elif key == "endpoint_url" and value is not None:
+                value = _normalise_endpoint(str(value), where=where)
+            elif key == "ca_bundle" and value:
+                value = os.path.expanduser(str(value))
+                if not os.path.isfile(value):
+                    raise ConfigError(f"{where}: ca_bundle {value!r} does not exist")
+        except ValueError as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"{where}: option {raw_key!r} has invalid value {raw_value!r}") from None
+        kwargs[key] = value
+    try:
+        return S3Settings(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def load_petreloss_conf(path: Union[str, os.PathLike]) -> StorageConfig:
+    """Read a petreloss.conf-style INI file."""
+    path = os.path.expanduser(os.fspath(path))
+    if not os.path.isfile(path):
+        raise ConfigError(f"ceph_config {path!r} does not exist; pass a petreloss.conf-style file or None")
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            parser.read_file(fh)
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        # configparser errors may quote lines; keep only the kind of error and line number.
+        line = getattr(exc, "lineno", None)
+        raise ConfigError(
+            f"ceph_config {path!r} is not a valid INI file ({type(exc).__name__}"
+            f"{f' at line {line}' if line else ''}); expected [DEFAULT] default_cluster and [cluster] sections") from None
+    sections = parser.sections()
+    if not sections:
+        raise ConfigError(f"ceph_config {path!r} has no [cluster] section with access_key/secret_key/host_base")
+    default = parser.defaults().get("default_cluster") or (sections[0] if len(sections) == 1 else None)
+    if default is None:
+        raise ConfigError(f"ceph_config {path!r}: several clusters but no 'default_cluster' in [DEFAULT]")
+    if default not in sections:
+        raise ConfigError(f"ceph_config {path!r}: default_cluster {default!r} has no [{default}] section")
+    clusters = {name: settings_from_mapping(dict(parser.items(name)), where=f"{path} [{name}]") for name in sections}
+    return StorageConfig(clusters=clusters, default_cluster=default, source=path)
+
+
+def _config_from_dict(values: Mapping[str, Any]) -> StorageConfig:
+    nested = {k: v for k, v in values.items() if isinstance(v, Mapping)}
+    if nested:
+        flat = {k: v for k, v in values.items() if not isinstance(v, Mapping) and k != "default_cluster"}
+        clusters = {name: settings_from_mapping({**flat, **sub}, where=f"ceph_config[{name!r}]")
+                    for name, sub in nested.items()}
+        default = values.get("default_cluster") or next(iter(clusters))
+        if default not in clusters:
+            raise ConfigError(f"ceph_config dict: default_cluster {default!r} is not one of {sorted(clusters)}")
+        return StorageConfig(clusters=clusters, default_cluster=default, source="ceph_config dict")
+    flat = {k: v for k, v in values.items() if k != "default_cluster"}
+    return StorageConfig(clusters={DEFAULT_CLUSTER_NAME: settings_from_mapping(flat, where="ceph_config dict")},
+                         source="ceph_config dict")
+
+
+def config_from_environment() -> StorageConfig:
+    """The boto3 chain: credentials resolved by boto3 itself, endpoint from env."""
+    env_file = os.environ.get(CONFIG_ENV_VAR)
+    if env_file:
+        return load_petreloss_conf(env_file)
+    endpoint = next((os.environ[v] for v in _ENDPOINT_ENV_VARS if os.environ.get(v)), None)
+    values: Dict[str, Any] = {}
+    if endpoint:
+        values["endpoint_url"] = endpoint
+    if os.environ.get("AWS_CA_BUNDLE"):
+        values["ca_bundle"] = os.environ["AWS_CA_BUNDLE"]
+    settings = settings_from_mapping(values, where="environment")
+    return StorageConfig(clusters={DEFAULT_CLUSTER_NAME: settings}, source="environment (boto3 chain)")
+
+
+def load_config(ceph_config: Union[None, str, os.PathLike, Mapping[str, Any], StorageConfig, S3Settings] = None,
+                **overrides: Any) -> StorageConfig:
+    """Resolve any accepted ``ceph_config`` form into a StorageConfig.
+
+    ``overrides`` (e.g. ``endpoint_url=...``) apply to every cluster.
+    """
+    if isinstance(ceph_config, StorageConfig):
+        config = ceph_config
+    elif isinstance(ceph_config, S3Settings):
+        config = StorageConfig(clusters={DEFAULT_CLUSTER_NAME: ceph_config}, source="S3Settings")
+    elif ceph_config is None:
+        config = config_from_environment()
+    elif isinstance(ceph_config, Mapping):
+        config = _config_from_dict(ceph_config)
+    elif isinstance(ceph_config, (str, os.PathLike)):
+        config = load_petreloss_conf(ceph_config)
+    else:
+        raise ConfigError(f"ceph_config must be a path, dict or None, not {type(ceph_config).__name__}")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if overrides:
+        merged = settings_from_mapping(overrides, where="overrides")
+        keys = {_ALIASES.get(k, k) for k in overrides}
+        clusters = {name: replace(settings, **{k: getattr(merged, k) for k in keys})
+                    for name, settings in config.clusters.items()}
+        config = replace(config, clusters=clusters)
+    return config

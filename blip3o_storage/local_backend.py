@@ -1,0 +1,123 @@
+"""Local filesystem backend: same protocol as S3, for dev and fallback."""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Iterator, Optional
+
+from .backend import ObjectInfo
+from .errors import AccessDeniedError, InvalidPathError, ObjectNotFoundError, StorageError
+from .uri import parse_uri
+
+
+def _path(uri: str) -> str:
+    parsed = parse_uri(uri)
+    if parsed.is_s3:
+        raise InvalidPathError(f"{uri!r} is an S3 URI; the local backend takes paths")
+    return parsed.path
+
+
+class _mapped_os_errors:
+    """Context manager turning OSError into the package hierarchy, naming the path."""
+
+    def __init__(self, path: str, action: str) -> None:
+        self.path, self.action = path, action
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None or isinstance(exc, StorageError) or not isinstance(exc, OSError):
+            return False
+        if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+            raise ObjectNotFoundError(f"{self.path}: no such file ({self.action})") from exc
+        if isinstance(exc, PermissionError):
+            raise AccessDeniedError(f"{self.path}: permission denied ({self.action})") from exc
+        if isinstance(exc, IsADirectoryError):
+            raise ObjectNotFoundError(f"{self.path}: is a directory, not a file ({self.action})") from exc
+        raise StorageError(f"{self.path}: {self.action} failed: {exc.strerror or exc}") from exc
+
+
+class LocalBackend:
+    """Reads and writes plain files. ``put`` is atomic (temp file + rename)."""
+
+    def get(self, uri: str) -> bytes:
+        path = _path(uri)
+        with _mapped_os_errors(path, "read"), open(path, "rb") as fh:
+            return fh.read()
+
+    def get_text(self, uri: str, encoding: str = "utf-8") -> str:
+        data = self.get(uri)
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError as exc:
+            raise StorageError(f"{uri}: not valid {encoding} text ({exc.reason} at byte {exc.start})") from None
+
+    def get_range(self, uri: str, start: int, length: int) -> bytes:
+        if start < 0 or length < 0:
+            raise InvalidPathError(f"{uri}: invalid range start={start} length={length}")
+        path = _path(uri)
+        with _mapped_os_errors(path, "ranged read"), open(path, "rb") as fh:
+            fh.seek(start)
+            return fh.read(length)
+
+    def exists(self, uri: str) -> bool:
+        return os.path.exists(_path(uri))
+
+    def isdir(self, uri: str) -> bool:
+        return os.path.isdir(_path(uri))
+
+    def stat(self, uri: str) -> ObjectInfo:
+        path = _path(uri)
+        with _mapped_os_errors(path, "stat"):
+            st = os.stat(path)
+        return ObjectInfo(key=path, size=st.st_size, mtime=st.st_mtime, is_dir=os.path.isdir(path))
+
+    def put(self, uri: str, data: bytes, content_type: Optional[str] = None) -> None:
+        path = _path(uri)
+        directory = os.path.dirname(os.path.abspath(path))
+        with _mapped_os_errors(path, "write"):
+            os.makedirs(directory, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
+
+    def list(self, uri: str, recursive: bool = True) -> Iterator[ObjectInfo]:
+        root = _path(uri)
+        if not os.path.isdir(root):
+            return
+        if not recursive:
+            with _mapped_os_errors(root, "list"):
+                entries = sorted(os.scandir(root), key=lambda e: e.name)
+            for entry in entries:
+                if entry.is_dir():
+                    yield ObjectInfo(key=entry.name + "/", size=0, is_dir=True)
+                else:
+                    st = entry.stat()
+                    yield ObjectInfo(key=entry.name, size=st.st_size, mtime=st.st_mtime)
+            return
+        found = []
+        for dirpath, _dirnames, filenames in os.walk(root):
+            rel_dir = os.path.relpath(dirpath, root)
+            for name in filenames:
+                st = os.stat(os.path.join(dirpath, name))
+                rel = name if rel_dir == "." else f"{rel_dir.replace(os.sep, '/')}/{name}"
+                found.append(ObjectInfo(key=rel, size=st.st_size, mtime=st.st_mtime))
+        # S3 lists in UTF-8 byte order; match it so callers see one order everywhere.
+        found.sort(key=lambda info: info.key.encode("utf-8"))
+        yield from found
+
+    def delete(self, uri: str) -> None:
+        """Remove a file; a missing file is not an error (as S3 DeleteObject)."""
+        path = _path(uri)
+        with _mapped_os_errors(path, "delete"):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass

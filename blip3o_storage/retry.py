@@ -1,0 +1,117 @@
+"""Retries that botocore does not do for us.
+
+botocore's retry handler covers the request/response-header phase (5xx,
+throttling, connection errors). It does not cover errors while *reading the
+body* of a GetObject (reset mid-body, truncated body, read timeouts), and it
+gives up after its own attempts. :func:`call_with_retries` wraps a whole
+operation, body read included, and retries those with jittered backoff.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, TypeVar
+
+from botocore.exceptions import (
+    BotoCoreError, ClientError, ConnectionClosedError, ConnectionError as BotoConnectionError,
+    IncompleteReadError, ReadTimeoutError, ResponseStreamingError)
+from urllib3.exceptions import HTTPError as Urllib3HTTPError
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RETRYABLE_STATUS = {500, 502, 503, 504}
+RETRYABLE_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout",
+                   "RequestTimeTooSkewed", "Throttling", "ThrottlingException", "503", "500"}
+
+
+@dataclass
+class RetryStats:
+    """Counters a user can read: how often reads had to be retried.
+
+    ``botocore_retries`` are retries botocore did inside one call;
+    ``retries`` are the extra attempts made here on top of that.
+    """
+
+    calls: int = 0
+    retries: int = 0
+    botocore_retries: int = 0
+    failures: int = 0
+    by_reason: Dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def record_retry(self, reason: str) -> None:
+        with self._lock:
+            self.retries += 1
+            self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+
+    def add(self, *, calls: int = 0, botocore_retries: int = 0, failures: int = 0) -> None:
+        with self._lock:
+            self.calls += calls
+            self.botocore_retries += botocore_retries
+            self.failures += failures
+
+    def snapshot(self) -> Dict[str, object]:
+        with self._lock:
+            return {"calls": self.calls, "retries": self.retries, "botocore_retries": self.botocore_retries,
+                    "failures": self.failures, "by_reason": dict(self.by_reason)}
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+
+def retry_reason(exc: BaseException) -> Optional[str]:
+    """Why ``exc`` is worth retrying, or None when it is final (404, 403, ...)."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = str(error.get("Code", ""))
+        if code in RETRYABLE_CODES or status in RETRYABLE_STATUS:
+            return code or str(status)
+        return None
+    if isinstance(exc, (IncompleteReadError, ResponseStreamingError)):
+        return "truncated-body"
+    if isinstance(exc, ReadTimeoutError):
+        return "read-timeout"
+    if isinstance(exc, (ConnectionClosedError, BotoConnectionError)):
+        return "connection"
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError, TimeoutError)):
+        return "connection-reset"
+    if isinstance(exc, Urllib3HTTPError):
+        return "http-protocol"
+    if isinstance(exc, BotoCoreError) and "Connection" in type(exc).__name__:
+        return "connection"
+    return None
+
+
+def call_with_retries(fn: Callable[[], T], *, what: str, attempts: int, stats: RetryStats,
+                      base_delay: float = 0.05, max_delay: float = 2.0) -> T:
+    """Run ``fn`` up to ``attempts`` times, retrying only retryable failures.
+
+    The last retryable exception is re-raised for the caller to map; ``what``
+    (a URI, never a secret) goes into the log line.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - filtered by retry_reason
+            reason = retry_reason(exc)
+            if reason is None or attempt == attempts:
+                if reason is not None:
+                    stats.add(failures=1)
+                raise
+            stats.record_retry(reason)
+            delay = min(max_delay, base_delay * (2 ** (attempt - 1))) * (0.5 + random.random())
+            logger.debug("retrying %s after %s (attempt %d/%d, sleeping %.2fs)", what, reason,
+                         attempt, attempts, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")

@@ -1,0 +1,309 @@
+"""S3 backend over boto3, for Ceph RGW, MinIO and AWS S3.
+
+The boto3 client is created lazily and once per process id: DataLoader
+workers fork, and a client (with its urllib3 pool) shared across fork has been
+seen to hand one worker another worker's response. Pickling drops the client.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import threading
+from typing import Any, Callable, Iterator, Optional, TypeVar
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from .backend import ObjectInfo
+from .config import S3Settings
+from .errors import (AccessDeniedError, BucketNotFoundError, InvalidPathError, ObjectNotFoundError, StorageError,
+                     TransientStorageError)
+from .retry import RetryStats, call_with_retries, retry_reason
+from .uri import StorageURI, parse_uri
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_NOT_FOUND = {"NoSuchKey", "NotFound", "404", "NoSuchBucket", "NoSuchUpload"}
+_DENIED = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden",
+           "AllAccessDisabled", "InvalidToken", "ExpiredToken"}
+
+
+def botocore_config(settings: S3Settings) -> Config:
+    """The botocore Config for ``settings``.
+
+    Off AWS, checksums are only computed when an operation requires them:
+    boto3 >= 1.36 otherwise sends streaming-trailer checksums that Ceph RGW
+    (over https) rejects with 411 MissingContentLength.
+    """
+    extra: dict = {}
+    if not settings.is_aws:
+        extra = {"request_checksum_calculation": "when_required",
+                 "response_checksum_validation": "when_required"}
+    return Config(
+        region_name=settings.region or ("us-east-1" if not settings.is_aws else None),
+        signature_version="s3v4",
+        s3={"addressing_style": settings.effective_addressing_style},
+        retries={"mode": settings.retry_mode, "max_attempts": settings.max_attempts},
+        max_pool_connections=settings.max_pool_connections,
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        tcp_keepalive=True,
+        **extra,
+    )
+
+
+def make_client(settings: S3Settings) -> Any:
+    """A new boto3 S3 client from its own Session (sessions are not thread-safe)."""
+    session = boto3.session.Session(
+        aws_access_key_id=settings.access_key,
+        aws_secret_access_key=settings.secret_key,
+        aws_session_token=settings.session_token,
+        profile_name=settings.profile,
+    )
+    return session.client("s3", endpoint_url=settings.endpoint_url, verify=settings.verify,
+                          config=botocore_config(settings))
+
+
+def map_error(exc: BaseException, uri: str, action: str) -> StorageError:
+    """Translate a boto error into the package hierarchy, naming the URI."""
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code == "NoSuchBucket":
+            return BucketNotFoundError(f"{uri}: bucket does not exist ({action}); create it or fix the URI")
+        if code in _NOT_FOUND or status == 404:
+            return ObjectNotFoundError(f"{uri}: no such object ({action})")
+        if code in _DENIED or status == 403:
+            return AccessDeniedError(
+                f"{uri}: access denied ({code or status}) during {action}; check access_key/secret_key "
+                f"in the ceph_config and the bucket policy")
+        if code == "InvalidRange":
+            return InvalidPathError(f"{uri}: requested range not satisfiable ({action})")
+        if retry_reason(exc):
+            return TransientStorageError(f"{uri}: {action} failed after retries ({code or status})")
+        return StorageError(f"{uri}: {action} failed ({code or status}: {error.get('Message', '')})")
+    if isinstance(exc, NoCredentialsError):
+        return AccessDeniedError(f"{uri}: no credentials found for {action}; set access_key/secret_key "
+                                 f"in the ceph_config or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+    reason = retry_reason(exc)
+    if reason:
+        return TransientStorageError(f"{uri}: {action} failed after retries ({reason}: {type(exc).__name__})")
+    if isinstance(exc, BotoCoreError):
+        return StorageError(f"{uri}: {action} failed ({type(exc).__name__})")
+    return StorageError(f"{uri}: {action} failed ({type(exc).__name__}: {exc})")
+
+
+class S3Backend:
+    """Byte-level S3 access for one cluster's settings; safe across fork and pickle."""
+
+    def __init__(self, settings: S3Settings, *, cluster: Optional[str] = None) -> None:
+        self.settings = settings
+        self.cluster = cluster
+        self.stats = RetryStats()
+        self._client: Any = None
+        self._client_pid: Optional[int] = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"S3Backend({self.settings.describe()}, cluster={self.cluster!r})"
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_client"] = None
+        state["_client_pid"] = None
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        """The boto3 client of *this* process, created on first use."""
+        pid = os.getpid()
+        if self._client is None or self._client_pid != pid:
+            if self._client_pid not in (None, pid):
+                # Forked: the parent's lock may be held by a thread that no longer exists here.
+                self._lock = threading.Lock()
+            with self._lock:
+                if self._client is None or self._client_pid != pid:
+                    self._client = make_client(self.settings)
+                    self._client_pid = pid
+                    logger.debug("created S3 client in pid %d (%s)", pid, self.settings.describe())
+        return self._client
+
+    # -- helpers ---------------------------------------------------------
+    def _parse(self, uri: str, *, need_key: bool = True) -> StorageURI:
+        parsed = parse_uri(uri)
+        if not parsed.is_s3:
+            raise InvalidPathError(f"{uri!r} is not an S3 URI (s3://bucket/key)")
+        if need_key and not parsed.key:
+            raise InvalidPathError(f"{uri!r} names a bucket, not an object; add a key")
+        return parsed
+
+    def _run(self, uri: str, action: str, fn: Callable[[], T]) -> T:
+        """Call ``fn`` with our retries; map any final error."""
+        def counted() -> T:
+            try:
+                result = fn()
+            except ClientError as exc:
+                self.stats.add(botocore_retries=exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0))
+                raise
+            return result
+        self.stats.add(calls=1)
+        try:
+            return call_with_retries(counted, what=uri, attempts=self.settings.max_attempts, stats=self.stats)
+        except Exception as exc:  # noqa: BLE001 - mapped and re-raised
+            raise map_error(exc, uri, action) from exc
+
+    def _note_retries(self, response: dict) -> None:
+        attempts = response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+        if attempts:
+            self.stats.add(botocore_retries=attempts)
+
+    def _read_body(self, response: dict, uri: str) -> bytes:
+        self._note_retries(response)
+        body = response["Body"]
+        try:
+            data = body.read()
+        finally:
+            body.close()
+        expected = response.get("ContentLength")
+        if expected is not None and len(data) != expected:
+            from botocore.exceptions import IncompleteReadError
+            raise IncompleteReadError(actual_bytes=len(data), expected_bytes=expected)
+        return data
+
+    # -- protocol --------------------------------------------------------
+    def get(self, uri: str) -> bytes:
+        p = self._parse(uri)
+
+        def op() -> bytes:
+            return self._read_body(self.client.get_object(Bucket=p.bucket, Key=p.key), uri)
+        return self._run(uri, "get", op)
+
+    def get_text(self, uri: str, encoding: str = "utf-8") -> str:
+        data = self.get(uri)
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError as exc:
+            raise StorageError(f"{uri}: not valid {encoding} text ({exc.reason} at byte {exc.start})") from None
+
+    def get_range(self, uri: str, start: int, length: int) -> bytes:
+        if start < 0 or length < 0:
+            raise InvalidPathError(f"{uri}: invalid range start={start} length={length}")
+        if length == 0:
+            return b""
+        p = self._parse(uri)
+
+        def op() -> bytes:
+            response = self.client.get_object(Bucket=p.bucket, Key=p.key,
+                                              Range=f"bytes={start}-{start + length - 1}")
+            return self._read_body(response, uri)
+        return self._run(uri, f"ranged get {start}+{length}", op)
+
+    def stat(self, uri: str) -> ObjectInfo:
+        p = self._parse(uri)
+
+        def op() -> ObjectInfo:
+            r = self.client.head_object(Bucket=p.bucket, Key=p.key)
+            self._note_retries(r)
+            return ObjectInfo(key=p.key, size=int(r["ContentLength"]), etag=r.get("ETag", "").strip('"') or None,
+                              mtime=r["LastModified"].timestamp() if r.get("LastModified") else None)
+        return self._run(uri, "stat", op)
+
+    def exists(self, uri: str) -> bool:
+        """True if the object exists; a prefix with objects under it counts too."""
+        p = self._parse(uri, need_key=False)
+        if p.key and not p.key.endswith("/"):
+            try:
+                self.stat(uri)
+                return True
+            except BucketNotFoundError:
+                return False
+            except ObjectNotFoundError:
+                pass
+        return self.isdir(uri)
+
+    def isdir(self, uri: str) -> bool:
+        p = self._parse(uri, need_key=False)
+        prefix = p.key if (not p.key or p.key.endswith("/")) else p.key + "/"
+
+        def op() -> bool:
+            r = self.client.list_objects_v2(Bucket=p.bucket, Prefix=prefix, MaxKeys=1)
+            return r.get("KeyCount", 0) > 0
+        try:
+            return self._run(uri, "isdir", op)
+        except ObjectNotFoundError:
+            return False
+
+    def put(self, uri: str, data: bytes, content_type: Optional[str] = None) -> None:
+        """Upload ``data`` with an explicit Content-MD5 so the server checks integrity."""
+        p = self._parse(uri)
+        md5 = base64.b64encode(hashlib.md5(data).digest()).decode("ascii")
+        extra = {"ContentType": content_type} if content_type else {}
+
+        def op() -> None:
+            r = self.client.put_object(Bucket=p.bucket, Key=p.key, Body=data, ContentMD5=md5, **extra)
+            self._note_retries(r)
+        self._run(uri, "put", op)
+
+    def list(self, uri: str, recursive: bool = True) -> Iterator[ObjectInfo]:
+        """Objects under the prefix ``uri`` (keys relative to it), paginated.
+
+        ``s3://b/dir`` and ``s3://b/dir/`` both list the folder ``dir/``.
+        """
+        p = self._parse(uri, need_key=False)
+        prefix = p.key if (not p.key or p.key.endswith("/")) else p.key + "/"
+        kwargs = {"Bucket": p.bucket, "Prefix": prefix}
+        if not recursive:
+            kwargs["Delimiter"] = "/"
+        token: Optional[str] = None
+        while True:
+            page_kwargs = dict(kwargs, ContinuationToken=token) if token else kwargs
+            page = self._run(uri, "list", lambda: self.client.list_objects_v2(**page_kwargs))
+            entries = [ObjectInfo(key=o["Key"][len(prefix):], size=int(o["Size"]),
+                                  etag=o.get("ETag", "").strip('"') or None,
+                                  mtime=o["LastModified"].timestamp() if o.get("LastModified") else None)
+                       for o in page.get("Contents", [])]
+            entries += [ObjectInfo(key=cp["Prefix"][len(prefix):], size=0, is_dir=True)
+                        for cp in page.get("CommonPrefixes", [])]
+            entries.sort(key=lambda info: info.key.encode("utf-8"))
+            yield from entries
+            if not page.get("IsTruncated"):
+                return
+            token = page.get("NextContinuationToken")
+            if not token:
+                raise StorageError(f"{uri}: list page truncated without a continuation token")
+
+    def ensure_bucket(self, bucket: str) -> bool:
+        """Create ``bucket`` if missing; True if it was created."""
+        uri = f"s3://{bucket}"
+        try:
+            self._run(uri, "head bucket", lambda: self.client.head_bucket(Bucket=bucket))
+            return False
+        except ObjectNotFoundError:
+            pass
+        kwargs: dict = {"Bucket": bucket}
+        region = self.client.meta.region_name
+        if self.settings.is_aws and region and region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            self._run(uri, "create bucket", lambda: self.client.create_bucket(**kwargs))
+        except StorageError as exc:
+            if "BucketAlreadyOwnedByYou" in str(exc.__cause__):
+                return False
+            raise
+        return True
+
+    def delete(self, uri: str) -> None:
+        p = self._parse(uri)
+        self._run(uri, "delete", lambda: self.client.delete_object(Bucket=p.bucket, Key=p.key))

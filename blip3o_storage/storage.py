@@ -1,0 +1,103 @@
+"""The facade: one object that routes any path or URI to the right backend.
+
+``Storage(ceph_config).get("cluster:s3://bucket/key")`` and
+``Storage().get("/local/file")`` look the same to the caller; S3 backends are
+made per cluster on first use, each with its own lazily-created client.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Dict, Iterator, Mapping, Optional, Union
+
+from .backend import ObjectInfo, StorageBackend
+from .config import S3Settings, StorageConfig, load_config
+from .local_backend import LocalBackend
+from .retry import RetryStats
+from .s3_backend import S3Backend
+from .uri import PathLike, join_uri, parse_uri
+
+ConfigLike = Union[None, str, os.PathLike, Mapping[str, Any], StorageConfig, S3Settings]
+
+
+class Storage:
+    """Route reads and writes for local paths and ``[cluster:]s3://`` URIs.
+
+    The config is loaded lazily too, so a Storage for local-only work never
+    needs credentials, and pickling (DataLoader workers) carries no client.
+    """
+
+    def __init__(self, ceph_config: ConfigLike = None, **overrides: Any) -> None:
+        self._config_source = ceph_config
+        self._overrides = overrides
+        self._config: Optional[StorageConfig] = None
+        self._s3: Dict[str, S3Backend] = {}
+        self._local = LocalBackend()
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Storage(clusters={sorted(self._s3)})"
+
+    @property
+    def config(self) -> StorageConfig:
+        if self._config is None:
+            self._config = load_config(self._config_source, **self._overrides)
+        return self._config
+
+    def backend_for(self, uri: PathLike) -> StorageBackend:
+        """The backend that serves ``uri``."""
+        parsed = parse_uri(uri)
+        if not parsed.is_s3:
+            return self._local
+        name = parsed.cluster or self.config.default_cluster
+        backend = self._s3.get(name)
+        if backend is None:
+            settings = self.config.settings_for(name)
+            with self._lock:
+                backend = self._s3.setdefault(name, S3Backend(settings, cluster=name))
+        return backend
+
+    def retry_stats(self) -> Dict[str, Dict[str, object]]:
+        """Retry counters per cluster, in this process."""
+        return {name: backend.stats.snapshot() for name, backend in self._s3.items()}
+
+    @staticmethod
+    def join(folder: PathLike, relpath: str) -> str:
+        return join_uri(folder, relpath)
+
+    # -- protocol, delegated --------------------------------------------
+    def get(self, uri: PathLike) -> bytes:
+        return self.backend_for(uri).get(os.fspath(uri))
+
+    def get_text(self, uri: PathLike, encoding: str = "utf-8") -> str:
+        return self.backend_for(uri).get_text(os.fspath(uri), encoding)
+
+    def get_range(self, uri: PathLike, start: int, length: int) -> bytes:
+        return self.backend_for(uri).get_range(os.fspath(uri), start, length)
+
+    def exists(self, uri: PathLike) -> bool:
+        return self.backend_for(uri).exists(os.fspath(uri))
+
+    def isdir(self, uri: PathLike) -> bool:
+        return self.backend_for(uri).isdir(os.fspath(uri))
+
+    def stat(self, uri: PathLike) -> ObjectInfo:
+        return self.backend_for(uri).stat(os.fspath(uri))
+
+    def put(self, uri: PathLike, data: bytes, content_type: Optional[str] = None) -> None:
+        self.backend_for(uri).put(os.fspath(uri), data, content_type)
+
+    def list(self, uri: PathLike, recursive: bool = True) -> Iterator[ObjectInfo]:
+        return self.backend_for(uri).list(os.fspath(uri), recursive)
+
+    def delete(self, uri: PathLike) -> None:
+        self.backend_for(uri).delete(os.fspath(uri))
