@@ -1,0 +1,467 @@
+"""Safe, idempotent, crash-safe extraction of BLIP3o-60k WebDataset shards.
+
+Why this exists: the shards come from the internet, and ``tarfile`` will
+happily write through ``../``, absolute names, symlinks and hardlinks. We
+therefore (1) validate every member ourselves *before* writing anything,
+(2) still pass ``filter='data'`` to tarfile as a second line of defence, and
+(3) extract into a private temp dir that is renamed into place only after a
+done-marker has been written inside it, so ``dest_root/<shard>`` either does
+not exist or is complete.
+
+``build_data_json`` turns the extracted tree into the ``data.json`` sample
+list, reporting (never silently dropping) images without captions and
+captions without images.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
+
+from blip3o_storage.errors import CorruptDataError, InvalidPathError, StorageError
+
+__all__ = [
+    "MARKER_NAME",
+    "ExtractResult",
+    "DataJsonReport",
+    "check_member",
+    "extract_shard",
+    "shard_name",
+    "build_data_json",
+]
+
+log = logging.getLogger(__name__)
+
+#: Written inside ``dest_root/<shard>`` once extraction is complete.
+MARKER_NAME = ".extracted"
+_TMP_PREFIX = ".tmp-"
+_OLD_PREFIX = ".old-"
+_DRIVE_RE = re.compile(r"^[A-Za-z]:")
+# Only names like these become a directory name under dest_root.
+_SHARD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+PathLike = Union[str, "os.PathLike[str]"]
+ProgressFn = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    """What one :func:`extract_shard` call did (picklable, for worker pools)."""
+
+    shard: str
+    files: int
+    bytes: int
+    skipped_already_done: bool
+
+
+@dataclass
+class DataJsonReport:
+    """Counts and lists behind a ``data.json`` build, so nothing is dropped silently.
+
+    All paths are '/'-separated and relative to ``raw_root``.
+    """
+
+    shards: list[str] = field(default_factory=list)
+    #: Shard dirs without a done-marker (manually extracted or foreign).
+    unmarked_shards: list[str] = field(default_factory=list)
+    pairs: int = 0
+    orphan_images: list[str] = field(default_factory=list)
+    orphan_captions: list[str] = field(default_factory=list)
+    #: Second and later images for one key (e.g. ``k.jpg`` and ``k.png``).
+    duplicate_images: list[str] = field(default_factory=list)
+    #: Second and later captions for one key (e.g. ``k.txt`` and ``k.TXT``).
+    duplicate_captions: list[str] = field(default_factory=list)
+    #: Files that are neither image nor caption (plus symlinks and loose
+    #: files directly in ``raw_root``); not used, but listed.
+    other_files: list[str] = field(default_factory=list)
+
+    @property
+    def has_orphans(self) -> bool:
+        """True when some image or caption could not be paired."""
+        return bool(
+            self.orphan_images
+            or self.orphan_captions
+            or self.duplicate_images
+            or self.duplicate_captions
+        )
+
+
+# --------------------------------------------------------------------------
+# member validation
+# --------------------------------------------------------------------------
+
+def _kind(member: tarfile.TarInfo) -> str:
+    """Human name of a member type, for error messages."""
+    if member.issym():
+        return f"symlink -> {member.linkname!r}"
+    if member.islnk():
+        return f"hardlink -> {member.linkname!r}"
+    if member.ischr():
+        return "character device"
+    if member.isblk():
+        return "block device"
+    if member.isfifo():
+        return "fifo"
+    return f"type {member.type!r}"
+
+
+def check_member(member: tarfile.TarInfo, shard: str) -> None:
+    """Raise :class:`InvalidPathError` unless ``member`` is safe to extract.
+
+    Only regular files and directories with plain relative names are allowed:
+    a WebDataset shard never needs anything else, so anything else means a
+    broken or hostile archive.
+    """
+    name = member.name
+
+    def bad(why: str) -> InvalidPathError:
+        return InvalidPathError(
+            f"refusing to extract shard {shard!r}: member {name!r} {why}; "
+            "the archive is corrupt or hostile - re-download the shard from a "
+            "trusted source (nothing was extracted)"
+        )
+
+    if not (member.isreg() or member.isdir()):
+        raise bad(f"is a {_kind(member)}, only regular files and directories are allowed")
+    if not name:
+        raise bad("has an empty name")
+    if "\x00" in name:
+        raise bad("contains a NUL byte")
+    if "\\" in name:
+        raise bad("contains a backslash (Windows path separator)")
+    if name.startswith("/"):
+        raise bad("is an absolute path")
+    if _DRIVE_RE.match(name):
+        raise bad("starts with a drive letter")
+    if ".." in name.split("/"):
+        raise bad("contains a '..' component")
+
+
+def shard_name(tar_path: PathLike) -> str:
+    """``.../dalle3.tar`` -> ``dalle3``; rejects names unsafe as a directory."""
+    name = Path(tar_path).name
+    for suffix in (".tar", ".tar.gz", ".tgz"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+            break
+    if not _SHARD_RE.match(name):
+        raise InvalidPathError(
+            f"shard file {str(tar_path)!r} gives shard name {name!r}, which is not a "
+            "plain name (letters, digits, '.', '_', '-'); rename the file"
+        )
+    return name
+
+
+# --------------------------------------------------------------------------
+# extraction
+# --------------------------------------------------------------------------
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (it may belong to someone else)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def _clean_stale_temps(dest_root: Path, shard: str) -> None:
+    """Remove ``.tmp-<shard>-<pid>`` / ``.old-<shard>-<pid>`` left by crashed runs.
+
+    Dirs of a *live* other process are left alone: that may be a concurrent
+    extraction of the same shard.
+    """
+    for prefix in (_TMP_PREFIX, _OLD_PREFIX):
+        lead = f"{prefix}{shard}-"
+        for entry in dest_root.iterdir():
+            rest = entry.name[len(lead):]
+            if not entry.name.startswith(lead) or not rest.isdigit():
+                continue  # also skips e.g. '.tmp-text-2-<pid>' when shard is 'text'
+            pid = int(rest)
+            if pid != os.getpid() and _pid_alive(pid):
+                log.warning("leaving %s: process %d is alive (concurrent run?)", entry, pid)
+                continue
+            log.info("removing stale temp dir %s from a crashed run", entry)
+            _rmtree(entry)
+
+
+def _rmtree(path: Path) -> None:
+    """Remove a dir (or file) tree; a missing path is fine."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Persist a rename in ``path`` (best effort: not every FS supports it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _read_marker(marker: Path) -> tuple[int, int]:
+    """(files, bytes) recorded in a done-marker; (0, 0) if unreadable."""
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+        return int(data.get("files", 0)), int(data.get("bytes", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0, 0
+
+
+def _with_progress(
+    members: Sequence[tarfile.TarInfo], progress: Optional[ProgressFn]
+) -> Iterator[tarfile.TarInfo]:
+    """Yield members to ``extractall``, reporting each previous file's bytes.
+
+    ``extractall`` has no callback; a generator is the documented way to
+    observe it. A member's bytes are reported once the next one is requested,
+    i.e. after it was written.
+    """
+    pending = 0
+    for m in members:
+        if progress is not None and pending:
+            progress(pending)
+        pending = m.size if m.isreg() else 0
+        yield m
+    if progress is not None and pending:
+        progress(pending)
+
+
+def extract_shard(
+    tar_path: PathLike,
+    dest_root: PathLike,
+    *,
+    progress: Optional[ProgressFn] = None,
+    overwrite: bool = False,
+) -> ExtractResult:
+    """Extract ``tar_path`` into ``dest_root/<shard>`` safely and atomically.
+
+    * Already done (``dest_root/<shard>/.extracted`` exists) -> skipped, unless
+      ``overwrite``.
+    * Every member is validated before anything is written; a hostile archive
+      raises :class:`InvalidPathError` and leaves nothing behind.
+    * Extraction goes to ``dest_root/.tmp-<shard>-<pid>``; the marker is
+      written there and a single ``os.rename`` commits the shard.
+    * ``dest_root/<shard>`` existing without a marker is an error unless
+      ``overwrite`` (it could be a half-finished manual extraction).
+
+    ``progress(n)`` is called with the byte count of each extracted file.
+    """
+    tar_path = Path(tar_path)
+    dest_root = Path(dest_root)
+    shard = shard_name(tar_path)
+    final = dest_root / shard
+    marker = final / MARKER_NAME
+
+    if not hasattr(tarfile, "data_filter"):  # pragma: no cover - old Pythons only
+        import sys
+
+        raise StorageError(
+            f"cannot extract shard {shard!r} safely: this Python "
+            f"({sys.version.split()[0]}) lacks tarfile's filter='data'; "
+            "use Python 3.11.4 or newer"
+        )
+
+    if marker.is_file() and not overwrite:
+        files, nbytes = _read_marker(marker)
+        log.debug("shard %s already extracted (%s), skipping", shard, marker)
+        return ExtractResult(shard, files, nbytes, skipped_already_done=True)
+    if (final.exists() or final.is_symlink()) and not overwrite:
+        raise StorageError(
+            f"{final} exists but has no {MARKER_NAME} marker, so shard {shard!r} may be "
+            "only partly extracted; remove that directory or pass overwrite=True "
+            "(--overwrite) to replace it"
+        )
+    if not tar_path.is_file():
+        raise StorageError(f"shard file {tar_path} does not exist or is not a file")
+
+    try:
+        tf = tarfile.open(tar_path, mode="r:*")
+    except (tarfile.TarError, EOFError) as e:
+        raise CorruptDataError(
+            f"shard {shard!r} ({tar_path}) is not a readable tar archive: {e}; re-download it"
+        ) from e
+
+    tmp = dest_root / f"{_TMP_PREFIX}{shard}-{os.getpid()}"
+    with tf:
+        # Phase 1: validate everything before writing a single byte (not even
+        # dest_root is created for a hostile archive).
+        try:
+            members = tf.getmembers()
+        except (tarfile.TarError, EOFError) as e:
+            raise CorruptDataError(
+                f"shard {shard!r} ({tar_path}) is corrupt while listing members: {e}; "
+                "re-download it"
+            ) from e
+        for m in members:
+            check_member(m, shard)
+        files = sum(1 for m in members if m.isreg())
+        nbytes = sum(m.size for m in members if m.isreg())
+
+        # Phase 2: extract into the private temp dir.
+        dest_root.mkdir(parents=True, exist_ok=True)
+        _clean_stale_temps(dest_root, shard)
+        try:
+            tmp.mkdir()
+            tf.errorlevel = 1  # fatal errors (incl. filter errors) raise
+            tf.extractall(tmp, members=_with_progress(members, progress), filter="data")
+            with open(tmp / MARKER_NAME, "w", encoding="utf-8") as f:
+                json.dump(
+                    {
+                        "shard": shard,
+                        "source": tar_path.name,
+                        "files": files,
+                        "bytes": nbytes,
+                        "tar_size": tar_path.stat().st_size,
+                    },
+                    f,
+                )
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except tarfile.FilterError as e:  # our checks should have caught it first
+            _rmtree(tmp)
+            raise InvalidPathError(
+                f"refusing to extract shard {shard!r}: tarfile's data filter rejected "
+                f"{e}; the archive is hostile or corrupt - re-download it"
+            ) from e
+        except (tarfile.TarError, EOFError) as e:
+            _rmtree(tmp)
+            raise CorruptDataError(
+                f"shard {shard!r} ({tar_path}) is truncated or corrupt: {e}; re-download it"
+            ) from e
+        except OSError as e:
+            _rmtree(tmp)
+            raise StorageError(
+                f"could not extract shard {shard!r} into {tmp}: {e} "
+                "(disk full? permissions? a file and a directory with the same name?)"
+            ) from e
+        except BaseException:
+            _rmtree(tmp)
+            raise
+
+    # Phase 3: commit with one rename.
+    old: Optional[Path] = None
+    try:
+        if final.exists() or final.is_symlink():  # only reachable with overwrite
+            old = dest_root / f"{_OLD_PREFIX}{shard}-{os.getpid()}"
+            os.rename(final, old)
+        os.rename(tmp, final)
+    except OSError as e:
+        _rmtree(tmp)
+        if old is not None and not final.exists():
+            os.rename(old, final)  # put the previous copy back
+        if marker.is_file() and not overwrite:  # a concurrent run won the race
+            f_, b_ = _read_marker(marker)
+            return ExtractResult(shard, f_, b_, skipped_already_done=True)
+        raise StorageError(f"could not move {tmp} to {final}: {e}") from e
+    _fsync_dir(dest_root)
+    if old is not None:
+        _rmtree(old)
+    log.debug("extracted shard %s: %d files, %d bytes", shard, files, nbytes)
+    return ExtractResult(shard, files, nbytes, skipped_already_done=False)
+
+
+# --------------------------------------------------------------------------
+# data.json
+# --------------------------------------------------------------------------
+
+def build_data_json(
+    raw_root: PathLike,
+    image_exts: Iterable[str] = (".jpg", ".jpeg", ".png", ".webp"),
+    caption_ext: str = ".txt",
+) -> tuple[list[dict[str, str]], DataJsonReport]:
+    """Pair ``{key}.<img>`` with ``{key}.txt`` under every shard dir of ``raw_root``.
+
+    Returns entries ``{"image": relpath, "annotation": relpath}`` (relpaths
+    '/'-separated, relative to ``raw_root``) sorted by image path, plus a
+    report of everything that did not pair. Extensions match
+    case-insensitively; dot-dirs (temp dirs of running extractions) are
+    skipped.
+    """
+    raw = Path(raw_root)
+    if not raw.is_dir():
+        raise StorageError(f"raw folder {raw} does not exist; run tools/extract.py first")
+    img_exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in image_exts}
+    cap_ext = caption_ext.lower() if caption_ext.startswith(".") else "." + caption_ext.lower()
+    if cap_ext in img_exts:
+        raise ValueError(f"caption_ext {caption_ext!r} is also an image extension")
+
+    report = DataJsonReport()
+    entries: list[dict[str, str]] = []
+
+    for top in sorted(raw.iterdir(), key=lambda p: p.name):
+        if top.name.startswith("."):
+            continue
+        if top.is_symlink() or not top.is_dir():
+            report.other_files.append(top.name)
+            continue
+        report.shards.append(top.name)
+        if not (top / MARKER_NAME).is_file():
+            report.unmarked_shards.append(top.name)
+
+        # key ('/'-joined relpath without extension) -> image relpaths / caption relpath
+        images: dict[str, list[str]] = {}
+        captions: dict[str, list[str]] = {}
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames.sort()
+            rel_dir = PurePosixPath(*Path(dirpath).relative_to(raw).parts)
+            for fn in sorted(filenames):
+                rel = str(rel_dir / fn)
+                if Path(dirpath) == top and fn == MARKER_NAME:
+                    continue
+                if os.path.islink(os.path.join(dirpath, fn)):
+                    report.other_files.append(rel)
+                    continue
+                stem, ext = os.path.splitext(fn)
+                key = str(rel_dir / stem)
+                ext = ext.lower()
+                if ext in img_exts:
+                    images.setdefault(key, []).append(rel)
+                elif ext == cap_ext:
+                    captions.setdefault(key, []).append(rel)
+                else:
+                    report.other_files.append(rel)
+
+        for key, caps in captions.items():
+            caps.sort()
+            report.duplicate_captions.extend(caps[1:])
+        for key, imgs in images.items():
+            imgs.sort()
+            caps = captions.pop(key, None)
+            if caps is None:
+                report.orphan_images.extend(imgs)
+                continue
+            entries.append({"image": imgs[0], "annotation": caps[0]})
+            report.duplicate_images.extend(imgs[1:])
+        for caps in captions.values():
+            report.orphan_captions.append(caps[0])
+
+    entries.sort(key=lambda e: (e["image"], e["annotation"]))
+    report.pairs = len(entries)
+    report.orphan_images.sort()
+    report.orphan_captions.sort()
+    report.duplicate_images.sort()
+    report.duplicate_captions.sort()
+    report.other_files.sort()
+    return entries, report

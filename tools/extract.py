@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Extract BLIP3o-60k WebDataset shards into ``data/BLIP3o-60k/raw/<shard>/``.
+
+Usage::
+
+    python tools/extract.py --src DIR_WITH_TARS --dest data/BLIP3o-60k/raw \
+        [--workers N] [--overwrite] [shard ...]
+
+Shards run in parallel worker processes; each is validated in full before a
+byte is written, extracted into a temp dir and committed by a rename (see
+``blip3o_storage.safe_tar``). Re-running skips shards that are already done.
+A failing shard is logged with its reason and makes the exit status non-zero,
+but the other shards still finish.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import queue as queue_mod
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from multiprocessing import Manager
+from pathlib import Path
+from typing import Any, Optional
+
+try:
+    from blip3o_storage.safe_tar import ExtractResult, extract_shard, shard_name
+except ImportError:  # run as `python tools/extract.py` without the package installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from blip3o_storage.safe_tar import ExtractResult, extract_shard, shard_name
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+log = logging.getLogger("extract")
+
+#: The 11 shards of BLIP3o-60k; used only to warn when some are missing.
+BLIP3O_SHARDS = (
+    "dalle3", "geneval_train", "human_gestures", "journeyDB", "mscoco_human",
+    "object_1", "object_2", "occupation_1", "occupation_2", "text_1", "text_2",
+)
+_PROGRESS_CHUNK = 8 << 20  # batch progress messages so the queue stays cheap
+
+
+def _worker(tar_path: str, dest: str, overwrite: bool, q: Any) -> ExtractResult:
+    """Extract one shard in a worker process, streaming byte counts to ``q``."""
+    shard = shard_name(tar_path)
+    pending = 0
+
+    def progress(n: int) -> None:
+        nonlocal pending
+        pending += n
+        if pending >= _PROGRESS_CHUNK:
+            q.put((shard, pending))
+            pending = 0
+
+    result = extract_shard(tar_path, dest, progress=progress, overwrite=overwrite)
+    if pending:
+        q.put((shard, pending))
+    return result
+
+
+def _resolve_shards(src: Path, names: list[str]) -> list[Path]:
+    """Tar paths to extract: the named ones, or every ``*.tar`` in ``src``."""
+    if not src.is_dir():
+        raise ValueError(f"--src {src} is not a directory")
+    if not names:
+        tars = sorted(p for p in src.iterdir() if p.name.endswith(".tar") and p.is_file())
+        if not tars:
+            raise ValueError(f"no *.tar files in {src}")
+        found = {p.name[:-4] for p in tars}
+        missing = [s for s in BLIP3O_SHARDS if s not in found]
+        if missing:
+            log.warning("BLIP3o-60k shards not in %s: %s", src, ", ".join(missing))
+        return tars
+    tars = []
+    for n in names:
+        p = src / (n if n.endswith(".tar") else n + ".tar")
+        if not p.is_file():
+            raise ValueError(f"shard {n!r}: {p} does not exist")
+        if p not in tars:
+            tars.append(p)
+    return tars
+
+
+def _drain(q: Any, bar: tqdm, done_bytes: dict[str, int]) -> None:
+    """Move queued byte counts from the workers onto the progress bar."""
+    while True:
+        try:
+            shard, n = q.get_nowait()
+        except queue_mod.Empty:
+            return
+        done_bytes[shard] = done_bytes.get(shard, 0) + n
+        bar.update(n)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """CLI entry point; returns the process exit status."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--src", required=True, type=Path, help="directory holding the *.tar shards")
+    ap.add_argument("--dest", required=True, type=Path, help="e.g. data/BLIP3o-60k/raw")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="parallel processes (default: min(#shards, #CPUs))")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="re-extract shards that are done or whose folder lacks a marker")
+    ap.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
+    ap.add_argument("shards", nargs="*", help="shard names (default: every *.tar in --src)")
+    args = ap.parse_args(argv)
+
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.workers is not None and args.workers < 1:
+        ap.error("--workers must be >= 1")
+
+    try:
+        tars = _resolve_shards(args.src, args.shards)
+        names = {str(t): shard_name(t) for t in tars}
+    except ValueError as e:  # InvalidPathError is a ValueError too
+        ap.error(str(e))
+    workers = args.workers or min(len(tars), os.cpu_count() or 1)
+    sizes = {str(t): t.stat().st_size for t in tars}
+    log.info("extracting %d shard(s) from %s into %s with %d worker(s)",
+             len(tars), args.src, args.dest, workers)
+
+    t0 = time.monotonic()
+    results: list[ExtractResult] = []
+    failures: list[tuple[str, str]] = []
+    done_bytes: dict[str, int] = {}
+
+    with Manager() as mgr, logging_redirect_tqdm():
+        q = mgr.Queue()
+        bar = tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, unit_divisor=1024,
+                   desc="shards 0/%d" % len(tars), disable=None)
+        with bar, ProcessPoolExecutor(max_workers=workers) as pool:
+            futs: dict[Future, str] = {
+                pool.submit(_worker, str(t), str(args.dest), args.overwrite, q): str(t)
+                for t in tars
+            }
+            pending = set(futs)
+            n_done = 0
+            while pending:
+                finished, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+                _drain(q, bar, done_bytes)
+                for fut in finished:
+                    tar = futs[fut]
+                    shard = names[tar]
+                    n_done += 1
+                    try:
+                        res = fut.result()
+                    except Exception as e:  # one shard's failure must not stop the rest
+                        failures.append((shard, f"{type(e).__name__}: {e}"))
+                        log.error("shard %s FAILED: %s: %s", shard, type(e).__name__, e)
+                    else:
+                        results.append(res)
+                        if res.skipped_already_done:
+                            log.info("shard %s already extracted, skipped", shard)
+                        else:
+                            log.info("shard %s: %d files, %.1f MB", shard, res.files,
+                                     res.bytes / 1e6)
+                    # top the bar up to the tar size (headers, skipped or failed shards)
+                    _drain(q, bar, done_bytes)
+                    rest = sizes[tar] - done_bytes.get(shard, 0)
+                    if rest > 0:
+                        bar.update(rest)
+                        done_bytes[shard] = sizes[tar]
+                    bar.set_description("shards %d/%d" % (n_done, len(tars)))
+
+    elapsed = time.monotonic() - t0
+    extracted = [r for r in results if not r.skipped_already_done]
+    skipped = [r for r in results if r.skipped_already_done]
+    log.info(
+        "summary: %d shard(s) extracted, %d skipped as done, %d failed; "
+        "%d files, %.1f MB in %.1f s",
+        len(extracted), len(skipped), len(failures),
+        sum(r.files for r in extracted), sum(r.bytes for r in extracted) / 1e6, elapsed,
+    )
+    for shard, reason in failures:
+        log.error("failed shard %s: %s", shard, reason)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Build ``data/BLIP3o-60k/data.json`` from the extracted shards.
+
+Usage::
+
+    python tools/make_data_json.py --raw data/BLIP3o-60k/raw \
+        --out data/BLIP3o-60k/data.json [--strict]
+
+Pairs ``{key}.jpg`` with ``{key}.txt`` (see
+``blip3o_storage.safe_tar.build_data_json``), logs how many pairs, orphan
+images and orphan captions there are, and writes the file atomically (temp
+file + ``os.replace``) so a reader never sees half a file. ``--strict`` exits
+non-zero, without writing, when anything could not be paired.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+try:
+    from blip3o_storage.safe_tar import build_data_json
+except ImportError:  # run as `python tools/make_data_json.py` without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from blip3o_storage.safe_tar import build_data_json
+
+from blip3o_storage.errors import StorageError
+
+log = logging.getLogger("make_data_json")
+_SHOW = 20  # how many orphan paths to log per kind
+
+
+def write_json_atomic(entries: list[dict[str, str]], out: Path) -> None:
+    """Write one entry per line (diff-friendly, still plain JSON) via temp + rename."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("[\n")
+            f.write(",\n".join(json.dumps(e) for e in entries))
+            f.write("\n]\n" if entries else "]\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # persist the rename (best effort)
+        fd = os.open(out.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _log_list(what: str, paths: list[str]) -> None:
+    """Warn about unpaired files: the count, and the first few by name."""
+    if not paths:
+        return
+    shown = ", ".join(paths[:_SHOW])
+    more = f" (+{len(paths) - _SHOW} more)" if len(paths) > _SHOW else ""
+    log.warning("%d %s: %s%s", len(paths), what, shown, more)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """CLI entry point; returns the process exit status."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--raw", required=True, type=Path, help="e.g. data/BLIP3o-60k/raw")
+    ap.add_argument("--out", required=True, type=Path, help="e.g. data/BLIP3o-60k/data.json")
+    ap.add_argument("--strict", action="store_true",
+                    help="fail (and write nothing) if any image or caption is unpaired")
+    ap.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    try:
+        entries, report = build_data_json(args.raw)
+    except StorageError as e:
+        log.error("%s", e)
+        return 2
+
+    log.info("shards: %s", ", ".join(report.shards) or "(none)")
+    if report.unmarked_shards:
+        log.warning("shard folders without a done-marker (not made by tools/extract.py, "
+                    "or incomplete): %s", ", ".join(report.unmarked_shards))
+    _log_list("orphan image(s) without caption", report.orphan_images)
+    _log_list("orphan caption(s) without image", report.orphan_captions)
+    _log_list("extra image(s) for an already paired key", report.duplicate_images)
+    _log_list("extra caption(s) for one key", report.duplicate_captions)
+    if report.other_files:
+        log.info("%d other file(s) ignored (neither image nor caption), e.g. %s",
+                 len(report.other_files), ", ".join(report.other_files[:5]))
+    log.info("pairs: %d, orphan images: %d, orphan captions: %d",
+             report.pairs, len(report.orphan_images), len(report.orphan_captions))
+
+    if not entries:
+        log.error("no image/caption pairs under %s; run tools/extract.py first", args.raw)
+        return 1
+    if args.strict and report.has_orphans:
+        log.error("--strict: unpaired files found, %s not written", args.out)
+        return 1
+    write_json_atomic(entries, args.out)
+    log.info("wrote %d entries to %s", len(entries), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
