@@ -93,19 +93,34 @@ def retry_reason(exc: BaseException) -> Optional[str]:
     return None
 
 
+# Failures botocore has already retried itself (its own attempts, or until its
+# retry quota ran out): one more round here is enough; more would multiply.
+REQUEST_PHASE_REASONS_EXTRA_ROUNDS = 1
+
+
+def _request_phase(exc: BaseException) -> bool:
+    return isinstance(exc, (ClientError, BotoConnectionError))
+
+
 def call_with_retries(fn: Callable[[], T], *, what: str, attempts: int, stats: RetryStats,
                       base_delay: float = 0.05, max_delay: float = 2.0) -> T:
     """Run ``fn`` up to ``attempts`` times, retrying only retryable failures.
 
-    The last retryable exception is re-raised for the caller to map; ``what``
-    (a URI, never a secret) goes into the log line.
+    Body-read failures (truncation, resets and timeouts mid-body) get the full
+    ``attempts``; request-phase failures that botocore already retried get
+    :data:`REQUEST_PHASE_REASONS_EXTRA_ROUNDS` more. The last exception is
+    re-raised for the caller to map; ``what`` (a URI, never a secret) is logged.
     """
+    request_rounds = 0
     for attempt in range(1, attempts + 1):
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - filtered by retry_reason
             reason = retry_reason(exc)
-            if reason is None or attempt == attempts:
+            if reason is not None and _request_phase(exc):
+                request_rounds += 1
+            exhausted = attempt == attempts or request_rounds > REQUEST_PHASE_REASONS_EXTRA_ROUNDS
+            if reason is None or exhausted:
                 if reason is not None:
                     stats.add(failures=1)
                 raise

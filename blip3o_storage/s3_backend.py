@@ -47,7 +47,7 @@ def botocore_config(settings: S3Settings) -> Config:
         region_name=settings.region or ("us-east-1" if not settings.is_aws else None),
         signature_version="s3v4",
         s3={"addressing_style": settings.effective_addressing_style},
-        retries={"mode": settings.retry_mode, "max_attempts": settings.max_attempts},
+        retries={"mode": settings.retry_mode, "total_max_attempts": settings.max_attempts},
         max_pool_connections=settings.max_pool_connections,
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,

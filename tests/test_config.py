@@ -133,7 +133,7 @@ def test_botocore_config_for_ceph_vs_aws():
     assert ceph.request_checksum_calculation == "when_required"
     assert ceph.response_checksum_validation == "when_required"
     assert ceph.s3["addressing_style"] == "path"
-    assert ceph.retries == {"mode": "standard", "max_attempts": 5}
+    assert ceph.retries == {"mode": "standard", "total_max_attempts": 5}
     assert ceph.max_pool_connections == 64
     aws = botocore_config(load_config({"region": "eu-west-1"}).settings_for(None))
     assert aws.s3["addressing_style"] == "auto"

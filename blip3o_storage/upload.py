@@ -1,0 +1,608 @@
+"""Upload an extracted dataset folder to S3, resumably and verifiably.
+
+Modelled on boto3's s3transfer and s5cmd, cut down to what a dataset upload
+needs:
+
+* **plan** (:func:`plan_upload`): local files -> keys, Content-Type, size; every
+  key validated up front (:func:`validate_keys`) because S3-compatible servers
+  silently normalise ``a/./b``, ``a//b``, ``..`` and a leading ``/`` -- the
+  object would land under a different key than readers ask for.
+* **skip** (:func:`list_existing`): ONE paginated LIST of the prefix; an object
+  whose size and ETag already match the local file is not sent again. A
+  single-part ETag is the object's MD5; a multipart ETag (``<hex>-N``) is the
+  MD5 of the parts' MD5s, recomputed locally with the same part size.
+* **send** (:func:`upload_all`): a thread pool sharing the process's one
+  pooled boto3 client. Small files go in one PUT with an explicit Content-MD5
+  (the server rejects a corrupted body); files above the threshold go as a
+  multipart upload with a Content-MD5 on *every* part, and the ETag returned by
+  CompleteMultipartUpload is checked against the locally computed one. Every
+  object is written whole (an interrupted multipart upload is aborted), so a
+  re-run after Ctrl-C uploads exactly what is still missing.
+* **verify** (:func:`verify`): one more LIST, size + ETag of every key against
+  the local files.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import mimetypes
+import os
+import threading
+import time
+import unicodedata
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+from .errors import InvalidPathError, StorageError
+from .s3_backend import S3Backend
+from .uri import check_relpath
+
+logger = logging.getLogger(__name__)
+
+MiB = 1 << 20
+DEFAULT_MULTIPART_THRESHOLD = 64 * MiB
+DEFAULT_PART_SIZE = 16 * MiB
+MIN_PART_SIZE = 5 * MiB  # S3's minimum for every part but the last
+MAX_PARTS = 10_000  # S3's maximum number of parts
+MAX_KEY_BYTES = 1024  # S3's maximum key length (UTF-8)
+_READ_CHUNK = 1 * MiB
+#: data.json fields that name files (relative paths); other fields are data.
+REFERENCE_FIELDS = ("image", "images", "annotation", "annotations")
+
+# Deterministic types for the files we know (the system mime.types can differ per host).
+_CONTENT_TYPES = {
+    ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
+    ".gif": "image/gif", ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff",
+    ".txt": "text/plain; charset=utf-8", ".json": "application/json",
+    ".jsonl": "application/x-ndjson", ".csv": "text/csv; charset=utf-8",
+    ".tar": "application/x-tar", ".parquet": "application/vnd.apache.parquet",
+}
+
+ProgressFn = Callable[[int], None]
+
+
+# -- value types -------------------------------------------------------------
+@dataclass(frozen=True)
+class UploadItem:
+    """One local file and the key it goes to."""
+
+    local_path: Path
+    key: str
+    size: int
+    content_type: str
+
+
+@dataclass
+class UploadPlan:
+    """What to upload, plus local problems found while planning (never dropped silently)."""
+
+    items: List[UploadItem] = field(default_factory=list)
+    failed: List[Tuple[str, str]] = field(default_factory=list)  # (key or path, reason)
+    skipped_hidden: int = 0
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(item.size for item in self.items)
+
+
+@dataclass
+class UploadReport:
+    """Outcome of :func:`upload_all` (bytes count uploaded bytes only)."""
+
+    files: int = 0  # items considered
+    bytes: int = 0  # bytes uploaded (or, with dry_run, that would be)
+    skipped: int = 0  # already present with the same size + ETag
+    skipped_bytes: int = 0
+    uploaded: int = 0  # objects written (or, with dry_run, that would be)
+    failed: List[Tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    dry_run: bool = False
+    interrupted: bool = False
+    #: key -> local ETag (MD5 hex or multipart ETag) computed on the way; lets verify skip re-hashing.
+    etags: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.interrupted
+
+    def summary(self) -> str:
+        """``uploaded N files (X MB) skipped S failed F in T s (Y MB/s, Z files/s)``; MB = 10**6 bytes."""
+        secs = max(self.seconds, 1e-9)
+        verb = "would upload" if self.dry_run else "uploaded"
+        return (f"{verb} {self.uploaded} files ({self.bytes / 1e6:.1f} MB) skipped {self.skipped} "
+                f"failed {len(self.failed)} in {self.seconds:.1f} s "
+                f"({self.bytes / 1e6 / secs:.1f} MB/s, {self.uploaded / secs:.1f} files/s)")
+
+
+@dataclass
+class VerifyReport:
+    """Outcome of :func:`verify`."""
+
+    ok: int = 0
+    missing: List[str] = field(default_factory=list)
+    mismatched: List[Tuple[str, str]] = field(default_factory=list)  # (key, reason)
+    failed: List[Tuple[str, str]] = field(default_factory=list)  # local read errors
+
+    @property
+    def passed(self) -> bool:
+        return not self.missing and not self.mismatched and not self.failed
+
+    def summary(self) -> str:
+        return (f"verified {self.ok} ok, {len(self.missing)} missing, {len(self.mismatched)} mismatched"
+                f"{f', {len(self.failed)} unreadable' if self.failed else ''}")
+
+
+class UploadInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`upload_all`; ``report`` holds what finished before it."""
+
+    def __init__(self, report: UploadReport) -> None:
+        super().__init__("upload interrupted")
+        self.report = report
+
+
+class _Cancelled(Exception):
+    """Raised inside a worker when the run is being stopped."""
+
+
+# -- keys --------------------------------------------------------------------
+def normalise_prefix(prefix: str) -> str:
+    """``''`` or ``'a/b/'``: keys are ``prefix + relpath``. A trailing '/' is optional."""
+    if not prefix:
+        return ""
+    return prefix if prefix.endswith("/") else prefix + "/"
+
+
+def key_problem(key: str) -> Optional[str]:
+    """Why ``key`` would be mangled by an S3-compatible server, or None if it is safe."""
+    if not key:
+        return "empty key"
+    if key.startswith("/"):
+        return "leading '/'"
+    if "\x00" in key:
+        return "NUL byte"
+    if any(unicodedata.category(ch) == "Cc" for ch in key):
+        return "control character"
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        return f"longer than {MAX_KEY_BYTES} bytes (UTF-8)"
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not valid UTF-8 (undecodable file name)"
+    for part in key.split("/"):
+        if part == "":
+            return "empty path component ('//' or trailing '/')"
+        if part in (".", ".."):
+            return f"'{part}' path component"
+    return None
+
+
+def validate_keys(keys: Iterable[str]) -> None:
+    """Raise InvalidPathError naming *every* bad key (not just the first) and why."""
+    bad = [(key, problem) for key in keys for problem in [key_problem(key)] if problem]
+    if bad:
+        lines = "\n".join(f"  {key!r}: {problem}" for key, problem in bad)
+        raise InvalidPathError(
+            f"{len(bad)} key(s) would be changed or rejected by S3-compatible servers "
+            f"(no '.', '..' or empty components, no leading '/', no control characters, "
+            f"at most {MAX_KEY_BYTES} bytes); rename these files or fix --prefix:\n{lines}")
+
+
+# -- planning ----------------------------------------------------------------
+def content_type_for(path: os.PathLike | str) -> str:
+    """Content-Type from the extension; text gets an explicit UTF-8 charset."""
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext in _CONTENT_TYPES:
+        return _CONTENT_TYPES[ext]
+    guessed, encoding = mimetypes.guess_type(os.fspath(path), strict=False)
+    if not guessed or encoding:  # .gz etc.: do not claim the decoded type
+        return "application/octet-stream"
+    return guessed + "; charset=utf-8" if guessed.startswith("text/") else guessed
+
+
+def _rel_key(path: Path, root: Path) -> str:
+    return "/".join(path.relative_to(root).parts)
+
+
+def _walk_files(src: Path) -> Tuple[List[Path], int]:
+    """Regular files under ``src`` (symlinks to files followed), dot-entries skipped.
+
+    Dot-entries are the temp dirs and done-markers of ``tools/extract.py`` and
+    editors' files, not data.
+    """
+    files: List[Path] = []
+    hidden = 0
+    for dirpath, dirnames, filenames in os.walk(src):
+        hidden += sum(1 for d in dirnames if d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                hidden += 1
+                continue
+            path = Path(dirpath) / name
+            if path.is_file():
+                files.append(path)
+    return files, hidden
+
+
+def referenced_relpaths(data_json: Path) -> List[str]:
+    """Relative paths named by a data.json (``image``/``annotation`` fields), in order, deduplicated.
+
+    Raises StorageError if the file is not a JSON list of objects.
+    """
+    try:
+        with open(data_json, encoding="utf-8") as fh:
+            entries = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise StorageError(f"{data_json}: cannot read data.json ({type(exc).__name__}: {exc})") from None
+    if not isinstance(entries, list):
+        raise StorageError(f"{data_json}: expected a JSON list of entries, got {type(entries).__name__}")
+    seen: Dict[str, None] = {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise StorageError(f"{data_json}: entry {i} is {type(entry).__name__}, expected an object")
+        for name in REFERENCE_FIELDS:
+            value = entry.get(name)
+            values = value if isinstance(value, list) else [value]
+            for v in values:
+                if isinstance(v, str) and v:
+                    seen.setdefault(v, None)
+    return list(seen)
+
+
+def plan_upload(src_dir: os.PathLike | str, prefix: str = "", only_referenced_by: Optional[os.PathLike | str] = None,
+                *, ref_root: Optional[os.PathLike | str] = None) -> UploadPlan:
+    """Map local files under ``src_dir`` to keys ``prefix + relpath`` and validate every key.
+
+    With ``only_referenced_by`` (a data.json), the plan is exactly that file plus
+    the files it references. Its relative paths are resolved against
+    ``ref_root`` (default: ``src_dir/raw`` if that folder exists, else
+    ``src_dir``, matching ``tools/make_data_json.py``); keys stay relative to
+    ``src_dir`` so the bucket mirrors the local layout. Referenced files that do
+    not exist locally are returned in ``plan.failed``.
+
+    Raises InvalidPathError listing every key S3 servers would mangle.
+    """
+    src = Path(src_dir)
+    if not src.is_dir():
+        raise StorageError(f"source folder {src} does not exist or is not a folder")
+    pre = normalise_prefix(prefix)
+    if pre and key_problem(pre[:-1]):
+        raise InvalidPathError(f"--prefix {prefix!r} is not a safe key prefix: {key_problem(pre[:-1])}")
+    plan = UploadPlan()
+    if only_referenced_by is None:
+        files, plan.skipped_hidden = _walk_files(src)
+        pairs = [(path, _rel_key(path, src)) for path in files]
+    else:
+        data_json = Path(only_referenced_by)
+        if not data_json.is_file():
+            raise StorageError(f"data.json {data_json} does not exist")
+        root = Path(ref_root) if ref_root is not None else (src / "raw" if (src / "raw").is_dir() else src)
+        src_abs = src.resolve()
+        dj_abs = data_json.resolve()
+        pairs = [(data_json, _rel_key(dj_abs, src_abs) if dj_abs.is_relative_to(src_abs) else data_json.name)]
+        seen = {pairs[0][1]}
+        for rel in referenced_relpaths(data_json):
+            try:
+                norm = check_relpath(rel, source=str(data_json))
+            except InvalidPathError as exc:
+                plan.failed.append((rel, f"unsafe path in data.json: {exc}"))
+                continue
+            path = root / norm
+            abs_path = Path(os.path.abspath(path))
+            if not abs_path.is_relative_to(Path(os.path.abspath(src))):
+                plan.failed.append((rel, f"{path} is outside the source folder {src}"))
+                continue
+            if not path.is_file():
+                plan.failed.append((pre + _rel_key(abs_path, Path(os.path.abspath(src))),
+                                    f"referenced by {data_json.name} but missing locally ({path})"))
+                continue
+            rel_key = _rel_key(abs_path, Path(os.path.abspath(src)))
+            if rel_key not in seen:  # 'x.jpg' and './x.jpg' are one file
+                seen.add(rel_key)
+                pairs.append((path, rel_key))
+    keyed = [(path, pre + rel) for path, rel in pairs]
+    validate_keys(key for _, key in keyed)
+    for path, key in keyed:
+        plan.items.append(UploadItem(local_path=path, key=key, size=path.stat().st_size,
+                                     content_type=content_type_for(path)))
+    return plan
+
+
+# -- hashing -----------------------------------------------------------------
+def effective_part_size(size: int, part_size: int) -> int:
+    """The part size actually used for ``size`` bytes: at least 5 MiB and
+    doubled until there are at most 10,000 parts (as s3transfer's ChunksizeAdjuster)."""
+    part = max(part_size, MIN_PART_SIZE)
+    while (size + part - 1) // part > MAX_PARTS:
+        part *= 2
+    return part
+
+
+def file_md5(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_READ_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def multipart_etag(path: Path, part_size: int) -> str:
+    """The ETag S3 gives a multipart upload of ``path`` in ``part_size`` parts:
+    MD5 of the concatenated binary part MD5s, then ``-<number of parts>``."""
+    digests: List[bytes] = []
+    with open(path, "rb") as fh:
+        while True:
+            h = hashlib.md5(usedforsecurity=False)
+            left = part_size
+            while left:
+                chunk = fh.read(min(_READ_CHUNK, left))
+                if not chunk:
+                    break
+                h.update(chunk)
+                left -= len(chunk)
+            if left == part_size:
+                break
+            digests.append(h.digest())
+            if left:
+                break
+    return f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{len(digests)}"
+
+
+def local_etag_like(path: Path, size: int, remote_etag: Optional[str], part_size: int) -> Optional[str]:
+    """The local file's ETag in the same form as ``remote_etag`` (single-part MD5
+    or ``-N`` multipart), or None when it cannot match (part count differs)."""
+    if remote_etag and "-" in remote_etag:
+        try:
+            parts = int(remote_etag.rsplit("-", 1)[1])
+        except ValueError:
+            return None
+        part = effective_part_size(size, part_size)
+        if max(1, (size + part - 1) // part) != parts:
+            return None  # uploaded with another part size: cannot prove equality, re-upload
+        return multipart_etag(path, part)
+    return file_md5(path)
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+# -- listing -----------------------------------------------------------------
+def list_existing(backend: S3Backend, bucket: str, prefix: str = "") -> Dict[str, Tuple[int, Optional[str]]]:
+    """key -> (size, ETag without quotes) for every object under ``prefix``, from ONE paginated LIST."""
+    pre = normalise_prefix(prefix)
+    uri = f"s3://{bucket}/{pre}"
+    return {pre + info.key: (info.size, info.etag) for info in backend.list(uri, recursive=True) if not info.is_dir}
+
+
+# -- uploading ---------------------------------------------------------------
+class _Uploader:
+    """Per-run state shared by the worker threads (one client, one stop flag)."""
+
+    def __init__(self, backend: S3Backend, bucket: str, existing: Dict[str, Tuple[int, Optional[str]]], *,
+                 multipart_threshold: int, part_size: int, dry_run: bool, progress: Optional[ProgressFn]) -> None:
+        self.backend = backend
+        self.bucket = bucket
+        self.existing = existing
+        self.threshold = multipart_threshold
+        self.part_size = part_size
+        self.dry_run = dry_run
+        self.progress = progress
+        self.stop = threading.Event()
+        self._progress_lock = threading.Lock()  # progress callbacks (tqdm.update) are not atomic
+
+    def _tick(self, n: int) -> None:
+        if self.progress and n:
+            with self._progress_lock:
+                self.progress(n)
+
+    def process(self, item: UploadItem) -> Tuple[str, str]:
+        """Skip or upload one item; returns (outcome 'skipped'|'uploaded', local ETag)."""
+        if self.stop.is_set():
+            raise _Cancelled()
+        remote = self.existing.get(item.key)
+        if remote is not None and remote[0] == item.size:
+            local = local_etag_like(item.local_path, item.size, remote[1], self.part_size)
+            if local is not None and local == remote[1]:
+                return "skipped", local
+        if self.dry_run:
+            self._tick(item.size)
+            return "uploaded", ""
+        if item.size > self.threshold:
+            return "uploaded", self._put_multipart(item)
+        return "uploaded", self._put_single(item)
+
+    def _put_single(self, item: UploadItem) -> str:
+        data = item.local_path.read_bytes()
+        if len(data) != item.size:
+            raise StorageError(f"{item.local_path} changed size while uploading ({item.size} -> {len(data)})")
+        digest = hashlib.md5(data, usedforsecurity=False)
+        uri = f"s3://{self.bucket}/{item.key}"
+        md5_b64 = _b64(digest.digest())
+        client = self.backend.client
+
+        def op() -> Dict[str, Any]:
+            return client.put_object(Bucket=self.bucket, Key=item.key, Body=data, ContentMD5=md5_b64,
+                                     ContentType=item.content_type)
+        self.backend._run(uri, "put", op)
+        self._tick(item.size)
+        return digest.hexdigest()
+
+    def _put_multipart(self, item: UploadItem) -> str:
+        """Multipart upload with a Content-MD5 per part; aborted on any failure or stop."""
+        uri = f"s3://{self.bucket}/{item.key}"
+        client = self.backend.client
+        part_size = effective_part_size(item.size, self.part_size)
+        created = self.backend._run(uri, "create multipart upload", lambda: client.create_multipart_upload(
+            Bucket=self.bucket, Key=item.key, ContentType=item.content_type))
+        upload_id = created["UploadId"]
+        parts: List[Dict[str, Any]] = []
+        digests: List[bytes] = []
+        sent = 0
+        try:
+            with open(item.local_path, "rb") as fh:
+                number = 0
+                while True:
+                    if self.stop.is_set():
+                        raise _Cancelled()
+                    data = fh.read(part_size)
+                    if not data:
+                        break
+                    number += 1
+                    digest = hashlib.md5(data, usedforsecurity=False).digest()
+
+                    def op(data: bytes = data, number: int = number, md5: str = _b64(digest)) -> Dict[str, Any]:
+                        return client.upload_part(Bucket=self.bucket, Key=item.key, UploadId=upload_id,
+                                                  PartNumber=number, Body=data, ContentMD5=md5)
+                    response = self.backend._run(uri, f"upload part {number}", op)
+                    parts.append({"PartNumber": number, "ETag": response["ETag"]})
+                    digests.append(digest)
+                    sent += len(data)
+                    self._tick(len(data))
+            if sent != item.size:
+                raise StorageError(f"{item.local_path} changed size while uploading ({item.size} -> {sent})")
+            done = self.backend._run(uri, "complete multipart upload", lambda: client.complete_multipart_upload(
+                Bucket=self.bucket, Key=item.key, UploadId=upload_id, MultipartUpload={"Parts": parts}))
+        except BaseException:
+            try:
+                client.abort_multipart_upload(Bucket=self.bucket, Key=item.key, UploadId=upload_id)
+            except Exception as exc:  # noqa: BLE001 - best effort; the original error matters
+                logger.warning("%s: could not abort multipart upload (%s); the bucket may keep its parts "
+                               "until a lifecycle rule removes them", uri, type(exc).__name__)
+            raise
+        expected = f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{len(digests)}"
+        got = str(done.get("ETag", "")).strip('"')
+        if got != expected:
+            raise StorageError(f"{uri}: server ETag {got!r} != locally computed multipart ETag {expected!r}")
+        return expected
+
+
+def upload_all(items: List[UploadItem], backend: S3Backend, bucket: str, *, prefix: str = "", workers: int = 16,
+               multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD, part_size: int = DEFAULT_PART_SIZE,
+               dry_run: bool = False, progress: Optional[ProgressFn] = None,
+               existing: Optional[Dict[str, Tuple[int, Optional[str]]]] = None) -> UploadReport:
+    """Upload ``items`` to ``bucket`` with ``workers`` threads, skipping what is already there.
+
+    ``existing`` is the result of :func:`list_existing` (one LIST of ``prefix``
+    is made when it is None). ``progress(n)`` is called from worker threads
+    with uploaded byte counts. Per-file errors are collected in
+    ``report.failed``; listing errors (missing bucket, bad credentials) raise.
+    On Ctrl-C, queued files are cancelled, in-flight ones finish (a multipart
+    upload stops at its next part and is aborted) and :class:`UploadInterrupted`
+    carries the report so far.
+    """
+    if workers < 1:
+        raise ValueError("workers must be >= 1")
+    if part_size < MIN_PART_SIZE:
+        raise ValueError(f"part_size must be >= {MIN_PART_SIZE} bytes (S3 minimum)")
+    if backend.settings.max_pool_connections < workers:
+        logger.warning("max_pool_connections=%d < workers=%d: connections beyond the pool are discarded; "
+                       "pass max_pool_connections=%d", backend.settings.max_pool_connections, workers, workers)
+    started = time.monotonic()
+    report = UploadReport(files=len(items), dry_run=dry_run)
+    if existing is None:
+        existing = list_existing(backend, bucket, prefix)
+    uploader = _Uploader(backend, bucket, existing, multipart_threshold=multipart_threshold, part_size=part_size,
+                         dry_run=dry_run, progress=progress)
+    _ = backend.client  # create the shared client once, before the threads race for it
+
+    def record(item: UploadItem, future: Future) -> None:
+        try:
+            outcome, etag = future.result()
+        except _Cancelled:
+            return
+        except StorageError as exc:
+            report.failed.append((item.key, str(exc)))
+            return
+        except Exception as exc:  # noqa: BLE001 - one file's failure must not stop the others
+            report.failed.append((item.key, f"{type(exc).__name__}: {exc}"))
+            return
+        if etag:
+            report.etags[item.key] = etag
+        if outcome == "skipped":
+            report.skipped += 1
+            report.skipped_bytes += item.size
+        else:
+            report.uploaded += 1
+            report.bytes += item.size
+
+    # A bounded window of futures: memory stays flat for 60k files, wait() stays O(window),
+    # and Ctrl-C has little queued work to cancel.
+    window = workers * 4
+    queue = iter(items)
+    inflight: Dict[Future, UploadItem] = {}
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload")
+    try:
+        while True:
+            while len(inflight) < window:
+                item = next(queue, None)
+                if item is None:
+                    break
+                inflight[pool.submit(uploader.process, item)] = item
+            if not inflight:
+                break
+            done, _ = wait(inflight, timeout=1.0, return_when=FIRST_COMPLETED)
+            for future in done:
+                record(inflight.pop(future), future)
+    except KeyboardInterrupt:
+        uploader.stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        for future, item in inflight.items():  # what finished while we waited for in-flight files
+            if future.done() and not future.cancelled():
+                record(item, future)
+        report.interrupted = True
+        report.seconds = time.monotonic() - started
+        raise UploadInterrupted(report) from None
+    finally:
+        pool.shutdown(wait=True)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+# -- verifying ---------------------------------------------------------------
+def verify(items: List[UploadItem], backend: S3Backend, bucket: str, prefix: str = "", *,
+           part_size: int = DEFAULT_PART_SIZE, workers: int = 8,
+           known_etags: Optional[Dict[str, str]] = None) -> VerifyReport:
+    """Check every item against ONE LIST of ``prefix``: present, same size, same ETag.
+
+    ``known_etags`` (from :attr:`UploadReport.etags`) saves re-hashing files
+    whose ETag form (single/multipart) matches the remote one.
+    """
+    remote = list_existing(backend, bucket, prefix)
+    report = VerifyReport()
+    known = known_etags or {}
+
+    def check(item: UploadItem) -> Tuple[str, Optional[str]]:
+        entry = remote.get(item.key)
+        if entry is None:
+            return "missing", None
+        size, etag = entry
+        if size != item.size:
+            return "mismatched", f"size {size} in bucket != {item.size} local"
+        local = known.get(item.key)
+        if local is None or ("-" in local) != ("-" in (etag or "")):
+            local = local_etag_like(item.local_path, item.size, etag, part_size)
+        if local is None:
+            return "mismatched", f"ETag {etag} has a part count that {part_size}-byte parts cannot give"
+        if local != etag:
+            return "mismatched", f"ETag {etag} in bucket != {local} local"
+        return "ok", None
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="verify") as pool:
+        for item, future in [(item, pool.submit(check, item)) for item in items]:
+            try:
+                outcome, reason = future.result()
+            except OSError as exc:
+                report.failed.append((item.key, f"cannot read {item.local_path}: {exc.strerror or exc}"))
+                continue
+            if outcome == "ok":
+                report.ok += 1
+            elif outcome == "missing":
+                report.missing.append(item.key)
+            else:
+                report.mismatched.append((item.key, reason or ""))
+    return report

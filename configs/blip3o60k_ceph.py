@@ -1,0 +1,44 @@
+# BLIP3o-60k from an S3-compatible store (Ceph RGW, MinIO, AWS S3).
+#
+# Images and captions are read from ceph_folder through boto3 with the
+# connection settings of ceph_config (a petreloss.conf-style file). When the
+# local copy under data_root/raw exists, a sample whose remote read fails
+# (store unreachable, object missing) is read from there and counted.
+# Environment overrides (mmengine's {{$VAR:default}} syntax, no imports here):
+#   BLIP3O_DATA_ROOT    local data.json + raw/ copy     (default data/BLIP3o-60k)
+#   BLIP3O_CEPH_FOLDER  remote folder of images/captions (default s3://blip3o-60k/raw)
+#   BLIP3O_CEPH_CONFIG  petreloss.conf path              (default petreloss.conf)
+custom_imports = dict(imports=['blip3o_storage.dataset', 'blip3o_storage.mmengine_backend'],
+                      allow_failed_imports=False)
+
+data_root = '{{$BLIP3O_DATA_ROOT:data/BLIP3o-60k}}'
+ceph_folder = '{{$BLIP3O_CEPH_FOLDER:s3://blip3o-60k/raw}}'
+ceph_config = '{{$BLIP3O_CEPH_CONFIG:petreloss.conf}}'
+image_size = 512
+max_length = 128
+prompt_template = dict(INSTRUCTION='<|user|>\n{input}<|end|>\n<|assistant|>\n')
+
+dataset = dict(
+    type='BLIP3oDataset',
+    data_path=data_root + '/data.json',
+    image_folder=data_root + '/raw',
+    cap_folder=data_root + '/raw',
+    ceph_folder=ceph_folder,
+    ceph_config=ceph_config,
+    image_size=image_size,
+    unconditional=0.1,
+    prompt_template=prompt_template,
+    tokenizer=dict(type='ByteTokenizer'),
+    max_length=max_length,
+    max_retries=10,
+)
+
+train_dataloader = dict(
+    batch_size=4,
+    num_workers=4,
+    persistent_workers=True,
+    pin_memory=True,
+    dataset=dataset,
+    sampler=dict(type='DefaultSampler', shuffle=True),
+    collate_fn=dict(type='blip3o_collate', pad_index=0),
+)
