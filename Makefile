@@ -1,0 +1,40 @@
+# Two commands on a fresh machine (each installs what it needs):
+#   make demo   # the main job end to end on a local S3 server
+#   make test   # the whole test suite, including the real Ceph RGW
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-fast bench ceph-up ceph-down clean
+
+install: $(STAMP)
+
+# torch is pinned to the CPU wheel this machine ships; an unpinned torch would pull a CUDA build.
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) tools/demo.py $(DEMO_ARGS)
+
+test: $(STAMP)
+	PYTHON=$(PY) bash tools/run_tests.sh $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
+ceph-up:
+	bash tools/ceph_dev.sh up
+
+ceph-down:
+	bash tools/ceph_dev.sh down
+
+clean:
+	rm -rf $(VENV) demo-work
