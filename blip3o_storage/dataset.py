@@ -17,6 +17,15 @@ Where data comes from, per sample:
 * latents: ``latents_ceph_folder/<image>.pt`` (fallback ``image_latents_folder``).
 * ``data_path``: a ``.json`` file or a folder of them, local or ``s3://``.
 
+How ``ceph_folder`` reads happen is one :class:`~blip3o_storage.sources.SampleSource`:
+one object per file (default), or, with ``shard_index=`` (the ``index.json``
+of ``tools/upload_shards.py``), a ranged GET into the original tar shards in
+``ceph_folder``, the same data.json resolving through the index; either can
+sit behind a size-bounded local disk cache (``cache_dir``/``cache_max_bytes``).
+``prefetch=N`` reads the bytes of the next N samples this worker will get in
+background threads (see :mod:`blip3o_storage.prefetch`; give it the sampler
+with :meth:`CaptionDataset.set_sampler`).
+
 Counters (``bad_sample_counts``, ``read_counts``, ``bad_samples_log``) live
 in the process that reads: with ``num_workers=0`` that is the main process;
 with DataLoader workers each worker has its own copy (forked from the
@@ -45,7 +54,9 @@ from torch.utils.data import Dataset
 from .errors import (AccessDeniedError, ConfigError, CorruptDataError, InvalidPathError, ObjectNotFoundError,
                      StorageError, TransientStorageError)
 from .image_ops import ImageRejectedError, load_pixel_values
+from .prefetch import Prefetcher
 from .registry import BUILDER, build_component
+from .sources import ObjectSource, SampleSource, build_source
 from .storage import ConfigLike, Storage
 from .tokenizers import prompt_input_ids
 from .uri import check_relpath, is_s3_uri, join_uri, parse_uri
@@ -53,6 +64,7 @@ from .uri import check_relpath, is_s3_uri, join_uri, parse_uri
 logger = logging.getLogger(__name__)
 
 DEFAULT_TOKENIZER_KWARGS = {"add_special_tokens": True}
+_OBJECTS = ObjectSource()
 
 
 class SampleRetriesExhaustedError(StorageError):
@@ -174,6 +186,11 @@ class CaptionDataset(Dataset):
     after the store is found down or unconfigured, reads with a local copy
     skip it for ``fallback_cooldown`` seconds (per process) instead of paying
     connection timeouts and retries on every file.
+    ``shard_index`` (URI of an ``index.json``; ``ceph_folder`` then names the
+    folder holding the tars) switches ``ceph_folder`` reads to ranged GETs
+    into tar shards; ``cache_dir``/``cache_max_bytes`` put a local disk cache
+    in front of ``ceph_folder`` reads; ``prefetch``/``prefetch_threads``
+    fetch upcoming samples' bytes in background threads.
     ``image_processor`` is built and kept (as OpenUni does) but not applied.
     """
 
@@ -204,10 +221,21 @@ class CaptionDataset(Dataset):
                  max_aspect_ratio: float = 10.0,
                  local_fallback: bool = True,
                  fallback_cooldown: float = 60.0,
-                 bad_samples_log_size: int = 1000) -> None:
+                 bad_samples_log_size: int = 1000,
+                 shard_index: Optional[str] = None,
+                 cache_dir: Optional[str] = None,
+                 cache_max_bytes: Optional[int] = None,
+                 prefetch: int = 0,
+                 prefetch_threads: int = 4) -> None:
         super().__init__()
         if max_retries < 0:
             raise ConfigError(f"max_retries must be >= 0, not {max_retries}")
+        if shard_index is not None and ceph_folder is None:
+            raise ConfigError("shard_index needs ceph_folder: the folder (e.g. s3://bucket/prefix) holding the tars")
+        if prefetch < 0 or prefetch_threads < 1:
+            raise ConfigError(f"prefetch must be >= 0 and prefetch_threads >= 1 (got {prefetch}, {prefetch_threads})")
+        if cache_max_bytes is not None and cache_max_bytes <= 0:
+            raise ConfigError(f"cache_max_bytes must be > 0, not {cache_max_bytes}")
         if crop not in ("center", "random"):
             raise ConfigError(f"crop must be 'center' or 'random', not {crop!r}")
         for name, folder in (("image_folder", image_folder), ("cap_folder", cap_folder),
@@ -265,6 +293,12 @@ class CaptionDataset(Dataset):
         self._remote_down_until = 0.0  # monotonic time; per process, reset by pickling
 
         self._load_data(self.data_path)
+        self.shard_index = shard_index
+        #: How ceph_folder reads happen (ObjectSource / ShardSource, maybe inside a CachedSource).
+        self.sample_source: SampleSource = build_source(Storage(self.ceph_config), shard_index, cache_dir,
+                                                        cache_max_bytes)
+        self._prefetcher: Optional[Prefetcher] = (Prefetcher(prefetch, prefetch_threads)
+                                                  if prefetch > 0 and ceph_folder is not None else None)
 
     # -- plumbing ---------------------------------------------------------
     def _load_data(self, data_path: str) -> None:
@@ -290,15 +324,63 @@ class CaptionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.data_list)
 
+    def set_sampler(self, sampler: Any, batch_size: int = 1, drop_last: bool = False) -> None:
+        """Tell prefetch the order samples will be asked in: the DataLoader's
+        ``sampler`` (or a list of indices) and its ``batch_size``/``drop_last``.
+        Call it before creating the DataLoader iterator (workers get a copy)."""
+        if self._prefetcher is not None:
+            self._prefetcher.set_sampler(sampler, batch_size, drop_last)
+
+    def set_epoch_order(self, indices: Sequence[int], batch_size: int = 1, drop_last: bool = False) -> None:
+        """:meth:`set_sampler` with an explicit index order (e.g. ``list(sampler)``)."""
+        self.set_sampler([int(i) for i in indices], batch_size, drop_last)
+
     def stats(self) -> Dict[str, Any]:
         """A snapshot of this process's counters (plus per-cluster S3 retries)."""
-        return {"bad_samples": dict(self.bad_sample_counts), "reads": dict(self.read_counts),
-                "storage_retries": self.storage.retry_stats() if self._storage is not None else {}}
+        out = {"bad_samples": dict(self.bad_sample_counts), "reads": dict(self.read_counts),
+               "storage_retries": self.storage.retry_stats() if self._storage is not None else {}}
+        if self._prefetcher is not None:
+            out["prefetch"] = self._prefetcher.stats()
+        cache = getattr(self.sample_source, "cache", None)
+        if cache is not None:
+            out["cache"] = cache.stats()
+        return out
+
+    def _remote_relpaths(self, sample: Mapping[str, str]) -> List[str]:
+        """The relpaths of ``sample`` that are read from ``ceph_folder``."""
+        reads_pixels = (self.image_tokens_folder is None and self.latents_ceph_folder is None
+                        and self.image_latents_folder is None)
+        return [sample["image"], sample["annotation"]] if reads_pixels else [sample["annotation"]]
+
+    def _prefetch_from(self, idx: int) -> None:
+        """Start fetching sample ``idx`` and the ones this worker expects next
+        (each sample's files in one ``read_many``: one request in shard mode)."""
+        prefetcher, source, folder = self._prefetcher, self.sample_source, self.ceph_folder
+        if prefetcher is None or folder is None or time.monotonic() < self._remote_down_until:
+            return
+        storage = self.storage  # made here, not raced for by the threads
+        for j in [idx] + prefetcher.plan(idx, len(self)):
+            try:
+                refs = [source.locate(folder, rel) for rel in self._remote_relpaths(self.data_list[j])]
+            except StorageError:
+                continue  # e.g. not in the shard index: the synchronous read reports it
+            prefetcher.submit([r.key for r in refs], lambda refs=refs: source.read_many(storage, refs))
+
+    def _fetch(self, source: SampleSource, folder: str, relpath: str, trace: List[str]) -> bytes:
+        """Locate and read ``relpath`` (prefetched bytes first); ``trace[-1]`` becomes its label."""
+        ref = source.locate(folder, relpath)
+        trace[-1] = ref.label
+        if self._prefetcher is not None and source is self.sample_source:
+            data = self._prefetcher.take(ref.key)
+            if data is not None:
+                return data
+        return source.read(self.storage, ref)
 
     def _read(self, remote_folder: Optional[str], local_folder: Optional[str], relpath: str,
-              trace: List[str]) -> bytes:
-        """Bytes of ``relpath``: from ``remote_folder`` when set (falling back
-        to ``local_folder``), else from ``local_folder``."""
+              trace: List[str], source: Optional[SampleSource] = None) -> bytes:
+        """Bytes of ``relpath``: from ``remote_folder`` when set, through ``source``
+        (default: one object per file), falling back to ``local_folder``; else
+        from ``local_folder``."""
         if remote_folder is not None:
             if time.monotonic() < self._remote_down_until:
                 local = self._local_copy(local_folder, relpath)
@@ -307,7 +389,7 @@ class CaptionDataset(Dataset):
             uri = join_uri(remote_folder, relpath)
             trace.append(uri)
             try:
-                data = self.storage.get(uri)
+                data = self._fetch(source or _OBJECTS, remote_folder, relpath, trace)
                 self.read_counts["remote"] += 1
                 return data
             except StorageError as exc:
@@ -366,14 +448,14 @@ class CaptionDataset(Dataset):
         if self.latents_ceph_folder is not None or self.image_latents_folder is not None:
             return {"image_latents": self._load_tensor(self.latents_ceph_folder, self.image_latents_folder,
                                                        image + ".pt", trace)}
-        data = self._read(self.ceph_folder, self.image_folder, image, trace)
+        data = self._read(self.ceph_folder, self.image_folder, image, trace, self.sample_source)
         pixels = load_pixel_values(data, trace[-1], image_size=self.image_size,
                                    min_image_size=self.min_image_size, max_aspect_ratio=self.max_aspect_ratio,
                                    crop=self.crop)
         return {"pixel_values": pixels}
 
     def _read_caption(self, sample: Mapping[str, str], trace: List[str]) -> str:
-        data = self._read(self.ceph_folder, self.cap_folder, sample["annotation"], trace)
+        data = self._read(self.ceph_folder, self.cap_folder, sample["annotation"], trace, self.sample_source)
         return self._parse_caption(data, trace[-1])
 
     def _parse_caption(self, data: bytes, key: str) -> str:
@@ -431,6 +513,8 @@ class CaptionDataset(Dataset):
         if not -n <= idx < n:
             raise IndexError(f"sample index {idx} out of range for {n} samples")
         idx %= n
+        if self._prefetcher is not None and not self.debug:
+            self._prefetch_from(idx)
         current, tried, failures = idx, [], []
         for attempt in range(self.max_retries + 1):
             trace: List[str] = []

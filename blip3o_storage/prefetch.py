@@ -1,0 +1,237 @@
+"""Per-worker, sampler-aware prefetch of sample bytes in background threads.
+
+Why: with remote storage a DataLoader worker spends most of a sample waiting
+on the network; if it knows which samples it will be asked for next, a few
+threads can have their bytes ready by then. Only raw bytes are fetched;
+decoding stays in ``__getitem__`` (threads would fight over the GIL).
+
+Which indices does *this* worker get next? The sampler's order, cut into
+batches of ``batch_size`` (a short last batch is dropped with
+``drop_last``), and batch ``k`` of an epoch goes to worker
+``k % num_workers``. That is how torch's ``_MultiProcessingDataLoaderIter``
+assigns batches with the default ``in_order=True`` (a round-robin
+``itertools.cycle`` over the workers, restarted every epoch). With
+``num_workers=0`` the main process gets every index in order.
+
+The prediction is only a hint: the worker follows its expected stream with a
+cursor, and when the index it is asked for is not where expected (another
+epoch, ``in_order=False``, a random sampler whose copy in the worker draws a
+different order, a bad-sample replacement) it resyncs or simply misses. A
+miss reads synchronously, so results never depend on the prediction.
+
+Threads, the buffer and the stream are created lazily in the process that
+uses them and dropped on pickling and after ``fork`` (a thread pool does not
+survive a fork), so a dataset can be used in the parent and then by workers.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Prefetcher", "worker_stream"]
+
+_GIVE_UP_AFTER = 8
+
+
+def worker_stream(order: Iterable[int], batch_size: int = 1, worker_id: int = 0, num_workers: int = 0,
+                  drop_last: bool = False) -> Iterator[int]:
+    """The indices worker ``worker_id`` of ``num_workers`` receives, in order
+    (lazily, so an infinite sampler works too)."""
+    it = iter(order)
+    if num_workers <= 1:
+        if not drop_last:
+            yield from it
+            return
+        worker_id, num_workers = 0, 1
+    for k in itertools.count():
+        batch = list(itertools.islice(it, batch_size))
+        if not batch or (drop_last and len(batch) < batch_size):
+            return
+        if k % num_workers == worker_id:
+            yield from batch
+
+
+class Prefetcher:
+    """Bytes of upcoming keys, fetched by ``threads`` threads, at most ``depth`` samples ahead.
+
+    ``plan(idx)`` is called by the dataset at the start of ``__getitem__``:
+    it advances the cursor to ``idx`` and returns the next ``depth`` indices
+    this worker expects; ``submit(keys, fn)`` starts fetching them;
+    ``take(key)`` hands over finished bytes (waiting for an in-flight fetch)
+    or None on a miss. Memory is bounded: at most ``max_pending`` fetches are
+    kept, the oldest unclaimed ones are dropped.
+    """
+
+    def __init__(self, depth: int, threads: int = 4, sampler: Optional[Iterable[int]] = None,
+                 batch_size: int = 1, drop_last: bool = False) -> None:
+        if depth < 0 or threads < 1:
+            raise ValueError(f"prefetch depth must be >= 0 and threads >= 1 (got {depth}, {threads})")
+        self.depth = depth
+        self.threads = threads
+        self.sampler = sampler
+        self.batch_size = max(1, int(batch_size))
+        self.drop_last = drop_last
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._pending: "collections.OrderedDict[str, Future]" = collections.OrderedDict()
+        self._stream: Optional[Iterator[int]] = None
+        self._ahead: Deque[int] = collections.deque()
+        self._exhausted = False
+        self._misaligned = 0  # resyncs in a row that found nothing
+        self.hits = self.waits = self.misses = self.errors = self.dropped = self.resyncs = 0
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return {"depth": self.depth, "threads": self.threads, "sampler": self.sampler,
+                "batch_size": self.batch_size, "drop_last": self.drop_last}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    def _here(self) -> None:
+        if self._pid != os.getpid():
+            self._reset()
+
+    def set_sampler(self, sampler: Optional[Iterable[int]], batch_size: int = 1, drop_last: bool = False) -> None:
+        """Predict from ``sampler`` (a torch/mmengine Sampler or a list of indices)."""
+        self._here()
+        self.sampler, self.batch_size, self.drop_last = sampler, max(1, int(batch_size)), drop_last
+        self._stream, self._ahead, self._exhausted = None, collections.deque(), False
+
+    @property
+    def max_pending(self) -> int:
+        return max(8, 4 * self.depth)
+
+    def stats(self) -> Dict[str, int]:
+        return {"hits": self.hits, "waits": self.waits, "misses": self.misses, "errors": self.errors,
+                "dropped": self.dropped, "resyncs": self.resyncs}
+
+    # -- prediction ---------------------------------------------------------
+    def _new_stream(self) -> None:
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 0)
+        self._stream = worker_stream(self.sampler, self.batch_size, wid, nw, self.drop_last)  # type: ignore[arg-type]
+        self._ahead = collections.deque()
+        self._exhausted = False
+
+    def _fill(self, n: int) -> None:
+        while len(self._ahead) < n and not self._exhausted:
+            nxt = next(self._stream, None)  # type: ignore[arg-type]
+            if nxt is None:
+                self._exhausted = True
+            else:
+                self._ahead.append(int(nxt))
+
+    def _seek(self, idx: int, window: int) -> bool:
+        self._fill(window)
+        for pos, value in enumerate(itertools.islice(self._ahead, window)):
+            if value == idx:
+                for _ in range(pos + 1):
+                    self._ahead.popleft()
+                return True
+        return False
+
+    def plan(self, idx: int, n: int) -> List[int]:
+        """Advance to ``idx``; the next up to ``depth`` indices expected after it.
+
+        Without a sampler, the guess is ``idx+1, idx+2, ...`` modulo ``n``
+        (right within a batch of a sequential sampler)."""
+        self._here()
+        if self.depth == 0:
+            return []
+        if self.sampler is None:
+            return [(idx + k) % n for k in range(1, min(self.depth, n - 1) + 1)]
+        with self._lock:
+            if self._misaligned >= _GIVE_UP_AFTER:
+                return []
+            window = max(4 * self.depth, 2 * self.batch_size, 16)
+            if self._stream is None:
+                self._new_stream()
+            if not self._seek(idx, window):
+                self.resyncs += 1
+                self._new_stream()  # a new epoch (or a first call) starts the sampler again
+                if not self._seek(idx, window):
+                    self._misaligned += 1
+                    if self._misaligned == _GIVE_UP_AFTER:
+                        logger.warning("prefetch in pid %d: requests do not follow the sampler's order "
+                                       "(random sampler without a seed? in_order=False?); prediction off "
+                                       "in this process, reads are synchronous", os.getpid())
+                    return []
+            self._misaligned = 0
+            self._fill(self.depth)
+            return list(itertools.islice(self._ahead, self.depth))
+
+    # -- fetching -----------------------------------------------------------
+    def submit(self, keys: Sequence[str], fn: Callable[[], List[bytes]]) -> None:
+        """Fetch ``keys`` (one call of ``fn`` returns their bytes, in order) unless already pending."""
+        self._here()
+        with self._lock:
+            if all(k in self._pending for k in keys):
+                return
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="prefetch")
+            whole = self._pool.submit(fn)
+            for i, key in enumerate(keys):
+                if key not in self._pending:
+                    self._pending[key] = _Part(whole, i)  # type: ignore[assignment]
+            while len(self._pending) > self.max_pending:
+                _, old = self._pending.popitem(last=False)
+                self.dropped += 1
+
+    def take(self, key: str) -> Optional[bytes]:
+        """The prefetched bytes of ``key`` (waiting if in flight), or None: read it yourself."""
+        self._here()
+        with self._lock:
+            part = self._pending.pop(key, None)
+        if part is None:
+            with self._lock:
+                self.misses += 1
+            return None
+        ready = part.done()
+        try:
+            data = part.result()
+        except Exception:  # noqa: BLE001 - the synchronous read will raise it properly, with fallback
+            with self._lock:
+                self.errors += 1
+                self.misses += 1
+            return None
+        with self._lock:
+            if ready:
+                self.hits += 1
+            else:
+                self.waits += 1
+        return data
+
+    def close(self) -> None:
+        """Stop the threads of this process (pending fetches are abandoned)."""
+        if self._pool is not None and self._pid == os.getpid():
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._reset()
+
+
+class _Part:
+    """Item ``i`` of a future that returns a list (one fetch, several keys)."""
+
+    __slots__ = ("future", "i")
+
+    def __init__(self, future: Future, i: int) -> None:
+        self.future, self.i = future, i
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def result(self) -> bytes:
+        return self.future.result()[self.i]

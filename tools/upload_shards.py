@@ -1,0 +1,276 @@
+#!/usr/bin/env python3
+"""Upload BLIP3o tar shards as they are, plus index.json (and data.json), for shard mode.
+
+Usage::
+
+    python tools/upload_shards.py --bucket B [--prefix P] [--config petreloss.conf] \
+        [--endpoint-url URL] [--workers N] [--no-data-json] [--strict] [--dry-run] TAR_OR_DIR ...
+
+    python tools/upload_shards.py --bucket B --prefix P --verify-only TAR_OR_DIR ...
+
+Writes ``P/<shard>.tar`` (multipart above the threshold), then ``P/index.json``
+(member -> offset, size; see ``blip3o_storage.shard_index``) and
+``P/data.json`` (the same entries ``tools/make_data_json.py`` makes from the
+extracted tree, built from the index). The index and data.json go last, so a
+reader never finds an index whose tars are not all there. Every tar is
+validated (the same member checks as extraction) before anything is sent.
+Resume, skip and verify work as in ``tools/upload.py``: one LIST, objects
+with matching size + ETag are skipped, and every key is verified after.
+
+Train with ``BLIP3oDataset(data_path='s3://B/P/data.json', ceph_folder='s3://B/P',
+shard_index='s3://B/P/index.json', ...)``.
+
+Exit status: 0 all good; 1 any file failed, missing or mismatched (or
+--strict and unpaired files); 2 bad usage, config, credentials, bucket,
+key names or a hostile/corrupt tar; 130 interrupted (Ctrl-C).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import List, Optional
+
+try:
+    import blip3o_storage  # noqa: F401
+except ImportError:  # run as `python tools/upload_shards.py` without the package installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from blip3o_storage import Storage
+from blip3o_storage.config import load_config
+from blip3o_storage.errors import (AccessDeniedError, BucketNotFoundError, ConfigError, CorruptDataError,
+                                   InvalidPathError, StorageError)
+from blip3o_storage.shard_index import build_index, data_json_from_index
+from blip3o_storage.upload import (DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, MIN_PART_SIZE, MiB,
+                                   UploadInterrupted, UploadItem, UploadReport, content_type_for, list_existing,
+                                   normalise_prefix, upload_all, validate_keys, verify)
+
+log = logging.getLogger("upload_shards")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+INDEX_NAME, DATA_JSON_NAME = "index.json", "data.json"
+_SHOW = 50
+
+
+class Unpaired(StorageError):
+    """The shards hold no pairs, or unpaired files under --strict: nothing to upload."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("sources", metavar="TAR_OR_DIR", nargs="+", type=Path,
+                    help="shard .tar files, or folders whose *.tar files are all shards")
+    ap.add_argument("--bucket", required=True, help="target bucket name")
+    ap.add_argument("--prefix", default="", help="key prefix (folder) inside the bucket; default: bucket root")
+    ap.add_argument("--config", default=None, help="petreloss.conf-style file (default: boto3 chain or "
+                                                   "$BLIP3O_CEPH_CONFIG)")
+    ap.add_argument("--endpoint-url", default=None, help="S3 endpoint (overrides the config)")
+    ap.add_argument("--no-data-json", action="store_true", help="upload only the tars and index.json")
+    ap.add_argument("--strict", action="store_true",
+                    help="fail (upload nothing) if any image or caption in the shards is unpaired")
+    ap.add_argument("--workers", type=int, default=8, help="parallel uploads (default 8; tars are big)")
+    ap.add_argument("--multipart-threshold-mb", type=float, default=DEFAULT_MULTIPART_THRESHOLD / MiB,
+                    help="files larger than this go multipart (MiB, default %(default)g)")
+    ap.add_argument("--part-size-mb", type=float, default=DEFAULT_PART_SIZE / MiB,
+                    help="multipart part size (MiB, >= 5, default %(default)g)")
+    ap.add_argument("--dry-run", action="store_true", help="index, list and compare, but write nothing")
+    ap.add_argument("--verify-only", action="store_true", help="upload nothing; report missing/different keys")
+    ap.add_argument("--no-verify", action="store_true", help="skip the verification LIST after uploading")
+    ap.add_argument("--create-bucket", action="store_true", help="create the bucket if it does not exist")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging (never shows secrets)")
+    return ap
+
+
+def _usage_error(args: argparse.Namespace) -> Optional[str]:
+    if args.workers < 1:
+        return "--workers must be >= 1"
+    if args.part_size_mb * MiB < MIN_PART_SIZE:
+        return "--part-size-mb must be >= 5 (the S3 minimum part size)"
+    if args.multipart_threshold_mb <= 0:
+        return "--multipart-threshold-mb must be > 0"
+    if args.dry_run and args.verify_only:
+        return "--dry-run and --verify-only cannot be combined"
+    if not args.bucket or "/" in args.bucket or args.bucket.startswith("s3:"):
+        return f"--bucket {args.bucket!r} must be a bare bucket name (put folders in --prefix)"
+    for src in args.sources:
+        if not src.exists():
+            return f"{src} does not exist"
+    return None
+
+
+def find_tars(sources: List[Path]) -> List[Path]:
+    """The .tar files named, or found (not recursively) in the folders named."""
+    tars: List[Path] = []
+    for src in sources:
+        found = sorted(p for p in src.iterdir() if p.name.endswith(".tar") and p.is_file()) if src.is_dir() else [src]
+        if src.is_dir() and not found:
+            raise ConfigError(f"no *.tar files in {src}")
+        tars += [p for p in found if p not in tars]
+    names = [p.name for p in tars]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"two shard files share a name ({', '.join(dup)}); keys would collide")
+    return tars
+
+
+def write_metadata(index: dict, entries: Optional[list], folder: Path) -> List[Path]:
+    """index.json (and data.json, one entry per line like make_data_json) in ``folder``; deterministic
+    bytes, so a re-run finds them unchanged and skips them."""
+    out = [folder / INDEX_NAME]
+    out[0].write_text(json.dumps(index, sort_keys=True, separators=(",", ":")) + "\n", encoding="utf-8")
+    if entries is not None:
+        path = folder / DATA_JSON_NAME
+        body = ",\n".join(json.dumps(e) for e in entries)
+        path.write_text("[\n" + body + ("\n]\n" if entries else "]\n"), encoding="utf-8")
+        out.append(path)
+    return out
+
+
+def _items(paths: List[Path], prefix: str) -> List[UploadItem]:
+    items = [UploadItem(local_path=p, key=prefix + p.name, size=p.stat().st_size, content_type=content_type_for(p))
+             for p in paths]
+    validate_keys(item.key for item in items)
+    return items
+
+
+def _log_failures(what: str, failures: list) -> None:
+    for key, reason in failures[:_SHOW]:
+        log.error("%s %s: %s", what, key, reason)
+    if len(failures) > _SHOW:
+        log.error("... and %d more %s", len(failures) - _SHOW, what)
+
+
+def _index(args: argparse.Namespace) -> tuple:
+    """Validate and index every tar; build data.json entries. Nothing is sent yet."""
+    tars = find_tars(args.sources)
+    index = build_index(tars)
+    members = sum(len(s["members"]) for s in index["shards"].values())
+    log.info("indexed %d shard(s), %d members, %.1f MB", len(tars), members, sum(p.stat().st_size for p in tars) / 1e6)
+    entries = None
+    if not args.no_data_json:
+        entries, report = data_json_from_index(index)
+        for what, lst in (("orphan image(s)", report.orphan_images), ("orphan caption(s)", report.orphan_captions),
+                          ("extra image(s)", report.duplicate_images), ("extra caption(s)", report.duplicate_captions)):
+            if lst:
+                log.warning("%d %s: %s%s", len(lst), what, ", ".join(lst[:20]), " ..." if len(lst) > 20 else "")
+        log.info("data.json: %d pairs", len(entries))
+        if not entries:
+            raise Unpaired("no image/caption pairs in the shards; nothing to train on")
+        if args.strict and report.has_orphans:
+            raise Unpaired("--strict: unpaired files in the shards; nothing uploaded")
+    return tars, index, entries
+
+
+def run(args: argparse.Namespace) -> int:
+    """Everything after argument parsing; StorageErrors escape to :func:`main`."""
+    tars, index, entries = _index(args)
+    prefix = normalise_prefix(args.prefix)
+    config = load_config(args.config, endpoint_url=args.endpoint_url)
+    pool = max(args.workers, 10)
+    overrides = {"max_pool_connections": pool} if any(
+        s.max_pool_connections < pool for s in config.clusters.values()) else {}
+    storage = Storage(config, **overrides)
+    backend = storage.backend_for(f"s3://{args.bucket}/{prefix}")
+    part_size = int(args.part_size_mb * MiB)
+    threshold = int(args.multipart_threshold_mb * MiB)
+    if args.create_bucket and not args.dry_run and not args.verify_only:
+        if backend.ensure_bucket(args.bucket):
+            log.info("created bucket %s", args.bucket)
+
+    with tempfile.TemporaryDirectory(prefix="upload-shards-") as tmp:
+        tar_items = _items(tars, prefix)
+        meta_items = _items(write_metadata(index, entries, Path(tmp)), prefix)
+        all_items = tar_items + meta_items
+        try:
+            existing = list_existing(backend, args.bucket, prefix)
+        except BucketNotFoundError:
+            if not (args.dry_run and args.create_bucket):
+                raise
+            existing = {}
+        if args.verify_only:
+            check = verify(all_items, backend, args.bucket, prefix, part_size=part_size, workers=args.workers)
+            for key in check.missing[:_SHOW]:
+                log.error("missing %s", key)
+            _log_failures("mismatched", check.mismatched)
+            print(check.summary(), flush=True)
+            return EXIT_OK if check.passed else EXIT_FAILED
+
+        total = UploadReport(files=len(all_items), dry_run=args.dry_run)
+        try:
+            for items in (tar_items, meta_items):  # tars first: an index never points at missing tars
+                report = upload_all(items, backend, args.bucket, prefix=prefix, workers=args.workers,
+                                    multipart_threshold=threshold, part_size=part_size, dry_run=args.dry_run,
+                                    existing=existing)
+                _merge(total, report)
+                if report.failed:
+                    break  # do not publish an index for tars that are not all there
+        except UploadInterrupted as exc:
+            _merge(total, exc.report)
+            print(f"interrupted: {total.summary()}; re-run the same command to upload the rest", flush=True)
+            return EXIT_INTERRUPTED
+        _log_failures("failed", total.failed)
+        print(total.summary(), flush=True)
+        status = EXIT_OK if total.ok and total.uploaded + total.skipped == len(all_items) else EXIT_FAILED
+        if args.dry_run or args.no_verify or total.failed:
+            return status
+        check = verify(all_items, backend, args.bucket, prefix, part_size=part_size, workers=args.workers,
+                       known_etags=total.etags)
+        for key in check.missing[:_SHOW]:
+            log.error("missing after upload: %s", key)
+        _log_failures("mismatched after upload", check.mismatched)
+        print(check.summary(), flush=True)
+        base = f"s3://{args.bucket}/{prefix}"
+        print(f"shard mode: ceph_folder='{base.rstrip('/')}', shard_index='{base}{INDEX_NAME}'"
+              + (f", data_path='{base}{DATA_JSON_NAME}'" if entries is not None else ""), flush=True)
+        return status if check.passed else EXIT_FAILED
+
+
+def _merge(total: UploadReport, part: UploadReport) -> None:
+    total.bytes += part.bytes
+    total.skipped += part.skipped
+    total.skipped_bytes += part.skipped_bytes
+    total.uploaded += part.uploaded
+    total.failed += part.failed
+    total.seconds += part.seconds
+    total.interrupted = total.interrupted or part.interrupted
+    total.etags.update(part.etags)
+
+
+def main(argv: Optional[list] = None) -> int:
+    """CLI entry point; returns the process exit status."""
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):  # their debug logs show request headers
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    problem = _usage_error(args)
+    if problem:
+        ap.print_usage(sys.stderr)
+        log.error("%s", problem)
+        return EXIT_USAGE
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to finish", flush=True)
+        return EXIT_INTERRUPTED
+    except BucketNotFoundError:
+        log.error("bucket %r does not exist at %s; create it or pass --create-bucket", args.bucket,
+                  args.endpoint_url or "the configured endpoint")
+        return EXIT_USAGE
+    except Unpaired as exc:
+        log.error("%s", exc)
+        return EXIT_FAILED
+    except (ConfigError, InvalidPathError, AccessDeniedError, CorruptDataError) as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    except StorageError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
