@@ -28,7 +28,6 @@ import configparser
 import logging
 import os
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 from urllib.parse import urlparse
 
@@ -78,8 +77,12 @@ class S3Settings:
         if self.max_attempts < 1 or self.max_pool_connections < 1:
             raise ConfigError("max_attempts and max_pool_connections must be >= 1")
         if self.endpoint_url is not None:
-            parsed = urlparse(self.endpoint_url)
-            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            try:
+                parsed = urlparse(self.endpoint_url)
+                parsed.port  # noqa: B018 - raises ValueError on a bad port
+            except ValueError:
+                parsed = None
+            if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname:
                 raise ConfigError(f"endpoint {self.endpoint_url!r} is not an http(s) URL")
 
     @property

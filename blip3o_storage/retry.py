@@ -17,7 +17,7 @@ from typing import Callable, Dict, Optional, TypeVar
 
 from botocore.exceptions import (
     BotoCoreError, ClientError, ConnectionClosedError, ConnectionError as BotoConnectionError,
-    IncompleteReadError, ReadTimeoutError, ResponseStreamingError)
+    IncompleteReadError, ReadTimeoutError, ResponseStreamingError, SSLError as BotoSSLError)
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
 logger = logging.getLogger(__name__)
@@ -69,8 +69,22 @@ class RetryStats:
         self._lock = threading.Lock()
 
 
+def tls_verify_failure(exc: BaseException) -> Optional[str]:
+    """Why the server's TLS certificate was rejected (e.g. 'certificate verify failed:
+    self-signed certificate'), or None if ``exc`` is not such a failure. It is final:
+    every retry gets the same certificate."""
+    if not isinstance(exc, BotoSSLError):
+        return None
+    text = str(exc.kwargs.get("error", exc))
+    if "CERTIFICATE_VERIFY_FAILED" not in text:
+        return None
+    return text.split("] ", 1)[-1].split(" (_ssl.c", 1)[0].strip()
+
+
 def retry_reason(exc: BaseException) -> Optional[str]:
-    """Why ``exc`` is worth retrying, or None when it is final (404, 403, ...)."""
+    """Why ``exc`` is worth retrying, or None when it is final (404, 403, bad TLS certificate, ...)."""
+    if tls_verify_failure(exc):
+        return None
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")

@@ -21,7 +21,7 @@ from .backend import ObjectInfo
 from .config import S3Settings
 from .errors import (AccessDeniedError, BucketNotFoundError, InvalidPathError, ObjectNotFoundError, StorageError,
                      TransientStorageError)
-from .retry import RetryStats, call_with_retries, retry_reason
+from .retry import RetryStats, call_with_retries, retry_reason, tls_verify_failure
 from .uri import StorageURI, parse_uri
 
 logger = logging.getLogger(__name__)
@@ -92,6 +92,11 @@ def map_error(exc: BaseException, uri: str, action: str) -> StorageError:
     if isinstance(exc, NoCredentialsError):
         return AccessDeniedError(f"{uri}: no credentials found for {action}; set access_key/secret_key "
                                  f"in the ceph_config or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+    tls = tls_verify_failure(exc)
+    if tls:
+        return StorageError(f"{uri}: SSL/TLS certificate verification failed during {action} ({tls}); set "
+                            f"ca_bundle to the CA certificate that signed the endpoint's certificate "
+                            f"(or verify_ssl = false, only for a throw-away test endpoint)")
     reason = retry_reason(exc)
     if reason:
         return TransientStorageError(f"{uri}: {action} failed after retries ({reason}: {type(exc).__name__})")

@@ -13,7 +13,6 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Union
 from .backend import ObjectInfo, StorageBackend
 from .config import S3Settings, StorageConfig, load_config
 from .local_backend import LocalBackend
-from .retry import RetryStats
 from .s3_backend import S3Backend
 from .uri import PathLike, join_uri, parse_uri
 

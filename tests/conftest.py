@@ -125,3 +125,26 @@ def s3_endpoint(request: pytest.FixtureRequest) -> S3Endpoint:
 def s3_bucket(s3_endpoint: S3Endpoint) -> tuple:
     """(Storage, 's3://fresh-bucket') on each real-HTTP S3 server."""
     return new_bucket(s3_endpoint)
+
+
+@pytest.fixture(scope="session")
+def moto_auth_endpoint() -> Iterator[S3Endpoint]:
+    """A moto server that checks SigV4 signatures (moto skips auth unless told), with one
+    IAM user allowed ``s3:*``: wrong access keys and wrong secrets get a real 403."""
+    import json
+
+    import boto3
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "3")  # CreateUser, CreateAccessKey, PutUserPolicy
+        server = start_moto_server()
+    try:
+        iam = boto3.client("iam", endpoint_url=server.endpoint_url, region_name="us-east-1",
+                           aws_access_key_id="setup", aws_secret_access_key="setup")
+        iam.create_user(UserName="blip3o-test")
+        key = iam.create_access_key(UserName="blip3o-test")["AccessKey"]
+        iam.put_user_policy(UserName="blip3o-test", PolicyName="s3", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        yield S3Endpoint("moto_auth", server.endpoint_url, key["AccessKeyId"], key["SecretAccessKey"])
+    finally:
+        server.stop()

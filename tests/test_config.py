@@ -2,7 +2,6 @@
 botocore settings that come out (checksums, addressing, pool, retries)."""
 from __future__ import annotations
 
-import os
 
 import pytest
 

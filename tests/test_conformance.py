@@ -3,13 +3,12 @@ moto_server over real HTTP, and the real Ceph RGW (with --ceph)."""
 from __future__ import annotations
 
 import pickle
-import uuid
 from typing import Iterator, Tuple
 
 import pytest
 from moto import mock_aws
 
-from blip3o_storage import (AccessDeniedError, InvalidPathError, ObjectNotFoundError, Storage, StorageError,
+from blip3o_storage import (InvalidPathError, ObjectNotFoundError, Storage, StorageError,
                             join_uri)
 
 from conftest import new_bucket

@@ -6,6 +6,7 @@ import importlib
 import sys
 
 import mmengine.fileio as fileio
+import mmengine.fileio.io as fileio_io
 import pytest
 
 import blip3o_storage.mmengine_backend  # noqa: F401  (registers the backend)
@@ -22,6 +23,10 @@ def conf_bucket(s3_endpoint, tmp_path, monkeypatch):
     storage, bucket = new_bucket(s3_endpoint)
     conf = s3_endpoint.write_petreloss_conf(tmp_path / "petreloss.conf", cluster="cluster1")
     monkeypatch.setenv("BLIP3O_CEPH_CONFIG", str(conf))
+    # mmengine caches backends (enable_singleton) by prefix + backend_args: without this, a call
+    # with no backend_args would reuse the backend built from an earlier test's BLIP3O_CEPH_CONFIG
+    # (the moto server when the Ceph RGW run comes second).
+    monkeypatch.setattr(fileio_io, "backend_instances", {})
     return storage, bucket, str(conf)
 
 

@@ -79,3 +79,23 @@ def test_unreachable_endpoint_fails_fast_with_uri(moto_endpoint):
                                                 connect_timeout=0.5))
     with pytest.raises(TransientStorageError, match="s3://bucket/key"):
         storage.get("s3://bucket/key")
+
+
+def test_tls_certificate_failure_is_final_and_clear():
+    """A rejected server certificate is not retried by us and says what to set (the
+    end-to-end check against a self-signed RGW is tests/test_ceph_https.py)."""
+    from botocore.exceptions import SSLError
+
+    from blip3o_storage.retry import retry_reason
+    from blip3o_storage.s3_backend import map_error
+
+    bad_cert = SSLError(endpoint_url="https://127.0.0.1:7443/b/k", error=Exception(
+        "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate (_ssl.c:1006)"))
+    assert retry_reason(bad_cert) is None
+    err = map_error(bad_cert, "s3://b/k", "get")
+    assert not isinstance(err, TransientStorageError)
+    assert str(err).startswith("s3://b/k: SSL/TLS certificate verification failed during get "
+                               "(certificate verify failed: self-signed certificate)")
+    assert "ca_bundle" in str(err)
+    handshake_eof = SSLError(endpoint_url="https://h/b/k", error=Exception("EOF occurred in violation of protocol"))
+    assert retry_reason(handshake_eof) == "connection"  # other TLS errors may be transient: still retried

@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import json
 import multiprocessing
-import os
 import pickle
 import sys
 import tarfile
@@ -20,7 +19,6 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from blip3o_storage import CorruptDataError, InvalidPathError, ObjectNotFoundError, Storage
-from blip3o_storage.collate import blip3o_collate
 from blip3o_storage.dataset import BLIP3oDataset
 from blip3o_storage.disk_cache import DiskCache
 from blip3o_storage.prefetch import Prefetcher, worker_stream
