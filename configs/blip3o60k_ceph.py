@@ -8,8 +8,15 @@
 #   BLIP3O_DATA_ROOT    local data.json + raw/ copy     (default data/BLIP3o-60k)
 #   BLIP3O_CEPH_FOLDER  remote folder of images/captions (default s3://blip3o-60k/raw)
 #   BLIP3O_CEPH_CONFIG  petreloss.conf path              (default petreloss.conf)
-custom_imports = dict(imports=['blip3o_storage.dataset', 'blip3o_storage.mmengine_backend'],
+custom_imports = dict(imports=['blip3o_storage.dataset', 'blip3o_storage.mmengine_backend',
+                               'blip3o_storage.hooks'],
                       allow_failed_imports=False)
+# Prefetch: each worker reads the bytes of its next samples in background
+# threads while it decodes the current one. PrefetchSamplerHook gives the
+# dataset the sampler's order before the workers fork; workers are re-forked
+# every epoch (persistent_workers=False) so their copy of the sampler has the
+# epoch that DistSamplerSeedHook set.
+custom_hooks = [dict(type='PrefetchSamplerHook')]
 
 data_root = '{{$BLIP3O_DATA_ROOT:data/BLIP3o-60k}}'
 ceph_folder = '{{$BLIP3O_CEPH_FOLDER:s3://blip3o-60k/raw}}'
@@ -31,12 +38,14 @@ dataset = dict(
     tokenizer=dict(type='ByteTokenizer'),
     max_length=max_length,
     max_retries=10,
+    prefetch=8,
+    prefetch_threads=4,
 )
 
 train_dataloader = dict(
     batch_size=4,
     num_workers=4,
-    persistent_workers=True,
+    persistent_workers=False,
     pin_memory=True,
     dataset=dataset,
     sampler=dict(type='DefaultSampler', shuffle=True),
