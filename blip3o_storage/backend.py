@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Optional, Protocol, runtime_checkable
 
+from .errors import StorageError
+
 
 @dataclass(frozen=True)
 class ObjectInfo:
@@ -15,6 +17,14 @@ class ObjectInfo:
     etag: Optional[str] = None  # S3 ETag without quotes; None for local files
     mtime: Optional[float] = None
     is_dir: bool = False
+
+
+def decode_text(data: bytes, uri: str, encoding: str = "utf-8") -> str:
+    """``data`` decoded as ``encoding``; StorageError naming ``uri`` and the bad byte if it is not."""
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise StorageError(f"{uri}: not valid {encoding} text ({exc.reason} at byte {exc.start})") from None
 
 
 @runtime_checkable

@@ -5,7 +5,7 @@ import os
 import tempfile
 from typing import Iterator, Optional
 
-from .backend import ObjectInfo
+from .backend import ObjectInfo, decode_text
 from .errors import AccessDeniedError, InvalidPathError, ObjectNotFoundError, StorageError
 from .uri import parse_uri
 
@@ -47,11 +47,7 @@ class LocalBackend:
             return fh.read()
 
     def get_text(self, uri: str, encoding: str = "utf-8") -> str:
-        data = self.get(uri)
-        try:
-            return data.decode(encoding)
-        except UnicodeDecodeError as exc:
-            raise StorageError(f"{uri}: not valid {encoding} text ({exc.reason} at byte {exc.start})") from None
+        return decode_text(self.get(uri), uri, encoding)
 
     def get_range(self, uri: str, start: int, length: int) -> bytes:
         if start < 0 or length < 0:

@@ -20,6 +20,8 @@ from botocore.exceptions import (
     IncompleteReadError, ReadTimeoutError, ResponseStreamingError, SSLError as BotoSSLError)
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
+from ._pickling import DropsLocksOnPickle
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -29,7 +31,7 @@ RETRYABLE_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTi
 
 
 @dataclass
-class RetryStats:
+class RetryStats(DropsLocksOnPickle):
     """Counters a user can read: how often reads had to be retried.
 
     ``botocore_retries`` are retries botocore did inside one call;
@@ -58,15 +60,6 @@ class RetryStats:
         with self._lock:
             return {"calls": self.calls, "retries": self.retries, "botocore_retries": self.botocore_retries,
                     "failures": self.failures, "by_reason": dict(self.by_reason)}
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state.pop("_lock", None)
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
 
 def tls_verify_failure(exc: BaseException) -> Optional[str]:

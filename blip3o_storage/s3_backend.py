@@ -17,7 +17,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from .backend import ObjectInfo
+from ._pickling import DropsLocksOnPickle
+from .backend import ObjectInfo, decode_text
 from .config import S3Settings
 from .errors import (AccessDeniedError, BucketNotFoundError, InvalidPathError, ObjectNotFoundError, StorageError,
                      TransientStorageError)
@@ -105,8 +106,10 @@ def map_error(exc: BaseException, uri: str, action: str) -> StorageError:
     return StorageError(f"{uri}: {action} failed ({type(exc).__name__}: {exc})")
 
 
-class S3Backend:
+class S3Backend(DropsLocksOnPickle):
     """Byte-level S3 access for one cluster's settings; safe across fork and pickle."""
+
+    _pickle_resets = {"_client": None, "_client_pid": None}  # each process makes its own client
 
     def __init__(self, settings: S3Settings, *, cluster: Optional[str] = None) -> None:
         self.settings = settings
@@ -118,17 +121,6 @@ class S3Backend:
 
     def __repr__(self) -> str:
         return f"S3Backend({self.settings.describe()}, cluster={self.cluster!r})"
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_client"] = None
-        state["_client_pid"] = None
-        state.pop("_lock", None)
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
     @property
     def client(self) -> Any:
@@ -196,11 +188,7 @@ class S3Backend:
         return self._run(uri, "get", op)
 
     def get_text(self, uri: str, encoding: str = "utf-8") -> str:
-        data = self.get(uri)
-        try:
-            return data.decode(encoding)
-        except UnicodeDecodeError as exc:
-            raise StorageError(f"{uri}: not valid {encoding} text ({exc.reason} at byte {exc.start})") from None
+        return decode_text(self.get(uri), uri, encoding)
 
     def get_range(self, uri: str, start: int, length: int) -> bytes:
         if start < 0 or length < 0:

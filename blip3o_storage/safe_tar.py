@@ -34,6 +34,10 @@ __all__ = [
     "extract_shard",
     "shard_name",
     "build_data_json",
+    "image_caption_exts",
+    "add_candidate",
+    "pair_shard",
+    "finish_report",
 ]
 
 log = logging.getLogger(__name__)
@@ -386,6 +390,68 @@ def extract_shard(
 # data.json
 # --------------------------------------------------------------------------
 
+def image_caption_exts(image_exts: Iterable[str], caption_ext: str) -> tuple[set[str], str]:
+    """Lower-case extensions with a leading dot; ValueError if the caption one is also an image one."""
+    img_exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in image_exts}
+    cap_ext = caption_ext.lower() if caption_ext.startswith(".") else "." + caption_ext.lower()
+    if cap_ext in img_exts:
+        raise ValueError(f"caption_ext {caption_ext!r} is also an image extension")
+    return img_exts, cap_ext
+
+
+def add_candidate(
+    rel: str,
+    key: str,
+    ext: str,
+    exts: tuple[set[str], str],
+    images: dict[str, list[str]],
+    captions: dict[str, list[str]],
+    report: DataJsonReport,
+) -> None:
+    """File ``rel`` (lower-case extension ``ext``) goes to ``images`` or ``captions`` under
+    ``key`` (its relpath without extension), or to ``report.other_files``."""
+    img_exts, cap_ext = exts
+    if ext in img_exts:
+        images.setdefault(key, []).append(rel)
+    elif ext == cap_ext:
+        captions.setdefault(key, []).append(rel)
+    else:
+        report.other_files.append(rel)
+
+
+def pair_shard(
+    images: dict[str, list[str]],
+    captions: dict[str, list[str]],
+    entries: list[dict[str, str]],
+    report: DataJsonReport,
+) -> None:
+    """Pair one shard's images and captions by key into ``entries``: the alphabetically
+    first image/caption of a key wins, the rest are duplicates; unpaired ones are orphans."""
+    for caps in captions.values():
+        caps.sort()
+        report.duplicate_captions.extend(caps[1:])
+    for key, imgs in images.items():
+        imgs.sort()
+        caps = captions.pop(key, None)
+        if caps is None:
+            report.orphan_images.extend(imgs)
+            continue
+        entries.append({"image": imgs[0], "annotation": caps[0]})
+        report.duplicate_images.extend(imgs[1:])
+    for caps in captions.values():
+        report.orphan_captions.append(caps[0])
+
+
+def finish_report(entries: list[dict[str, str]], report: DataJsonReport) -> None:
+    """Sort ``entries`` by image path and every list of ``report``; count the pairs."""
+    entries.sort(key=lambda e: (e["image"], e["annotation"]))
+    report.pairs = len(entries)
+    report.orphan_images.sort()
+    report.orphan_captions.sort()
+    report.duplicate_images.sort()
+    report.duplicate_captions.sort()
+    report.other_files.sort()
+
 def build_data_json(
     raw_root: PathLike,
     image_exts: Iterable[str] = (".jpg", ".jpeg", ".png", ".webp"),
@@ -402,10 +468,7 @@ def build_data_json(
     raw = Path(raw_root)
     if not raw.is_dir():
         raise StorageError(f"raw folder {raw} does not exist; run tools/extract.py first")
-    img_exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in image_exts}
-    cap_ext = caption_ext.lower() if caption_ext.startswith(".") else "." + caption_ext.lower()
-    if cap_ext in img_exts:
-        raise ValueError(f"caption_ext {caption_ext!r} is also an image extension")
+    exts = image_caption_exts(image_exts, caption_ext)
 
     report = DataJsonReport()
     entries: list[dict[str, str]] = []
@@ -434,34 +497,8 @@ def build_data_json(
                     report.other_files.append(rel)
                     continue
                 stem, ext = os.path.splitext(fn)
-                key = str(rel_dir / stem)
-                ext = ext.lower()
-                if ext in img_exts:
-                    images.setdefault(key, []).append(rel)
-                elif ext == cap_ext:
-                    captions.setdefault(key, []).append(rel)
-                else:
-                    report.other_files.append(rel)
+                add_candidate(rel, str(rel_dir / stem), ext.lower(), exts, images, captions, report)
+        pair_shard(images, captions, entries, report)
 
-        for key, caps in captions.items():
-            caps.sort()
-            report.duplicate_captions.extend(caps[1:])
-        for key, imgs in images.items():
-            imgs.sort()
-            caps = captions.pop(key, None)
-            if caps is None:
-                report.orphan_images.extend(imgs)
-                continue
-            entries.append({"image": imgs[0], "annotation": caps[0]})
-            report.duplicate_images.extend(imgs[1:])
-        for caps in captions.values():
-            report.orphan_captions.append(caps[0])
-
-    entries.sort(key=lambda e: (e["image"], e["annotation"]))
-    report.pairs = len(entries)
-    report.orphan_images.sort()
-    report.orphan_captions.sort()
-    report.duplicate_images.sort()
-    report.duplicate_captions.sort()
-    report.other_files.sort()
+    finish_report(entries, report)
     return entries, report

@@ -28,7 +28,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Dict, Iterable, List, Mapping, Tuple, Union
 
 from .errors import CorruptDataError, InvalidPathError, ObjectNotFoundError
-from .safe_tar import MARKER_NAME, DataJsonReport, check_member, shard_name
+from .safe_tar import (MARKER_NAME, DataJsonReport, add_candidate, check_member, finish_report, image_caption_exts,
+                       pair_shard, shard_name)
 from .uri import check_relpath
 
 logger = logging.getLogger(__name__)
@@ -104,10 +105,7 @@ def data_json_from_index(index: Mapping[str, Any],
     a key wins and the rest are reported as duplicates, unpaired files are
     reported, entries are sorted by image path.
     """
-    img_exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in image_exts}
-    cap_ext = caption_ext.lower() if caption_ext.startswith(".") else "." + caption_ext.lower()
-    if cap_ext in img_exts:
-        raise ValueError(f"caption_ext {caption_ext!r} is also an image extension")
+    exts = image_caption_exts(image_exts, caption_ext)
     report = DataJsonReport()
     entries: List[Dict[str, str]] = []
     for shard in sorted(index["shards"]):
@@ -121,29 +119,9 @@ def data_json_from_index(index: Mapping[str, Any],
             pure = PurePosixPath(rel)
             key = str(pure.with_name(os.path.splitext(pure.name)[0]))
             ext = os.path.splitext(pure.name)[1].lower()
-            if ext in img_exts:
-                images.setdefault(key, []).append(rel)
-            elif ext == cap_ext:
-                captions.setdefault(key, []).append(rel)
-            else:
-                report.other_files.append(rel)
-        for caps in captions.values():
-            caps.sort()
-            report.duplicate_captions.extend(caps[1:])
-        for key, imgs in images.items():
-            imgs.sort()
-            caps = captions.pop(key, None)
-            if caps is None:
-                report.orphan_images.extend(imgs)
-                continue
-            entries.append({"image": imgs[0], "annotation": caps[0]})
-            report.duplicate_images.extend(imgs[1:])
-        report.orphan_captions.extend(caps[0] for caps in captions.values())
-    entries.sort(key=lambda e: (e["image"], e["annotation"]))
-    report.pairs = len(entries)
-    for lst in (report.orphan_images, report.orphan_captions, report.duplicate_images,
-                report.duplicate_captions, report.other_files):
-        lst.sort()
+            add_candidate(rel, key, ext, exts, images, captions, report)
+        pair_shard(images, captions, entries, report)
+    finish_report(entries, report)
     return entries, report
 
 

@@ -22,6 +22,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Protocol, Sequence, runtime_checkable
 
+from ._pickling import DropsLocksOnPickle
 from .disk_cache import DiskCache
 from .errors import CorruptDataError
 from .shard_index import ShardIndex
@@ -81,7 +82,7 @@ class ObjectSource:
         return "ObjectSource()"
 
 
-class ShardSource:
+class ShardSource(DropsLocksOnPickle):
     """Members of tar shards, by ranged GET, located through a :class:`ShardIndex`.
 
     ``folder`` (the dataset's ``ceph_folder``) is the folder holding the
@@ -90,20 +91,12 @@ class ShardSource:
     wrong bytes at stale offsets.
     """
 
+    _pickle_resets = {"_checked": {}}  # each process checks the tar sizes again
+
     def __init__(self, index: ShardIndex, coalesce_gap: int = DEFAULT_COALESCE_GAP) -> None:
         self.index = index
         self.coalesce_gap = coalesce_gap
         self._checked: Dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def __getstate__(self) -> Dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_checked"] = {}
-        state.pop("_lock", None)
-        return state
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__dict__.update(state)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:

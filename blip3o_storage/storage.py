@@ -10,6 +10,7 @@ import os
 import threading
 from typing import Any, Dict, Iterator, Mapping, Optional, Union
 
+from ._pickling import DropsLocksOnPickle
 from .backend import ObjectInfo, StorageBackend
 from .config import S3Settings, StorageConfig, load_config
 from .local_backend import LocalBackend
@@ -19,7 +20,7 @@ from .uri import PathLike, join_uri, parse_uri
 ConfigLike = Union[None, str, os.PathLike, Mapping[str, Any], StorageConfig, S3Settings]
 
 
-class Storage:
+class Storage(DropsLocksOnPickle):
     """Route reads and writes for local paths and ``[cluster:]s3://`` URIs.
 
     The config is loaded lazily too, so a Storage for local-only work never
@@ -32,15 +33,6 @@ class Storage:
         self._config: Optional[StorageConfig] = None
         self._s3: Dict[str, S3Backend] = {}
         self._local = LocalBackend()
-        self._lock = threading.Lock()
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state.pop("_lock", None)
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:

@@ -30,6 +30,8 @@ from blip3o_storage.local_s3 import free_port
 from blip3o_storage.registry import BUILDER, build_component
 from blip3o_storage.tokenizers import ByteTokenizer, build_prompt
 
+from helpers import jpeg as _jpeg
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32  # small output size keeps the tests fast; configs are checked at their own 512
 TEMPLATE = {"INSTRUCTION": "<|user|>\n{input}<|end|>\n<|assistant|>\n"}
@@ -37,17 +39,6 @@ LOGGER = "blip3o_storage.dataset"
 
 
 # -- a tiny BLIP3o-style tree ---------------------------------------------
-def _jpeg(width: int, height: int, seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    # smooth gradients + noise: JPEG-realistic, and crops/resizes are position-sensitive
-    y, x = np.mgrid[0:height, 0:width]
-    arr = np.stack([(x * 255 // max(width - 1, 1)), (y * 255 // max(height - 1, 1)),
-                    rng.integers(0, 256, (height, width))], axis=-1).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
 @dataclass
 class TinyData:
     """``root/data.json`` + ``root/raw/<relpaths>``; which entries are good/bad."""

@@ -16,7 +16,6 @@ Figures are printed as ``REL {...}`` lines (``pytest -s`` shows them).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -33,7 +32,6 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from blip3o_storage import (AccessDeniedError, BucketNotFoundError, ConfigError, CorruptDataError,
@@ -41,6 +39,7 @@ from blip3o_storage import (AccessDeniedError, BucketNotFoundError, ConfigError,
                             load_petreloss_conf)
 from blip3o_storage.dataset import BLIP3oDataset, SampleRetriesExhaustedError
 
+import helpers
 from conftest import REPO_ROOT, S3Endpoint, new_bucket
 from fault_proxy import FAULTS, FaultProxy, FaultRates
 
@@ -59,13 +58,7 @@ def report(name: str, **figures: object) -> None:
 
 
 def jpeg(width: int, height: int, seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    arr = np.stack([(x * 255 // max(width - 1, 1)), (y * 255 // max(height - 1, 1)),
-                    rng.integers(0, 256, (height, width))], axis=-1).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=85)
-    return buf.getvalue()
+    return helpers.jpeg(width, height, seed, quality=85)
 
 
 def write_conf(path: Path, endpoint_url: str, access_key: str, secret_key: str, cluster: str = "cluster1",

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 from mmengine.dataset import DefaultSampler
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from blip3o_storage import CorruptDataError, InvalidPathError, ObjectNotFoundError, Storage
@@ -26,6 +25,8 @@ from blip3o_storage.safe_tar import build_data_json, extract_shard
 from blip3o_storage.shard_index import ShardIndex, build_index, build_shard_index, data_json_from_index
 from blip3o_storage.sources import CachedSource, ObjectSource, ShardSource
 
+from helpers import jpeg as _jpeg
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tools"))
 import upload_shards  # noqa: E402
@@ -33,16 +34,6 @@ import upload_shards  # noqa: E402
 SIZE = 32
 TEMPLATE = {"INSTRUCTION": "<|user|>\n{input}<|end|>\n<|assistant|>\n"}
 LONG = "l" * 120  # > 100 chars: needs a GNU/PAX long-name header before the member
-
-
-def _jpeg(width: int, height: int, seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    arr = np.stack([(x * 255 // max(width - 1, 1)), (y * 255 // max(height - 1, 1)),
-                    rng.integers(0, 256, (height, width))], axis=-1).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
 
 
 def _add(tf: tarfile.TarFile, name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, link: str = "") -> None:

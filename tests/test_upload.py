@@ -16,13 +16,9 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
-
-import boto3
 import pytest
 
 from blip3o_storage import InvalidPathError, Storage
-from blip3o_storage.local_s3 import start_moto_server
 from blip3o_storage.upload import (list_existing, multipart_etag, plan_upload, upload_all, validate_keys, verify)
 
 from conftest import REPO_ROOT, S3Endpoint, new_bucket
@@ -307,26 +303,8 @@ def test_missing_bucket_needs_create_bucket(tmp_path, s3_endpoint, s3_conf):
     assert summary(created)["uploaded"] == len(local_files(src))
 
 
-@pytest.fixture(scope="module")
-def auth_moto() -> Iterator[S3Endpoint]:
-    """A moto server that checks signatures (moto skips auth unless told), with one IAM user."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "3")  # CreateUser, CreateAccessKey, PutUserPolicy
-        server = start_moto_server()
-    try:
-        iam = boto3.client("iam", endpoint_url=server.endpoint_url, region_name="us-east-1",
-                           aws_access_key_id="setup", aws_secret_access_key="setup")
-        iam.create_user(UserName="uploader")
-        key = iam.create_access_key(UserName="uploader")["AccessKey"]
-        iam.put_user_policy(UserName="uploader", PolicyName="s3", PolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
-        yield S3Endpoint("moto_auth", server.endpoint_url, key["AccessKeyId"], key["SecretAccessKey"])
-    finally:
-        server.stop()
-
-
 def test_wrong_secret_fails_without_leaking_it(tmp_path, s3_endpoint, request):
-    endpoint = request.getfixturevalue("auth_moto") if s3_endpoint.name == "moto_server" else s3_endpoint
+    endpoint = request.getfixturevalue("moto_auth_endpoint") if s3_endpoint.name == "moto_server" else s3_endpoint
     storage, bucket_uri = new_bucket(endpoint)
     src = make_dataset(tmp_path, n=1)
     good = endpoint.write_petreloss_conf(tmp_path / "good.conf")

@@ -39,19 +39,16 @@ try:
 except ImportError:  # run as `python tools/upload_shards.py` without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from blip3o_storage import Storage
-from blip3o_storage.config import load_config
-from blip3o_storage.errors import (AccessDeniedError, BucketNotFoundError, ConfigError, CorruptDataError,
-                                   InvalidPathError, StorageError)
+from blip3o_storage.errors import ConfigError, CorruptDataError, StorageError
 from blip3o_storage.shard_index import build_index, data_json_from_index
-from blip3o_storage.upload import (DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, MIN_PART_SIZE, MiB,
-                                   UploadInterrupted, UploadItem, UploadReport, content_type_for, list_existing,
+from blip3o_storage.upload import (MiB, UploadInterrupted, UploadItem, UploadReport, content_type_for,
                                    normalise_prefix, upload_all, validate_keys, verify)
+from blip3o_storage.upload_cli import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, add_connection_options,
+                                       add_transfer_options, connect, list_target, log_failures,
+                                       report_verify, run_cli, verify_after_upload)
 
 log = logging.getLogger("upload_shards")
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 INDEX_NAME, DATA_JSON_NAME = "index.json", "data.json"
-_SHOW = 50
 
 
 class Unpaired(StorageError):
@@ -63,38 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sources", metavar="TAR_OR_DIR", nargs="+", type=Path,
                     help="shard .tar files, or folders whose *.tar files are all shards")
-    ap.add_argument("--bucket", required=True, help="target bucket name")
-    ap.add_argument("--prefix", default="", help="key prefix (folder) inside the bucket; default: bucket root")
-    ap.add_argument("--config", default=None, help="petreloss.conf-style file (default: boto3 chain or "
-                                                   "$BLIP3O_CEPH_CONFIG)")
-    ap.add_argument("--endpoint-url", default=None, help="S3 endpoint (overrides the config)")
+    add_connection_options(ap, config_help="petreloss.conf-style file (default: boto3 chain or $BLIP3O_CEPH_CONFIG)",
+                           endpoint_help="S3 endpoint (overrides the config)")
     ap.add_argument("--no-data-json", action="store_true", help="upload only the tars and index.json")
     ap.add_argument("--strict", action="store_true",
                     help="fail (upload nothing) if any image or caption in the shards is unpaired")
-    ap.add_argument("--workers", type=int, default=8, help="parallel uploads (default 8; tars are big)")
-    ap.add_argument("--multipart-threshold-mb", type=float, default=DEFAULT_MULTIPART_THRESHOLD / MiB,
-                    help="files larger than this go multipart (MiB, default %(default)g)")
-    ap.add_argument("--part-size-mb", type=float, default=DEFAULT_PART_SIZE / MiB,
-                    help="multipart part size (MiB, >= 5, default %(default)g)")
-    ap.add_argument("--dry-run", action="store_true", help="index, list and compare, but write nothing")
-    ap.add_argument("--verify-only", action="store_true", help="upload nothing; report missing/different keys")
-    ap.add_argument("--no-verify", action="store_true", help="skip the verification LIST after uploading")
-    ap.add_argument("--create-bucket", action="store_true", help="create the bucket if it does not exist")
-    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging (never shows secrets)")
+    add_transfer_options(ap, workers=8, workers_help="parallel uploads (default 8; tars are big)",
+                         dry_run_help="index, list and compare, but write nothing",
+                         verify_only_help="upload nothing; report missing/different keys")
     return ap
 
 
 def _usage_error(args: argparse.Namespace) -> Optional[str]:
-    if args.workers < 1:
-        return "--workers must be >= 1"
-    if args.part_size_mb * MiB < MIN_PART_SIZE:
-        return "--part-size-mb must be >= 5 (the S3 minimum part size)"
-    if args.multipart_threshold_mb <= 0:
-        return "--multipart-threshold-mb must be > 0"
-    if args.dry_run and args.verify_only:
-        return "--dry-run and --verify-only cannot be combined"
-    if not args.bucket or "/" in args.bucket or args.bucket.startswith("s3:"):
-        return f"--bucket {args.bucket!r} must be a bare bucket name (put folders in --prefix)"
+    """What is wrong with this tool's own arguments (run_cli checks the shared ones first)."""
     for src in args.sources:
         if not src.exists():
             return f"{src} does not exist"
@@ -136,13 +114,6 @@ def _items(paths: List[Path], prefix: str) -> List[UploadItem]:
     return items
 
 
-def _log_failures(what: str, failures: list) -> None:
-    for key, reason in failures[:_SHOW]:
-        log.error("%s %s: %s", what, key, reason)
-    if len(failures) > _SHOW:
-        log.error("... and %d more %s", len(failures) - _SHOW, what)
-
-
 def _index(args: argparse.Namespace) -> tuple:
     """Validate and index every tar; build data.json entries. Nothing is sent yet."""
     tars = find_tars(args.sources)
@@ -168,12 +139,7 @@ def run(args: argparse.Namespace) -> int:
     """Everything after argument parsing; StorageErrors escape to :func:`main`."""
     tars, index, entries = _index(args)
     prefix = normalise_prefix(args.prefix)
-    config = load_config(args.config, endpoint_url=args.endpoint_url)
-    pool = max(args.workers, 10)
-    overrides = {"max_pool_connections": pool} if any(
-        s.max_pool_connections < pool for s in config.clusters.values()) else {}
-    storage = Storage(config, **overrides)
-    backend = storage.backend_for(f"s3://{args.bucket}/{prefix}")
+    backend = connect(args, prefix)
     part_size = int(args.part_size_mb * MiB)
     threshold = int(args.multipart_threshold_mb * MiB)
     if args.create_bucket and not args.dry_run and not args.verify_only:
@@ -184,17 +150,10 @@ def run(args: argparse.Namespace) -> int:
         tar_items = _items(tars, prefix)
         meta_items = _items(write_metadata(index, entries, Path(tmp)), prefix)
         all_items = tar_items + meta_items
-        try:
-            existing = list_existing(backend, args.bucket, prefix)
-        except BucketNotFoundError:
-            if not (args.dry_run and args.create_bucket):
-                raise
-            existing = {}
+        existing = list_target(backend, args, prefix)
         if args.verify_only:
             check = verify(all_items, backend, args.bucket, prefix, part_size=part_size, workers=args.workers)
-            for key in check.missing[:_SHOW]:
-                log.error("missing %s", key)
-            _log_failures("mismatched", check.mismatched)
+            report_verify(log, check)
             print(check.summary(), flush=True)
             return EXIT_OK if check.passed else EXIT_FAILED
 
@@ -211,21 +170,17 @@ def run(args: argparse.Namespace) -> int:
             _merge(total, exc.report)
             print(f"interrupted: {total.summary()}; re-run the same command to upload the rest", flush=True)
             return EXIT_INTERRUPTED
-        _log_failures("failed", total.failed)
+        log_failures(log, "failed", total.failed)
         print(total.summary(), flush=True)
         status = EXIT_OK if total.ok and total.uploaded + total.skipped == len(all_items) else EXIT_FAILED
         if args.dry_run or args.no_verify or total.failed:
             return status
-        check = verify(all_items, backend, args.bucket, prefix, part_size=part_size, workers=args.workers,
-                       known_etags=total.etags)
-        for key in check.missing[:_SHOW]:
-            log.error("missing after upload: %s", key)
-        _log_failures("mismatched after upload", check.mismatched)
-        print(check.summary(), flush=True)
+        passed = verify_after_upload(log, all_items, backend, args, prefix, part_size=part_size,
+                                     known_etags=total.etags)
         base = f"s3://{args.bucket}/{prefix}"
         print(f"shard mode: ceph_folder='{base.rstrip('/')}', shard_index='{base}{INDEX_NAME}'"
               + (f", data_path='{base}{DATA_JSON_NAME}'" if entries is not None else ""), flush=True)
-        return status if check.passed else EXIT_FAILED
+        return status if passed else EXIT_FAILED
 
 
 def _merge(total: UploadReport, part: UploadReport) -> None:
@@ -241,35 +196,8 @@ def _merge(total: UploadReport, part: UploadReport) -> None:
 
 def main(argv: Optional[list] = None) -> int:
     """CLI entry point; returns the process exit status."""
-    ap = build_parser()
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):  # their debug logs show request headers
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    problem = _usage_error(args)
-    if problem:
-        ap.print_usage(sys.stderr)
-        log.error("%s", problem)
-        return EXIT_USAGE
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print("interrupted; re-run the same command to finish", flush=True)
-        return EXIT_INTERRUPTED
-    except BucketNotFoundError:
-        log.error("bucket %r does not exist at %s; create it or pass --create-bucket", args.bucket,
-                  args.endpoint_url or "the configured endpoint")
-        return EXIT_USAGE
-    except Unpaired as exc:
-        log.error("%s", exc)
-        return EXIT_FAILED
-    except (ConfigError, InvalidPathError, AccessDeniedError, CorruptDataError) as exc:
-        log.error("%s", exc)
-        return EXIT_USAGE
-    except StorageError as exc:
-        log.error("%s", exc)
-        return EXIT_FAILED
+    return run_cli(build_parser(), argv, log, run, _usage_error,
+                   extra_errors={Unpaired: EXIT_FAILED, CorruptDataError: EXIT_USAGE})
 
 
 if __name__ == "__main__":

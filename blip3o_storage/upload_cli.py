@@ -1,0 +1,168 @@
+"""Command-line plumbing shared by ``tools/upload.py`` and ``tools/upload_shards.py``.
+
+The option groups both tools take, logging set-up, failure and verify
+reports, the after-upload verify step and :func:`run_cli`, which maps what
+escapes a tool's ``run`` to the exit status: 0 all good; 1 any file failed,
+missing or mismatched; 2 bad usage, config, credentials, bucket or key
+names; 130 interrupted (Ctrl-C). Every message goes to the calling tool's
+logger, so log lines keep its name.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
+
+from .config import load_config
+from .errors import (AccessDeniedError, BucketNotFoundError, ConfigError, InvalidPathError, StorageError)
+from .s3_backend import S3Backend
+from .storage import Storage
+from .upload import (DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, MIN_PART_SIZE, MiB, UploadItem, VerifyReport,
+                     list_existing, verify)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+SHOW = 50  # failures listed by name before "... and N more"
+NOISY_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer")  # their debug logs show request headers
+#: Errors that mean bad usage, config, credentials or key names: nothing was (or could be) sent.
+USAGE_ERRORS: Tuple[Type[StorageError], ...] = (ConfigError, InvalidPathError, AccessDeniedError)
+
+
+# -- options -----------------------------------------------------------------
+def add_connection_options(ap: argparse.ArgumentParser, *, config_help: str, endpoint_help: str) -> None:
+    """``--bucket --prefix --config --endpoint-url``."""
+    ap.add_argument("--bucket", required=True, help="target bucket name")
+    ap.add_argument("--prefix", default="", help="key prefix (folder) inside the bucket; default: bucket root")
+    ap.add_argument("--config", default=None, help=config_help)
+    ap.add_argument("--endpoint-url", default=None, help=endpoint_help)
+
+
+def add_transfer_options(ap: argparse.ArgumentParser, *, workers: int, workers_help: str, dry_run_help: str,
+                         verify_only_help: str) -> None:
+    """``--workers``, part sizes, ``--dry-run --verify-only --no-verify --create-bucket -v``."""
+    ap.add_argument("--workers", type=int, default=workers, help=workers_help)
+    ap.add_argument("--multipart-threshold-mb", type=float, default=DEFAULT_MULTIPART_THRESHOLD / MiB,
+                    help="files larger than this go multipart (MiB, default %(default)g)")
+    ap.add_argument("--part-size-mb", type=float, default=DEFAULT_PART_SIZE / MiB,
+                    help="multipart part size (MiB, >= 5, default %(default)g)")
+    ap.add_argument("--dry-run", action="store_true", help=dry_run_help)
+    ap.add_argument("--verify-only", action="store_true", help=verify_only_help)
+    ap.add_argument("--no-verify", action="store_true", help="skip the verification LIST after uploading")
+    ap.add_argument("--create-bucket", action="store_true", help="create the bucket if it does not exist")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging (never shows secrets)")
+
+
+def common_usage_error(args: argparse.Namespace) -> Optional[str]:
+    """What is wrong with the options of :func:`add_connection_options` / :func:`add_transfer_options`."""
+    if args.workers < 1:
+        return "--workers must be >= 1"
+    if args.part_size_mb * MiB < MIN_PART_SIZE:
+        return "--part-size-mb must be >= 5 (the S3 minimum part size)"
+    if args.multipart_threshold_mb <= 0:
+        return "--multipart-threshold-mb must be > 0"
+    if args.dry_run and args.verify_only:
+        return "--dry-run and --verify-only cannot be combined"
+    if not args.bucket or "/" in args.bucket or args.bucket.startswith("s3:"):
+        return f"--bucket {args.bucket!r} must be a bare bucket name (put folders in --prefix)"
+    return None
+
+
+# -- logging and reports -----------------------------------------------------
+def configure_logging(verbose: bool) -> None:
+    """Timestamped logs to stderr; boto's own debug logs stay off (they show request headers)."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def log_failures(log: logging.Logger, what: str, failures: Sequence[Tuple[str, str]]) -> None:
+    """``<what> <key>: <reason>`` for the first :data:`SHOW`, then ``... and N more <what>``."""
+    for key, reason in failures[:SHOW]:
+        log.error("%s %s: %s", what, key, reason)
+    if len(failures) > SHOW:
+        log.error("... and %d more %s", len(failures) - SHOW, what)
+
+
+def report_verify(log: logging.Logger, check: VerifyReport, when: str = "") -> None:
+    """Log what :func:`verify` found wrong: missing, mismatched and unreadable keys.
+
+    ``when`` (e.g. ``"after upload"``) goes after the kind: ``missing after upload: <key>``.
+    """
+    missing, what = (f"missing {when}:", f"missing {when}") if when else ("missing", "missing")
+    for key in check.missing[:SHOW]:
+        log.error("%s %s", missing, key)
+    if len(check.missing) > SHOW:
+        log.error("... and %d more %s", len(check.missing) - SHOW, what)
+    suffix = f" {when}" if when else ""
+    log_failures(log, "mismatched" + suffix, check.mismatched)
+    log_failures(log, "unreadable" + suffix, check.failed)
+
+
+# -- the target --------------------------------------------------------------
+def connect(args: argparse.Namespace, prefix: str) -> S3Backend:
+    """The backend of ``s3://<--bucket>/<prefix>`` with a connection pool for ``--workers``."""
+    config = load_config(args.config, endpoint_url=args.endpoint_url)
+    pool = max(args.workers, 10)
+    overrides = {"max_pool_connections": pool} if any(
+        s.max_pool_connections < pool for s in config.clusters.values()) else {}
+    storage = Storage(config, **overrides)
+    return storage.backend_for(f"s3://{args.bucket}/{prefix}")
+
+
+def list_target(backend: S3Backend, args: argparse.Namespace, prefix: str) -> Dict[str, Tuple[int, Optional[str]]]:
+    """:func:`list_existing` of the target; a missing bucket is empty for ``--dry-run --create-bucket``."""
+    try:
+        return list_existing(backend, args.bucket, prefix)
+    except BucketNotFoundError:
+        if not (args.dry_run and args.create_bucket):
+            raise
+        return {}
+
+
+def verify_after_upload(log: logging.Logger, items: List[UploadItem], backend: S3Backend,
+                        args: argparse.Namespace, prefix: str, *, part_size: int,
+                        known_etags: Dict[str, str]) -> bool:
+    """One more LIST: every item present with its size and ETag. Logs problems, prints the
+    summary; True if all passed."""
+    check = verify(items, backend, args.bucket, prefix, part_size=part_size, workers=args.workers,
+                   known_etags=known_etags)
+    report_verify(log, check, "after upload")
+    print(check.summary(), flush=True)
+    return check.passed
+
+
+# -- main --------------------------------------------------------------------
+def run_cli(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], log: logging.Logger,
+            run: Callable[[argparse.Namespace], int],
+            usage_error: Callable[[argparse.Namespace], Optional[str]], *,
+            extra_errors: Optional[Mapping[Type[StorageError], int]] = None) -> int:
+    """Parse ``argv``, check usage (:func:`common_usage_error`, then the tool's ``usage_error``),
+    call ``run(args)`` and map what escapes it to an exit status.
+
+    ``extra_errors`` (error class -> exit status) are checked, in order, before the
+    defaults: a missing bucket or :data:`USAGE_ERRORS` -> 2, any other StorageError -> 1,
+    Ctrl-C -> 130.
+    """
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    problem = common_usage_error(args) or usage_error(args)
+    if problem:
+        parser.print_usage(sys.stderr)
+        log.error("%s", problem)
+        return EXIT_USAGE
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to finish", flush=True)
+        return EXIT_INTERRUPTED
+    except BucketNotFoundError:
+        log.error("bucket %r does not exist at %s; create it or pass --create-bucket", args.bucket,
+                  args.endpoint_url or "the configured endpoint")
+        return EXIT_USAGE
+    except StorageError as exc:
+        log.error("%s", exc)
+        for cls, status in (extra_errors or {}).items():
+            if isinstance(exc, cls):
+                return status
+        return EXIT_USAGE if isinstance(exc, USAGE_ERRORS) else EXIT_FAILED
