@@ -14,7 +14,8 @@ A ``ceph_config`` is what OpenUni passes next to ``ceph_folder``. It may be
 
   plus optional per-cluster keys of ours: ``region``, ``addressing_style``,
   ``verify_ssl``, ``ca_bundle``, ``max_pool_connections``, ``retry_mode``,
-  ``max_attempts``, ``connect_timeout``, ``read_timeout``, ``profile``;
+  ``max_attempts``, ``connect_timeout``, ``read_timeout``, ``profile``,
+  ``fast_path`` (object GET/PUT over signed urllib3, default on for path-style endpoints);
 * a dict with the same keys (an mmengine config), one level per cluster or flat;
 * ``None``: the standard boto3 chain (``AWS_*`` variables, profiles) with the
   endpoint from ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` / ``S3_ENDPOINT_URL``,
@@ -66,6 +67,7 @@ class S3Settings:
     max_attempts: int = 5
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    fast_path: Optional[bool] = None  # None -> on for path-style endpoints (see use_fast_path)
 
     def __post_init__(self) -> None:
         if (self.access_key is None) != (self.secret_key is None):
@@ -99,6 +101,13 @@ class S3Settings:
         if self.addressing_style:
             return self.addressing_style
         return "auto" if self.is_aws else "path"
+
+    @property
+    def use_fast_path(self) -> bool:
+        """GET/PUT of objects through :mod:`blip3o_storage.signed_http` (path-style endpoints only)."""
+        if self.fast_path is False or not self.endpoint_url:
+            return False
+        return self.effective_addressing_style == "path"
 
     @property
     def verify(self) -> Union[bool, str]:
@@ -149,6 +158,17 @@ def _normalise_endpoint(value: str, *, where: str) -> str:
     return value.rstrip("/")
 
 
+def _parse_bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    low = str(value).strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError(name)
+
+
 def settings_from_mapping(values: Mapping[str, Any], *, where: str) -> S3Settings:
     """Build S3Settings from a mapping of (possibly aliased, string) values."""
     kwargs: Dict[str, Any] = {}
@@ -164,6 +184,8 @@ def settings_from_mapping(values: Mapping[str, Any], *, where: str) -> S3Setting
                 value = int(value)
             elif key in _FLOAT_KEYS:
                 value = float(value)
+            elif key == "fast_path":
+                value = _parse_bool(value, raw_key)
             elif key == "verify_ssl":
                 if isinstance(value, str):
                     low = value.strip().lower()

@@ -8,6 +8,7 @@ operation, body read included, and retries those with jittered backoff.
 """
 from __future__ import annotations
 
+import http.client
 import logging
 import random
 import threading
@@ -18,7 +19,9 @@ from typing import Callable, Dict, Optional, TypeVar
 from botocore.exceptions import (
     BotoCoreError, ClientError, ConnectionClosedError, ConnectionError as BotoConnectionError,
     IncompleteReadError, ReadTimeoutError, ResponseStreamingError, SSLError as BotoSSLError)
-from urllib3.exceptions import HTTPError as Urllib3HTTPError
+from urllib3.exceptions import (ConnectTimeoutError, HTTPError as Urllib3HTTPError, IncompleteRead,
+                                NewConnectionError, ProtocolError, ReadTimeoutError as Urllib3ReadTimeout,
+                                SSLError as Urllib3SSLError)
 
 from ._pickling import DropsLocksOnPickle
 
@@ -66,9 +69,12 @@ def tls_verify_failure(exc: BaseException) -> Optional[str]:
     """Why the server's TLS certificate was rejected (e.g. 'certificate verify failed:
     self-signed certificate'), or None if ``exc`` is not such a failure. It is final:
     every retry gets the same certificate."""
-    if not isinstance(exc, BotoSSLError):
+    if isinstance(exc, BotoSSLError):
+        text = str(exc.kwargs.get("error", exc))
+    elif isinstance(exc, Urllib3SSLError):  # the signed-HTTP path
+        text = str(exc)
+    else:
         return None
-    text = str(exc.kwargs.get("error", exc))
     if "CERTIFICATE_VERIFY_FAILED" not in text:
         return None
     return text.split("] ", 1)[-1].split(" (_ssl.c", 1)[0].strip()
@@ -94,10 +100,24 @@ def retry_reason(exc: BaseException) -> Optional[str]:
     if isinstance(exc, (ConnectionResetError, BrokenPipeError, TimeoutError)):
         return "connection-reset"
     if isinstance(exc, Urllib3HTTPError):
-        return "http-protocol"
+        return _urllib3_reason(exc)
     if isinstance(exc, BotoCoreError) and "Connection" in type(exc).__name__:
         return "connection"
     return None
+
+
+def _urllib3_reason(exc: Urllib3HTTPError) -> str:
+    """Name a urllib3 failure (the signed-HTTP path) as botocore's would be named."""
+    if isinstance(exc, (Urllib3ReadTimeout)):
+        return "read-timeout"
+    if isinstance(exc, (NewConnectionError, ConnectTimeoutError)):
+        return "connection"
+    causes = [exc, *exc.args] if isinstance(exc, ProtocolError) else [exc]
+    if any(isinstance(c, (IncompleteRead, http.client.IncompleteRead)) for c in causes):
+        return "truncated-body"
+    if any(isinstance(c, (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected)) for c in causes):
+        return "connection-reset"
+    return "http-protocol"
 
 
 # Failures botocore has already retried itself (its own attempts, or until its
@@ -106,7 +126,12 @@ REQUEST_PHASE_REASONS_EXTRA_ROUNDS = 1
 
 
 def _request_phase(exc: BaseException) -> bool:
-    return isinstance(exc, (ClientError, BotoConnectionError))
+    """True when botocore has already retried ``exc`` itself: a ClientError
+    that says so, or a botocore connection error. Errors from the signed-HTTP
+    path (RetryAttempts 0, urllib3 exceptions) get our full attempts."""
+    if isinstance(exc, ClientError):
+        return exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0) > 0
+    return isinstance(exc, BotoConnectionError)
 
 
 def call_with_retries(fn: Callable[[], T], *, what: str, attempts: int, stats: RetryStats,

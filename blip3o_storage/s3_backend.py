@@ -22,6 +22,7 @@ from .backend import ObjectInfo, decode_text
 from .config import S3Settings
 from .errors import (AccessDeniedError, BucketNotFoundError, InvalidPathError, ObjectNotFoundError, StorageError,
                      TransientStorageError)
+from .signed_http import SignedHTTP
 from .retry import RetryStats, call_with_retries, retry_reason, tls_verify_failure
 from .uri import StorageURI, parse_uri
 
@@ -57,14 +58,19 @@ def botocore_config(settings: S3Settings) -> Config:
     )
 
 
-def make_client(settings: S3Settings) -> Any:
-    """A new boto3 S3 client from its own Session (sessions are not thread-safe)."""
-    session = boto3.session.Session(
+def make_session(settings: S3Settings) -> Any:
+    """A boto3 Session of its own (sessions are not thread-safe, nor fork-safe)."""
+    return boto3.session.Session(
         aws_access_key_id=settings.access_key,
         aws_secret_access_key=settings.secret_key,
         aws_session_token=settings.session_token,
         profile_name=settings.profile,
     )
+
+
+def make_client(settings: S3Settings, session: Any = None) -> Any:
+    """A new boto3 S3 client (from ``session``, or a Session of its own)."""
+    session = session or make_session(settings)
     return session.client("s3", endpoint_url=settings.endpoint_url, verify=settings.verify,
                           config=botocore_config(settings))
 
@@ -109,13 +115,15 @@ def map_error(exc: BaseException, uri: str, action: str) -> StorageError:
 class S3Backend(DropsLocksOnPickle):
     """Byte-level S3 access for one cluster's settings; safe across fork and pickle."""
 
-    _pickle_resets = {"_client": None, "_client_pid": None}  # each process makes its own client
+    # each process makes its own client and signed-HTTP pool
+    _pickle_resets = {"_client": None, "_http": None, "_client_pid": None}
 
     def __init__(self, settings: S3Settings, *, cluster: Optional[str] = None) -> None:
         self.settings = settings
         self.cluster = cluster
         self.stats = RetryStats()
         self._client: Any = None
+        self._http: Optional[SignedHTTP] = None
         self._client_pid: Optional[int] = None
         self._lock = threading.Lock()
 
@@ -132,10 +140,19 @@ class S3Backend(DropsLocksOnPickle):
                 self._lock = threading.Lock()
             with self._lock:
                 if self._client is None or self._client_pid != pid:
-                    self._client = make_client(self.settings)
+                    session = make_session(self.settings)
+                    self._client = make_client(self.settings, session)
+                    self._http = (SignedHTTP(self.settings, session.get_credentials)
+                                  if self.settings.use_fast_path else None)
                     self._client_pid = pid
                     logger.debug("created S3 client in pid %d (%s)", pid, self.settings.describe())
         return self._client
+
+    @property
+    def http(self) -> Optional[SignedHTTP]:
+        """This process's signed-HTTP path for object GET/PUT, or None (boto3 for everything)."""
+        self.client  # noqa: B018 - creates both per process
+        return self._http
 
     # -- helpers ---------------------------------------------------------
     def _parse(self, uri: str, *, need_key: bool = True) -> StorageURI:
@@ -184,6 +201,9 @@ class S3Backend(DropsLocksOnPickle):
         p = self._parse(uri)
 
         def op() -> bytes:
+            http = self.http
+            if http is not None:
+                return http.get_object(p.bucket, p.key)
             return self._read_body(self.client.get_object(Bucket=p.bucket, Key=p.key), uri)
         return self._run(uri, "get", op)
 
@@ -198,6 +218,9 @@ class S3Backend(DropsLocksOnPickle):
         p = self._parse(uri)
 
         def op() -> bytes:
+            http = self.http
+            if http is not None:
+                return http.get_object(p.bucket, p.key, (start, start + length - 1))
             response = self.client.get_object(Bucket=p.bucket, Key=p.key,
                                               Range=f"bytes={start}-{start + length - 1}")
             return self._read_body(response, uri)
@@ -238,16 +261,22 @@ class S3Backend(DropsLocksOnPickle):
         except ObjectNotFoundError:
             return False
 
-    def put(self, uri: str, data: bytes, content_type: Optional[str] = None) -> None:
-        """Upload ``data`` with an explicit Content-MD5 so the server checks integrity."""
+    def put(self, uri: str, data: bytes, content_type: Optional[str] = None, *,
+            md5_digest: Optional[bytes] = None) -> str:
+        """Upload ``data`` in one PUT with an explicit Content-MD5 so the server
+        checks integrity; returns the ETag. ``md5_digest`` saves re-hashing."""
         p = self._parse(uri)
-        md5 = base64.b64encode(hashlib.md5(data).digest()).decode("ascii")
+        md5 = base64.b64encode(md5_digest or hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
         extra = {"ContentType": content_type} if content_type else {}
 
-        def op() -> None:
+        def op() -> str:
+            http = self.http
+            if http is not None:
+                return http.put_object(p.bucket, p.key, data, md5, content_type)
             r = self.client.put_object(Bucket=p.bucket, Key=p.key, Body=data, ContentMD5=md5, **extra)
             self._note_retries(r)
-        self._run(uri, "put", op)
+            return str(r.get("ETag", "")).strip('"')
+        return self._run(uri, "put", op)
 
     def list(self, uri: str, recursive: bool = True) -> Iterator[ObjectInfo]:
         """Objects under the prefix ``uri`` (keys relative to it), paginated.

@@ -422,13 +422,7 @@ class _Uploader:
             raise StorageError(f"{item.local_path} changed size while uploading ({item.size} -> {len(data)})")
         digest = hashlib.md5(data, usedforsecurity=False)
         uri = f"s3://{self.bucket}/{item.key}"
-        md5_b64 = _b64(digest.digest())
-        client = self.backend.client
-
-        def op() -> Dict[str, Any]:
-            return client.put_object(Bucket=self.bucket, Key=item.key, Body=data, ContentMD5=md5_b64,
-                                     ContentType=item.content_type)
-        self.backend._run(uri, "put", op)
+        self.backend.put(uri, data, item.content_type, md5_digest=digest.digest())
         self._tick(item.size)
         return digest.hexdigest()
 

@@ -146,3 +146,13 @@ def test_verify_and_ca_bundle(tmp_path):
     assert load_config({"endpoint_url": "https://h", "ca_bundle": str(bundle)}).settings_for(None).verify == str(bundle)
     with pytest.raises(ConfigError, match="ca_bundle"):
         load_config({"endpoint_url": "https://h", "ca_bundle": str(tmp_path / "missing.pem")})
+
+
+def test_fast_path_defaults_and_switch():
+    on = load_config({"endpoint_url": "http://rgw:7480"}).settings_for(None)
+    assert on.use_fast_path  # path-style endpoint: object GET/PUT over signed urllib3
+    assert not load_config({"endpoint_url": "http://rgw:7480", "fast_path": "false"}).settings_for(None).use_fast_path
+    assert not load_config({"endpoint_url": "http://rgw", "addressing_style": "virtual"}).settings_for(None).use_fast_path
+    assert not load_config({"region": "eu-west-1"}).settings_for(None).use_fast_path  # AWS: boto3 all the way
+    with pytest.raises(ConfigError, match="fast_path"):
+        load_config({"endpoint_url": "http://rgw", "fast_path": "sometimes"})

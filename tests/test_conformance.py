@@ -17,7 +17,9 @@ NAMES = ["plain.txt", "with space.jpg", "plus+sign.txt", "percent%41.txt", "hash
          "unicodé-日本.txt", "a=b&c.txt", "deep/er/path/file.bin"]
 
 
-@pytest.fixture(params=["local", "moto_inprocess", "moto_server", pytest.param("ceph_rgw", marks=pytest.mark.ceph)])
+@pytest.fixture(params=["local", "moto_inprocess", "moto_server", "moto_server_boto3_only",
+                        pytest.param("ceph_rgw", marks=pytest.mark.ceph),
+                        pytest.param("ceph_rgw_boto3_only", marks=pytest.mark.ceph)])
 def root(request: pytest.FixtureRequest, tmp_path, monkeypatch) -> Iterator[Tuple[Storage, str]]:
     """(Storage, folder URI) for each backend; the folder starts empty."""
     kind = request.param
@@ -30,9 +32,11 @@ def root(request: pytest.FixtureRequest, tmp_path, monkeypatch) -> Iterator[Tupl
             storage = Storage({"access_key": "testing", "secret_key": "testing", "region": "us-east-1"})
             storage.backend_for("s3://conformance/x").ensure_bucket("conformance")
             yield storage, "s3://conformance/root"
-    else:
-        endpoint = request.getfixturevalue("moto_endpoint" if kind == "moto_server" else "ceph_endpoint")
-        storage, bucket = new_bucket(endpoint)
+    else:  # over real HTTP: object GET/PUT on the signed-HTTP path, or (boto3_only) all through boto3
+        endpoint = request.getfixturevalue("moto_endpoint" if kind.startswith("moto") else "ceph_endpoint")
+        _, bucket = new_bucket(endpoint)
+        storage = Storage(endpoint.ceph_config(fast_path=not kind.endswith("boto3_only")))
+        assert (storage.backend_for(f"{bucket}/x").http is None) == kind.endswith("boto3_only")
         yield storage, f"{bucket}/root"
 
 

@@ -70,12 +70,16 @@ def summary(proc: subprocess.CompletedProcess) -> dict:
 
 
 def count_requests(storage: Storage, bucket_uri: str) -> Counter:
-    """Count S3 operations sent by this process's client (a botocore event hook, not a mock)."""
+    """Count S3 operations sent by this process (botocore's before-call event, and the same
+    accounting hook on the signed-HTTP path for object GET/PUT; not a mock)."""
     counts: Counter = Counter()
 
     def hook(model, **_):
         counts[model.name] += 1
-    storage.backend_for(bucket_uri + "/x").client.meta.events.register("before-call.s3", hook)
+    backend = storage.backend_for(bucket_uri + "/x")
+    backend.client.meta.events.register("before-call.s3", hook)
+    if backend.http is not None:
+        backend.http.listeners.append(lambda operation: counts.update([operation]))
     return counts
 
 
