@@ -7,6 +7,7 @@ seen to hand one worker another worker's response. Pickling drops the client.
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import logging
 import os
@@ -14,6 +15,8 @@ import threading
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import boto3
+import botocore.session
+import botocore.utils
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
@@ -58,9 +61,30 @@ def botocore_config(settings: S3Settings) -> Config:
     )
 
 
+def parse_timestamp(value: Any) -> datetime.datetime:
+    """botocore's timestamp parser, with a fast path for ISO 8601.
+
+    LIST responses carry one ``LastModified`` per key; botocore parses each
+    with dateutil (~0.1 ms), which dominates the parsing of a 1000-key page.
+    ``datetime.fromisoformat`` does the same for the ISO form; anything else
+    (RFC 1123 headers, epochs) goes to botocore's own parser.
+    """
+    if isinstance(value, str):
+        try:
+            parsed = datetime.datetime.fromisoformat(value)
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            return parsed
+    return botocore.utils.parse_timestamp(value)
+
+
 def make_session(settings: S3Settings) -> Any:
     """A boto3 Session of its own (sessions are not thread-safe, nor fork-safe)."""
+    core = botocore.session.get_session()
+    core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_timestamp)
     return boto3.session.Session(
+        botocore_session=core,
         aws_access_key_id=settings.access_key,
         aws_secret_access_key=settings.secret_key,
         aws_session_token=settings.session_token,
