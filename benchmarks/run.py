@@ -48,6 +48,7 @@ except ImportError:  # run without the package installed
     sys.path.insert(0, str(REPO))
 
 import demo  # noqa: E402  (tools/demo.py: shared helpers)
+from cpu_split import ceph_pids, split_cpus  # noqa: E402  (benchmarks/cpu_split.py)
 from demo import StepFailed  # noqa: E402
 
 READ_TARGET = 0.9  # S3 DataLoader samples/s >= 0.9x local
@@ -339,6 +340,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap.add_argument("--secret-key", default=None)
     ap.add_argument("--bucket", default="blip3o-bench")
     ap.add_argument("--keep", action="store_true", help="keep the uploaded objects on an existing endpoint")
+    ap.add_argument("--split-cpus", action="store_true",
+                    help="pin the server to half the CPUs and the client side (both DataLoader passes, every "
+                         "upload CLI) to the other half, as when the store runs on other hosts")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of every row")
     ap.add_argument("--json", type=Path, default=None, help="also write header + rows as JSON here")
     args = ap.parse_args(argv)
@@ -392,12 +396,18 @@ def run_bench(args: argparse.Namespace) -> Dict[str, Any]:
     ep = None
     storage = None
     created_bucket = False
+    split = "none (server and client share every core)"
+    stack = contextlib.ExitStack()
     try:
         note("== S3 endpoint")
         ep = Endpoint(args, work)
         storage = ep.storage()
         created_bucket = storage.backend_for(f"s3://{args.bucket}/x").ensure_bucket(args.bucket)
         up = Uploaders(ep, work, args.concurrency)
+        if args.split_cpus:
+            server_pids = ceph_pids() if args.target == "ceph" else [ep.server.process.pid] if ep.server else []
+            split = stack.enter_context(split_cpus(server_pids))
+            note(f"== CPU split: {split}")
 
         # uploads: each tool into its own fresh prefix, then the same again (no-op)
         first: Dict[str, Optional[float]] = {}
@@ -505,6 +515,7 @@ def run_bench(args: argparse.Namespace) -> Dict[str, Any]:
                     note(f"== removed bucket {args.bucket} (created by this run)")
             except Exception as exc:  # noqa: BLE001 - cleanup must not hide the real error
                 note(f"cleanup of s3://{args.bucket}/{run_id}/ failed: {exc}")
+        stack.close()
         if ep is not None:
             ep.stop()
 
@@ -521,6 +532,7 @@ def run_bench(args: argparse.Namespace) -> Dict[str, Any]:
         f"machine: {platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores"
         + (f" (load average {load_at_start:.2f} at start)" if load_at_start is not None else ""),
         f"server: {ep.kind}",
+        f"CPU split: {split}",
         f"dataset: {len(entries)} samples in 11 shards, {n_files} files, {mb:.1f} MB "
         f"(tools/make_demo_data.py --samples-per-shard {args.samples_per_shard} --seed {args.seed})",
         "versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),

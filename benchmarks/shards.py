@@ -27,6 +27,7 @@ mode pays the server's CPU too (a real cluster runs elsewhere).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import shutil
@@ -52,6 +53,7 @@ from blip3o_storage import Storage  # noqa: E402
 from blip3o_storage.collate import blip3o_collate  # noqa: E402
 from blip3o_storage.dataset import BLIP3oDataset  # noqa: E402
 from blip3o_storage.local_s3 import start_moto_server  # noqa: E402
+from cpu_split import ceph_pids, split_cpus  # noqa: E402  (benchmarks/cpu_split.py)
 
 SHARDS = ("dalle3", "geneval_train", "human_gestures", "journeyDB", "mscoco_human",
           "object_1", "object_2", "occupation_1", "occupation_2", "text_1", "text_2")
@@ -154,6 +156,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--target", choices=("moto", "ceph"), default="moto")
     ap.add_argument("--work-dir", type=Path, default=None, help="default: a temp dir (removed unless --keep)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir and the bucket")
+    ap.add_argument("--split-cpus", action="store_true",
+                    help="pin the server to half the CPUs and every loader to the other half (see cpu_split.py)")
     args = ap.parse_args(argv)
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-shards-"))
@@ -163,6 +167,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     storage: Optional[Storage] = None
     bucket = ""
     print(f"work dir {work}; generating {11 * args.samples_per_shard} samples ...", file=sys.stderr, flush=True)
+    stack = contextlib.ExitStack()
+    split = "none (server and client share every core)"
     try:
         generate_shards(tars, args.samples_per_shard, args.image_size)
         if not (root / "data.json").is_file():
@@ -180,6 +186,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         bucket = f"bench-shards-{uuid.uuid4().hex[:8]}"
         storage = Storage(dict(settings))
         storage.backend_for(f"s3://{bucket}/x").ensure_bucket(bucket)
+        if args.split_cpus:  # before any loader forks its workers: they inherit the client CPUs
+            split = stack.enter_context(split_cpus(ceph_pids() if server is None else [server.process.pid]))
+            print(f"CPU split: {split}", file=sys.stderr, flush=True)
 
         print("uploading ...", file=sys.stderr, flush=True)
         n_files = sum(1 for p in (root / "raw").rglob("*") if p.is_file() and not p.name.startswith(".")) + 1
@@ -226,6 +235,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             (name, max(rates), sorted(rates)[len(rates) // 2], note) for name, loader, note, rates in loaders]
         del loaders
     finally:
+        stack.close()
         if server is not None:
             server.stop()
         elif storage is not None and bucket and not args.keep:  # Ceph is shared: leave it as found
@@ -237,6 +247,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     samples = 11 * args.samples_per_shard
     print(f"\n### Shard mode benchmark ({args.target}, {samples} samples, {args.workers} workers, batch "
           f"{args.batch_size}, prefetch {args.prefetch}, image_size {args.output_size}, {os.cpu_count()} CPUs)\n")
+    print(f"CPU split: {split}\n")
     print(f"| mode | samples/s (median of {args.rounds}) | best | vs local disk (median) | reads |")
     print("|---|---:|---:|---:|---|")
     for name, rate, median, note in results:
