@@ -18,7 +18,7 @@ import boto3
 import botocore.session
 import botocore.utils
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import BotoCoreError, ClientError, IncompleteReadError, NoCredentialsError
 
 from ._pickling import DropsLocksOnPickle
 from .backend import ObjectInfo, decode_text
@@ -216,7 +216,6 @@ class S3Backend(DropsLocksOnPickle):
             body.close()
         expected = response.get("ContentLength")
         if expected is not None and len(data) != expected:
-            from botocore.exceptions import IncompleteReadError
             raise IncompleteReadError(actual_bytes=len(data), expected_bytes=expected)
         return data
 
