@@ -292,19 +292,21 @@ class CaptionDataset(Dataset):
         self._fallback_logged_pid: Optional[int] = None
         self._remote_down_until = 0.0  # monotonic time; per process, reset by pickling
 
-        self._load_data(self.data_path)
+        # One throwaway Storage for the set-up reads (data.json, shard index): the dataset itself
+        # holds no client until the first sample (DataLoader workers fork).
+        setup_storage = Storage(self.ceph_config)
+        self._load_data(self.data_path, setup_storage)
         self.shard_index = shard_index
         #: How ceph_folder reads happen (ObjectSource / ShardSource, maybe inside a CachedSource).
-        self.sample_source: SampleSource = build_source(Storage(self.ceph_config), shard_index, cache_dir,
-                                                        cache_max_bytes)
+        self.sample_source: SampleSource = build_source(setup_storage, shard_index, cache_dir, cache_max_bytes)
         self._prefetcher: Optional[Prefetcher] = (Prefetcher(prefetch, prefetch_threads)
                                                   if prefetch > 0 and ceph_folder is not None else None)
 
     # -- plumbing ---------------------------------------------------------
-    def _load_data(self, data_path: str) -> None:
-        """Read data.json with a throwaway Storage: the dataset itself holds
-        no client until the first sample (DataLoader workers fork)."""
-        self.data_list = load_data_list(data_path, Storage(self.ceph_config))
+    def _load_data(self, data_path: str, storage: Optional[Storage] = None) -> None:
+        """Read data.json with a throwaway Storage (``storage``, else a new one): the
+        dataset itself holds no client until the first sample (DataLoader workers fork)."""
+        self.data_list = load_data_list(data_path, storage if storage is not None else Storage(self.ceph_config))
         logger.info("loaded %d samples from %s", len(self.data_list), data_path)
 
     @property

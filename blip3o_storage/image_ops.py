@@ -41,7 +41,7 @@ def decode_image(data: bytes, key: str) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             image.load()
-            return image.convert("RGB")
+            return image if image.mode == "RGB" else image.convert("RGB")  # convert() of RGB is a full copy
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as exc:
         raise CorruptDataError(f"{key}: cannot decode image ({type(exc).__name__}: {exc})") from exc
@@ -81,7 +81,7 @@ def crop_to_square(image: Image.Image, mode: str = "center", rng: Optional[rando
 def to_pixel_values(image: Image.Image, image_size: int, crop: str = "center",
                     rng: Optional[random.Random] = None) -> torch.Tensor:
     """Square crop, BICUBIC resize to ``image_size``, float CHW in ``[-1, 1]``."""
-    square = crop_to_square(image.convert("RGB"), crop, rng)
+    square = crop_to_square(image if image.mode == "RGB" else image.convert("RGB"), crop, rng)
     resized = square.resize((image_size, image_size), resample=Image.BICUBIC)
     array = np.asarray(resized, dtype=np.uint8)
     pixels = torch.from_numpy(array.copy()).float().div_(255.0).mul_(2.0).sub_(1.0)

@@ -34,6 +34,7 @@ __all__ = [
     "extract_shard",
     "shard_name",
     "build_data_json",
+    "data_json_text",
     "image_caption_exts",
     "add_candidate",
     "pair_shard",
@@ -451,6 +452,13 @@ def finish_report(entries: list[dict[str, str]], report: DataJsonReport) -> None
     report.duplicate_images.sort()
     report.duplicate_captions.sort()
     report.other_files.sort()
+
+
+def data_json_text(entries: list[dict[str, str]]) -> str:
+    """``entries`` as data.json text: one entry per line (diff-friendly, still plain JSON)
+    and deterministic, so a re-upload finds the same bytes (ETag) and skips it."""
+    return "[\n" + ",\n".join(json.dumps(e) for e in entries) + ("\n]\n" if entries else "]\n")
+
 
 def build_data_json(
     raw_root: PathLike,

@@ -285,6 +285,7 @@ def plan_upload(src_dir: os.PathLike | str, prefix: str = "", only_referenced_by
         dj_abs = data_json.resolve()
         pairs = [(data_json, _rel_key(dj_abs, src_abs) if dj_abs.is_relative_to(src_abs) else data_json.name)]
         seen = {pairs[0][1]}
+        src_lex = Path(os.path.abspath(src))  # lexical (symlinks kept), unlike src_abs
         for rel in referenced_relpaths(data_json):
             try:
                 norm = check_relpath(rel, source=str(data_json))
@@ -293,14 +294,13 @@ def plan_upload(src_dir: os.PathLike | str, prefix: str = "", only_referenced_by
                 continue
             path = root / norm
             abs_path = Path(os.path.abspath(path))
-            if not abs_path.is_relative_to(Path(os.path.abspath(src))):
+            if not abs_path.is_relative_to(src_lex):
                 plan.failed.append((rel, f"{path} is outside the source folder {src}"))
                 continue
+            rel_key = _rel_key(abs_path, src_lex)
             if not path.is_file():
-                plan.failed.append((pre + _rel_key(abs_path, Path(os.path.abspath(src))),
-                                    f"referenced by {data_json.name} but missing locally ({path})"))
+                plan.failed.append((pre + rel_key, f"referenced by {data_json.name} but missing locally ({path})"))
                 continue
-            rel_key = _rel_key(abs_path, Path(os.path.abspath(src)))
             if rel_key not in seen:  # 'x.jpg' and './x.jpg' are one file
                 seen.add(rel_key)
                 pairs.append((path, rel_key))
@@ -349,6 +349,11 @@ def multipart_etag(path: Path, part_size: int) -> str:
             digests.append(h.digest())
             if left:
                 break
+    return _etag_of_parts(digests)
+
+
+def _etag_of_parts(digests: List[bytes]) -> str:
+    """A multipart ETag from the binary MD5s of the parts."""
     return f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{len(digests)}"
 
 
@@ -468,7 +473,7 @@ class _Uploader:
                 logger.warning("%s: could not abort multipart upload (%s); the bucket may keep its parts "
                                "until a lifecycle rule removes them", uri, type(exc).__name__)
             raise
-        expected = f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{len(digests)}"
+        expected = _etag_of_parts(digests)
         got = str(done.get("ETag", "")).strip('"')
         if not got:
             # Ceph RGW (seen on 16.2.15; Red Hat BZ 2266579) answers CompleteMultipartUpload with an
@@ -564,13 +569,17 @@ def upload_all(items: List[UploadItem], backend: S3Backend, bucket: str, *, pref
 # -- verifying ---------------------------------------------------------------
 def verify(items: List[UploadItem], backend: S3Backend, bucket: str, prefix: str = "", *,
            part_size: int = DEFAULT_PART_SIZE, workers: int = 8,
-           known_etags: Optional[Dict[str, str]] = None) -> VerifyReport:
+           known_etags: Optional[Dict[str, str]] = None,
+           remote: Optional[Dict[str, Tuple[int, Optional[str]]]] = None) -> VerifyReport:
     """Check every item against ONE LIST of ``prefix``: present, same size, same ETag.
 
     ``known_etags`` (from :attr:`UploadReport.etags`) saves re-hashing files
-    whose ETag form (single/multipart) matches the remote one.
+    whose ETag form (single/multipart) matches the remote one. ``remote`` is a
+    :func:`list_existing` result made just before (no upload since), which
+    then serves as that LIST.
     """
-    remote = list_existing(backend, bucket, prefix)
+    if remote is None:
+        remote = list_existing(backend, bucket, prefix)
     report = VerifyReport()
     known = known_etags or {}
 

@@ -15,7 +15,6 @@ non-zero, without writing, when anything could not be paired.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -23,10 +22,10 @@ from pathlib import Path
 from typing import Optional
 
 try:
-    from blip3o_storage.safe_tar import build_data_json
+    from blip3o_storage.safe_tar import build_data_json, data_json_text
 except ImportError:  # run as `python tools/make_data_json.py` without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from blip3o_storage.safe_tar import build_data_json
+    from blip3o_storage.safe_tar import build_data_json, data_json_text
 
 from blip3o_storage.errors import StorageError
 
@@ -40,9 +39,7 @@ def write_json_atomic(entries: list[dict[str, str]], out: Path) -> None:
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            f.write("[\n")
-            f.write(",\n".join(json.dumps(e) for e in entries))
-            f.write("\n]\n" if entries else "]\n")
+            f.write(data_json_text(entries))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, out)

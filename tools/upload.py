@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     log.info("%d objects already under s3://%s/%s", len(existing), args.bucket, prefix)
 
     if args.verify_only:
-        report = verify(plan.items, backend, args.bucket, prefix, part_size=part_size, workers=args.workers)
+        report = verify(plan.items, backend, args.bucket, prefix, part_size=part_size, workers=args.workers,
+                        remote=existing)
         report_verify(log, report)
         log_failures(log, "failed", plan.failed)
         print(report.summary() + (f", {len(plan.failed)} referenced files missing locally" if plan.failed else ""))

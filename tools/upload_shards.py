@@ -40,6 +40,7 @@ except ImportError:  # run as `python tools/upload_shards.py` without the packag
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from blip3o_storage.errors import ConfigError, CorruptDataError, StorageError
+from blip3o_storage.safe_tar import data_json_text
 from blip3o_storage.shard_index import build_index, data_json_from_index
 from blip3o_storage.upload import (MiB, UploadInterrupted, UploadItem, UploadReport, content_type_for,
                                    normalise_prefix, upload_all, validate_keys, verify)
@@ -95,14 +96,13 @@ def find_tars(sources: List[Path]) -> List[Path]:
 
 
 def write_metadata(index: dict, entries: Optional[list], folder: Path) -> List[Path]:
-    """index.json (and data.json, one entry per line like make_data_json) in ``folder``; deterministic
-    bytes, so a re-run finds them unchanged and skips them."""
+    """index.json (and data.json, as :func:`~blip3o_storage.safe_tar.data_json_text`) in ``folder``;
+    deterministic bytes, so a re-run finds them unchanged and skips them."""
     out = [folder / INDEX_NAME]
     out[0].write_text(json.dumps(index, sort_keys=True, separators=(",", ":")) + "\n", encoding="utf-8")
     if entries is not None:
         path = folder / DATA_JSON_NAME
-        body = ",\n".join(json.dumps(e) for e in entries)
-        path.write_text("[\n" + body + ("\n]\n" if entries else "]\n"), encoding="utf-8")
+        path.write_text(data_json_text(entries), encoding="utf-8")
         out.append(path)
     return out
 
@@ -152,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
         all_items = tar_items + meta_items
         existing = list_target(backend, args, prefix)
         if args.verify_only:
-            check = verify(all_items, backend, args.bucket, prefix, part_size=part_size, workers=args.workers)
+            check = verify(all_items, backend, args.bucket, prefix, part_size=part_size, workers=args.workers,
+                           remote=existing)
             report_verify(log, check)
             print(check.summary(), flush=True)
             return EXIT_OK if check.passed else EXIT_FAILED
