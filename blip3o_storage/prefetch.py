@@ -88,7 +88,8 @@ class Prefetcher:
         self._stream: Optional[Iterator[int]] = None
         self._ahead: Deque[int] = collections.deque()
         self._exhausted = False
-        self._misaligned = 0  # resyncs in a row that found nothing
+        self._misaligned = 0  # resyncs in a row that found nothing (no sampler: jumps in a row)
+        self._last_idx: Optional[int] = None  # the last index asked for, to tell sequential access
         self.hits = self.waits = self.misses = self.errors = self.dropped = self.resyncs = 0
 
     def __getstate__(self) -> Dict[str, Any]:
@@ -153,6 +154,18 @@ class Prefetcher:
         if self.depth == 0:
             return []
         if self.sampler is None:
+            with self._lock:
+                # Without a sampler the guess only pays off for sequential access; stop guessing
+                # (and sending GETs nobody asks for) once requests keep jumping.
+                sequential = self._last_idx is None or idx == (self._last_idx + 1) % n
+                self._last_idx = idx
+                self._misaligned = 0 if sequential else self._misaligned + 1
+                if self._misaligned >= _GIVE_UP_AFTER:
+                    if self._misaligned == _GIVE_UP_AFTER:
+                        logger.warning("prefetch in pid %d: requests are not sequential and no sampler was "
+                                       "given (dataset.set_sampler / PrefetchSamplerHook); prediction off while "
+                                       "they jump, reads are synchronous", os.getpid())
+                    return []
             return [(idx + k) % n for k in range(1, min(self.depth, n - 1) + 1)]
         with self._lock:
             if self._misaligned >= _GIVE_UP_AFTER:

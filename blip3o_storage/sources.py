@@ -18,7 +18,6 @@ request); the default reads them one by one.
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Protocol, Sequence, runtime_checkable
 
@@ -91,13 +90,13 @@ class ShardSource(DropsLocksOnPickle):
     wrong bytes at stale offsets.
     """
 
+    _pickle_locks = ()  # none: a dict store is atomic, and a lock held by a prefetch thread at fork would hang
     _pickle_resets = {"_checked": {}}  # each process checks the tar sizes again
 
     def __init__(self, index: ShardIndex, coalesce_gap: int = DEFAULT_COALESCE_GAP) -> None:
         self.index = index
         self.coalesce_gap = coalesce_gap
-        self._checked: Dict[str, int] = {}
-        self._lock = threading.Lock()
+        self._checked: Dict[str, int] = {}  # tar uri -> pid that checked it
 
     def __repr__(self) -> str:
         return f"ShardSource({self.index.source}, {len(self.index)} members)"
@@ -111,14 +110,17 @@ class ShardSource(DropsLocksOnPickle):
     def _check_tar(self, storage: Any, uri: str) -> None:
         if self._checked.get(uri) == os.getpid():
             return
-        tar = uri.rsplit("/", 1)[-1]
-        expected = self.index.shard_sizes.get(tar)
+        # The index names tars by their path under the folder (possibly with '/'): the longest match.
+        names = [name for name in self.index.shard_sizes if uri == name or uri.endswith("/" + name)]
+        if not names:
+            raise CorruptDataError(f"{uri}: shard index {self.index.source} has no size for this tar; "
+                                   "re-run tools/upload_shards.py")
+        expected = self.index.shard_sizes[max(names, key=len)]
         actual = storage.stat(uri).size
-        if expected is not None and actual != expected:
+        if actual != expected:
             raise CorruptDataError(f"{uri} is {actual} bytes but shard index {self.index.source} says {expected}: "
                                    "the tar changed after indexing; re-run tools/upload_shards.py")
-        with self._lock:
-            self._checked[uri] = os.getpid()
+        self._checked[uri] = os.getpid()
 
     def read(self, storage: Any, ref: Ref) -> bytes:
         return self.read_many(storage, [ref])[0]

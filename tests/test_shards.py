@@ -446,3 +446,14 @@ def test_prefetcher_bounds_its_buffer() -> None:
     assert len(p._pending) <= p.max_pending and p.dropped == 50 - p.max_pending
     assert p.take("k49") == bytes([49]) and p.take("k0") is None
     p.close()
+
+
+def test_prefetch_without_a_sampler_stops_guessing_when_requests_jump() -> None:
+    p = Prefetcher(depth=3, threads=1)
+    assert p.plan(0, 100) == [1, 2, 3] and p.plan(1, 100) == [2, 3, 4]  # sequential: guesses pay off
+    jumps = [57, 3, 91, 40, 12, 77, 25, 64]
+    plans = [p.plan(i, 100) for i in jumps]
+    assert all(plans[:-1]) and plans[-1] == []  # after 8 jumps in a row: no more wasted GETs
+    assert p.plan(33, 100) == []
+    assert p.plan(34, 100) == [35, 36, 37]  # sequential again: guessing resumes
+    p.close()
