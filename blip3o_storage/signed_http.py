@@ -16,14 +16,15 @@ the URL is ``endpoint/bucket/key``.
 """
 from __future__ import annotations
 
+import datetime
+import hashlib
+import hmac
 import os
 import re
 from typing import Any, Callable, Dict, List, Optional, Tuple
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import urllib3
-from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
 from botocore.exceptions import ClientError, NoCredentialsError, ResponseStreamingError
 from urllib3.exceptions import ProtocolError
 
@@ -32,6 +33,7 @@ from .config import S3Settings
 _CODE_RE = re.compile(rb"<Code>([^<]*)</Code>")
 _MESSAGE_RE = re.compile(rb"<Message>([^<]*)</Message>")
 _GET_OK = {200, 206}
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
 def object_url(endpoint: str, bucket: str, key: str) -> str:
@@ -78,17 +80,54 @@ class SignedHTTP:
         #: Called with the operation name ("GetObject", "PutObject") before each request,
         #: like botocore's ``before-call`` event (request accounting in tests and benchmarks).
         self.listeners: List[Callable[[str], None]] = []
+        self._key_cache: Optional[Tuple[Tuple[str, str], bytes]] = None
 
     def _signed_headers(self, method: str, url: str, headers: Dict[str, str], body: Optional[bytes]) -> Dict[str, str]:
+        """``headers`` plus SigV4 ``Authorization`` for a path-style S3 request.
+
+        Signs host, x-amz-date and x-amz-content-sha256 (and the session token
+        when there is one). A PUT's payload is ``UNSIGNED-PAYLOAD``: its
+        integrity is the Content-MD5 the server checks. The signing key is
+        derived once per day and secret, not per request.
+        """
         operation = "GetObject" if method == "GET" else "PutObject"
         for listener in self.listeners:
             listener(operation)
         credentials = self._credentials()
         if credentials is None:
             raise NoCredentialsError()
-        request = AWSRequest(method=method, url=url, data=body, headers=headers)
-        S3SigV4Auth(credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
-        return dict(request.headers.items())
+        frozen = credentials.get_frozen_credentials()
+        now = datetime.datetime.now(datetime.timezone.utc)
+        amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+        parts = urlsplit(url)
+        host = parts.netloc
+        if (parts.scheme, parts.port) in (("http", 80), ("https", 443)):
+            host = host.rsplit(":", 1)[0]  # the Host header carries no default port
+        payload = _EMPTY_SHA256 if body is None else "UNSIGNED-PAYLOAD"
+        signed = {"host": host, "x-amz-content-sha256": payload, "x-amz-date": amz_date}
+        if frozen.token:
+            signed["x-amz-security-token"] = frozen.token
+        names = ";".join(sorted(signed))
+        canonical = "\n".join([method, parts.path or "/", parts.query, "".join(f"{k}:{signed[k]}\n" for k in sorted(signed)),
+                                names, payload])
+        scope = f"{day}/{self._region}/s3/aws4_request"
+        to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+        signature = hmac.new(self._signing_key(frozen.secret_key, day), to_sign.encode(), hashlib.sha256).hexdigest()
+        out = dict(headers)
+        out.update({"Host" if k == "host" else k: v for k, v in signed.items()})  # sent exactly as signed
+        out["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={frozen.access_key}/{scope}, "
+                                f"SignedHeaders={names}, Signature={signature}")
+        return out
+
+    def _signing_key(self, secret: str, day: str) -> bytes:
+        cached = self._key_cache
+        if cached is not None and cached[0] == (secret, day):
+            return cached[1]
+        key = ("AWS4" + secret).encode()
+        for part in (day, self._region, "s3", "aws4_request"):
+            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+        self._key_cache = ((secret, day), key)
+        return key
 
     def get_object(self, bucket: str, key: str, byte_range: Optional[Tuple[int, int]] = None) -> bytes:
         """The object's bytes (or ``byte_range`` = (start, end inclusive)); the
