@@ -340,6 +340,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap.add_argument("--secret-key", default=None)
     ap.add_argument("--bucket", default="blip3o-bench")
     ap.add_argument("--keep", action="store_true", help="keep the uploaded objects on an existing endpoint")
+    ap.add_argument("--file-captions", action="store_true",
+                    help="data.json without inline captions: every sample reads its caption file too "
+                         "(2 requests per sample on S3 instead of 1)")
     ap.add_argument("--split-cpus", action="store_true",
                     help="pin the server to half the CPUs and the client side (both DataLoader passes, every "
                          "upload CLI) to the other half, as when the store runs on other hosts")
@@ -378,8 +381,8 @@ def run_bench(args: argparse.Namespace) -> Dict[str, Any]:
     if manifest.read_text() != before and raw.exists():
         extract.append("--overwrite")
     demo.run_tool(extract, "extract", quiet=True)
-    demo.run_tool(["tools/make_data_json.py", "--raw", raw, "--out", data_root / "data.json", "--strict"],
-                  "make_data_json", quiet=True)
+    demo.run_tool(["tools/make_data_json.py", "--raw", raw, "--out", data_root / "data.json", "--strict"]
+                  + ([] if args.file_captions else ["--inline-captions"]), "make_data_json", quiet=True)
     entries = json.loads((data_root / "data.json").read_text())
     src = work / "upload-src"
     n_files, n_bytes = mirror_without_hidden(data_root, src)
@@ -534,7 +537,9 @@ def run_bench(args: argparse.Namespace) -> Dict[str, Any]:
         f"server: {ep.kind}",
         f"CPU split: {split}",
         f"dataset: {len(entries)} samples in 11 shards, {n_files} files, {mb:.1f} MB "
-        f"(tools/make_demo_data.py --samples-per-shard {args.samples_per_shard} --seed {args.seed})",
+        f"(tools/make_demo_data.py --samples-per-shard {args.samples_per_shard} --seed {args.seed}); data.json "
+        + ("without inline captions (--file-captions): image + caption file per sample"
+           if args.file_captions else "from make_data_json.py --inline-captions: one read per sample (the image)"),
         "versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
         f"total bench time: {time.monotonic() - t_start:.0f} s",
     ]

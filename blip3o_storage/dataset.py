@@ -140,6 +140,9 @@ def _parse_data_file(data: bytes, source: str) -> List[Dict[str, str]]:
         missing = [k for k in ("image", "annotation") if k not in entry]
         if missing:
             raise CorruptDataError(f"data file {source}: entry {i} has no {' or '.join(repr(k) for k in missing)}")
+        if "caption" in entry and not isinstance(entry["caption"], str):
+            raise CorruptDataError(f"data file {source}: entry {i} 'caption' is a "
+                                   f"{type(entry['caption']).__name__}, not a string")
         normalised = dict(entry)
         for k in ("image", "annotation"):
             normalised[k] = check_relpath(entry[k], source=f"data file {source} entry {i} {k!r}")
@@ -182,6 +185,8 @@ class CaptionDataset(Dataset):
     ``max_retries`` bounds the replacement attempts for a bad sample,
     ``retry_seed`` makes the replacements reproducible, ``crop`` is
     ``'center'`` (deterministic) or ``'random'`` (OpenUni's crop2square),
+    ``inline_captions`` uses an entry's ``caption`` (``make_data_json.py
+    --inline-captions``) instead of reading its caption file;
     ``local_fallback`` allows reading the local copy when the store fails;
     after the store is found down or unconfigured, reads with a local copy
     skip it for ``fallback_cooldown`` seconds (per process) instead of paying
@@ -226,7 +231,8 @@ class CaptionDataset(Dataset):
                  cache_dir: Optional[str] = None,
                  cache_max_bytes: Optional[int] = None,
                  prefetch: int = 0,
-                 prefetch_threads: int = 4) -> None:
+                 prefetch_threads: int = 4,
+                 inline_captions: bool = True) -> None:
         super().__init__()
         if max_retries < 0:
             raise ConfigError(f"max_retries must be >= 0, not {max_retries}")
@@ -280,6 +286,8 @@ class CaptionDataset(Dataset):
         self.max_aspect_ratio = max_aspect_ratio
         self.local_fallback = local_fallback
         self.fallback_cooldown = fallback_cooldown
+        #: Use an entry's ``caption`` (``make_data_json.py --inline-captions``) instead of reading its file.
+        self.inline_captions = inline_captions
 
         #: Bad samples per reason (missing, corrupt, too_small, bad_aspect, bad_caption,
         #: transient, access_denied, storage_error), in this process.
@@ -352,7 +360,10 @@ class CaptionDataset(Dataset):
         """The relpaths of ``sample`` that are read from ``ceph_folder``."""
         reads_pixels = (self.image_tokens_folder is None and self.latents_ceph_folder is None
                         and self.image_latents_folder is None)
-        return [sample["image"], sample["annotation"]] if reads_pixels else [sample["annotation"]]
+        relpaths = [sample["image"]] if reads_pixels else []
+        if not (self.inline_captions and "caption" in sample):
+            relpaths.append(sample["annotation"])
+        return relpaths
 
     def _prefetch_from(self, idx: int) -> None:
         """Start fetching sample ``idx`` and the ones this worker expects next
@@ -457,6 +468,10 @@ class CaptionDataset(Dataset):
         return {"pixel_values": pixels}
 
     def _read_caption(self, sample: Mapping[str, str], trace: List[str]) -> str:
+        """The caption: inline in data.json when ``tools/make_data_json.py --inline-captions``
+        put it there (no request), else read from the annotation file."""
+        if self.inline_captions and "caption" in sample:
+            return sample["caption"]
         data = self._read(self.ceph_folder, self.cap_folder, sample["annotation"], trace, self.sample_source)
         return self._parse_caption(data, trace[-1])
 

@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import pickle
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -557,3 +558,31 @@ def test_image_ops_errors_name_the_key() -> None:
     Image.new("L", (90, 90), 255).save(gray, format="PNG")
     pv = load_pixel_values(gray.getvalue(), "g.png", image_size=4)
     assert pv.shape == (3, 4, 4) and torch.equal(pv, torch.ones(3, 4, 4))
+
+
+def test_inline_captions_save_the_caption_request_and_change_nothing(tiny_s3, tmp_path: Path) -> None:
+    tiny, bucket, endpoint = tiny_s3
+    good = [tiny.entries[i] for i in tiny.good]
+    plain_json = tmp_path / "plain.json"
+    plain_json.write_text(json.dumps(good))
+    inline_json = tmp_path / "inline.json"
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "make_data_json.py"), "--raw", str(tiny.raw),
+                           "--out", str(inline_json), "--inline-captions"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    inline = {e["image"]: e for e in json.loads(inline_json.read_text())}
+    assert all(inline[e["image"]]["caption"] == (tiny.raw / e["annotation"]).read_text().strip() for e in good)
+    inline_json.write_text(json.dumps([inline[e["image"]] for e in good]))
+    files = s3_ds(tiny, bucket, endpoint, data_path=str(plain_json))
+    inlined = s3_ds(tiny, bucket, endpoint, data_path=str(inline_json), prefetch=2)
+    inlined.set_epoch_order(list(range(len(good))))
+    for i in range(len(good)):
+        a, b = files[i], inlined[i]
+        assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["input_ids"], b["input_ids"])
+    assert files.read_counts["remote"] == 2 * len(good)
+    assert inlined.read_counts["remote"] == len(good)  # one request per sample: the image
+    off = s3_ds(tiny, bucket, endpoint, data_path=str(inline_json), inline_captions=False)
+    assert torch.equal(off[0]["input_ids"], files[0]["input_ids"]) and off.read_counts["remote"] == 2
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([dict(good[0], caption=7)]))
+    with pytest.raises(CorruptDataError, match="entry 0 'caption' is a int"):
+        s3_ds(tiny, bucket, endpoint, data_path=str(bad))
