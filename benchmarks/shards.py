@@ -156,6 +156,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--target", choices=("moto", "ceph"), default="moto")
     ap.add_argument("--work-dir", type=Path, default=None, help="default: a temp dir (removed unless --keep)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir and the bucket")
+    ap.add_argument("--file-captions", action="store_true",
+                    help="data.json without inline captions: every sample also reads its caption (file/member)")
     ap.add_argument("--split-cpus", action="store_true",
                     help="pin the server to half the CPUs and every loader to the other half (see cpu_split.py)")
     args = ap.parse_args(argv)
@@ -171,10 +173,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     split = "none (server and client share every core)"
     try:
         generate_shards(tars, args.samples_per_shard, args.image_size)
-        if not (root / "data.json").is_file():
+        if not (root / "raw").is_dir():
             sh("tools/extract.py", "--src", str(tars), "--dest", str(root / "raw"), "--log-level", "WARNING")
-            sh("tools/make_data_json.py", "--raw", str(root / "raw"), "--out", str(root / "data.json"),
-               "--log-level", "WARNING")
+        sh("tools/make_data_json.py", "--raw", str(root / "raw"), "--out", str(root / "data.json"),
+           "--log-level", "WARNING", *([] if args.file_captions else ["--inline-captions"]))
         if args.target == "ceph":
             settings = ceph_settings()
             if settings is None:
@@ -207,13 +209,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         pf = dict(prefetch=args.prefetch, prefetch_threads=args.prefetch_threads)
         cache_dir = work / "cache"
         shutil.rmtree(cache_dir, ignore_errors=True)
+        reads = 2 if args.file_captions else 1  # with inline captions only the image is read
         modes = [
             ("local disk (extracted files)", dict(common, image_folder=str(root / "raw"), cap_folder=str(root / "raw")),
-             False, "2 file reads/sample"),
-            ("per-object S3", objects, False, "2 GETs/sample"),
-            ("per-object S3 + prefetch", dict(objects, **pf), True, "2 GETs/sample, in threads"),
-            ("shard mode S3", shard, False, "2 ranged GETs/sample"),
-            ("shard mode S3 + prefetch", dict(shard, **pf), True, "1 ranged GET/sample (image+caption merged)"),
+             False, f"{reads} file read(s)/sample"),
+            ("per-object S3", objects, False, f"{reads} GET(s)/sample"),
+            ("per-object S3 + prefetch", dict(objects, **pf), True, f"{reads} GET(s)/sample, in threads"),
+            ("shard mode S3", shard, False, f"{reads} ranged GET(s)/sample"),
+            ("shard mode S3 + prefetch", dict(shard, **pf), True,
+             "1 ranged GET/sample" + (" (image+caption merged)" if reads == 2 else "")),
             ("shard mode S3 + cache (2nd epoch)", dict(shard, cache_dir=str(cache_dir), cache_max_bytes=4 << 30),
              False, "served from local disk cache"),
         ]
