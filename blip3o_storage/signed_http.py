@@ -108,8 +108,8 @@ class SignedHTTP:
         if frozen.token:
             signed["x-amz-security-token"] = frozen.token
         names = ";".join(sorted(signed))
-        canonical = "\n".join([method, parts.path or "/", parts.query, "".join(f"{k}:{signed[k]}\n" for k in sorted(signed)),
-                                names, payload])
+        canonical_headers = "".join(f"{k}:{signed[k]}\n" for k in sorted(signed))
+        canonical = "\n".join([method, parts.path or "/", parts.query, canonical_headers, names, payload])
         scope = f"{day}/{self._region}/s3/aws4_request"
         to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
         signature = hmac.new(self._signing_key(frozen.secret_key, day), to_sign.encode(), hashlib.sha256).hexdigest()
