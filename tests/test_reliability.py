@@ -86,6 +86,15 @@ def assert_names_and_no_secret(exc: BaseException, *names: str, secrets: tuple =
 # =========================================================================
 # 1. a full upload under faults: 0 missing, 0 corrupt
 # =========================================================================
+def write_tree(root: Path, files: Dict[str, bytes]) -> Dict[str, bytes]:
+    """Write ``files`` (relative key -> bytes) under ``root``; return them."""
+    for key, data in files.items():
+        path = root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return files
+
+
 def make_upload_tree(root: Path, n_pairs: int) -> Dict[str, bytes]:
     """raw/<shard>/<i>.jpg (random 1-5 KB) + .txt, data.json: 2 * n_pairs + 1 files."""
     files: Dict[str, bytes] = {}
@@ -97,11 +106,7 @@ def make_upload_tree(root: Path, n_pairs: int) -> Dict[str, bytes]:
         files[f"raw/{shard}/{i:05d}.txt"] = f"caption {i} ünïcode\n".encode()
         entries.append({"image": f"{shard}/{i:05d}.jpg", "annotation": f"{shard}/{i:05d}.txt"})
     files["data.json"] = json.dumps(entries).encode()
-    for key, data in files.items():
-        path = root / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return files
+    return write_tree(root, files)
 
 
 def test_upload_under_faults_loses_and_corrupts_nothing(tmp_path, moto_endpoint):
@@ -158,11 +163,7 @@ def make_image_dataset(root: Path, n: int) -> Dict[str, bytes]:
         files[f"raw/{shard}/{i:05d}.txt"] = f"  sample {i}: a picture, ünïcode {i * 31 % 97}\n".encode()
         entries.append({"image": f"{shard}/{i:05d}.jpg", "annotation": f"{shard}/{i:05d}.txt"})
     files["data.json"] = json.dumps(entries).encode()
-    for key, data in files.items():
-        path = root / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return files
+    return write_tree(root, files)
 
 
 class WithWorkerStats(Dataset):
