@@ -53,6 +53,7 @@ from blip3o_storage import Storage  # noqa: E402
 from blip3o_storage.collate import blip3o_collate  # noqa: E402
 from blip3o_storage.dataset import BLIP3oDataset  # noqa: E402
 from blip3o_storage.local_s3 import start_moto_server  # noqa: E402
+from blip3o_storage.locality_sampler import LocalitySampler  # noqa: E402
 from cpu_split import ceph_pids, split_cpus  # noqa: E402  (benchmarks/cpu_split.py)
 
 SHARDS = ("dalle3", "geneval_train", "human_gestures", "journeyDB", "mscoco_human",
@@ -115,9 +116,11 @@ def write_conf(settings: Dict[str, str], path: Path) -> Path:
     return path
 
 
-def make_loader(ds: BLIP3oDataset, args: argparse.Namespace, prefetch: bool) -> DataLoader:
-    """A persistent-worker DataLoader over ``ds`` with a shuffling sampler (prefetch told about it)."""
-    sampler = DefaultSampler(ds, shuffle=True, seed=0)
+def make_loader(ds: BLIP3oDataset, args: argparse.Namespace, prefetch: bool, locality: bool = False) -> DataLoader:
+    """A persistent-worker DataLoader over ``ds`` with a shuffling sampler (prefetch told about it):
+    DefaultSampler, or LocalitySampler (shuffled blocks of storage, dealt to workers)."""
+    sampler = (LocalitySampler(ds, batch_size=args.batch_size, num_workers=args.workers, seed=0) if locality
+               else DefaultSampler(ds, shuffle=True, seed=0))
     if prefetch:
         ds.set_sampler(sampler, batch_size=args.batch_size)
     kw: Dict[str, Any] = dict(persistent_workers=True) if args.workers > 0 else {}
@@ -152,6 +155,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--prefetch", type=int, default=8, help="samples prefetched ahead per worker")
     ap.add_argument("--prefetch-threads", type=int, default=4)
+    ap.add_argument("--block-bytes", type=int, default=8 << 20,
+                    help="shard_block_bytes of the block-read rows (default %(default)s)")
     ap.add_argument("--rounds", type=int, default=3, help="timed epochs per mode, taken in turns (default 3)")
     ap.add_argument("--target", choices=("moto", "ceph"), default="moto")
     ap.add_argument("--work-dir", type=Path, default=None, help="default: a temp dir (removed unless --keep)")
@@ -210,25 +215,32 @@ def main(argv: Optional[List[str]] = None) -> int:
         cache_dir = work / "cache"
         shutil.rmtree(cache_dir, ignore_errors=True)
         reads = 2 if args.file_captions else 1  # with inline captions only the image is read
+        local_disk = dict(common, image_folder=str(root / "raw"), cap_folder=str(root / "raw"))
+        blocks = dict(shard, shard_block_bytes=args.block_bytes)
+        mib = f"{args.block_bytes / (1 << 20):g} MiB"
+        # (name, dataset kwargs, prefetch wired, LocalitySampler, reads)
         modes = [
-            ("local disk (extracted files)", dict(common, image_folder=str(root / "raw"), cap_folder=str(root / "raw")),
-             False, f"{reads} file read(s)/sample"),
-            ("per-object S3", objects, False, f"{reads} GET(s)/sample"),
-            ("per-object S3 + prefetch", dict(objects, **pf), True, f"{reads} GET(s)/sample, in threads"),
-            ("shard mode S3", shard, False, f"{reads} ranged GET(s)/sample"),
-            ("shard mode S3 + prefetch", dict(shard, **pf), True,
+            ("local disk (extracted files)", local_disk, False, False, f"{reads} file read(s)/sample"),
+            ("per-object S3", objects, False, False, f"{reads} GET(s)/sample"),
+            ("per-object S3 + prefetch", dict(objects, **pf), True, False, f"{reads} GET(s)/sample, in threads"),
+            ("shard mode S3", shard, False, False, f"{reads} ranged GET(s)/sample"),
+            ("shard mode S3 + prefetch", dict(shard, **pf), True, False,
              "1 ranged GET/sample" + (" (image+caption merged)" if reads == 2 else "")),
             ("shard mode S3 + cache (2nd epoch)", dict(shard, cache_dir=str(cache_dir), cache_max_bytes=4 << 30),
-             False, "served from local disk cache"),
+             False, False, "served from local disk cache"),
+            ("local disk, LocalitySampler", local_disk, False, True, f"{reads} file read(s)/sample"),
+            ("shard mode S3 + block reads, LocalitySampler", blocks, False, True, f"1 GET per {mib} block"),
+            ("shard mode S3 + block reads + prefetch, LocalitySampler", dict(blocks, **pf), True, True,
+             f"1 GET per {mib} block, in threads"),
         ]
         # Every loader warms up for one epoch (workers, clients, the cache fills), then the modes take
         # turns for --rounds epochs each (taking turns spreads other load on a shared machine over all
         # modes alike); the median epoch decides, the best is shown too.
         loaders = []
-        for name, kw, prefetch, note in modes:
+        for name, kw, prefetch, locality, note in modes:
             print(f"warming up {name} ...", file=sys.stderr, flush=True)
             ds = BLIP3oDataset(**kw)
-            loader = make_loader(ds, args, prefetch)
+            loader = make_loader(ds, args, prefetch, locality)
             epoch_rate(loader)
             loaders.append((name, loader, note, []))
         for r in range(args.rounds):
@@ -263,12 +275,15 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"{t_shards:.1f} |")
     print("\n(upload seconds are wall time of the tool, interpreter start-up included)")
     rates = dict((name, median) for name, _, median, _ in results)
-    plain, best = rates["shard mode S3"], rates["shard mode S3 + prefetch"]
-    verdict = lambda r: "PASS" if r >= local else "FAIL"  # noqa: E731
-    print(f"\nTarget shard mode S3 >= local disk: shard mode {plain / local:.2f}x {verdict(plain)}; "
-          f"shard mode + prefetch {best / local:.2f}x {verdict(best)}")
-    return 0 if max(plain, best) >= local else 1
-
+    # The target's bar is the faster of the two local-disk rows (orders differ, reads do not).
+    bar = max(local, rates["local disk, LocalitySampler"])
+    shard_rows = [name for name in rates if name.startswith("shard mode") and "cache" not in name]
+    best = max(shard_rows, key=rates.__getitem__)
+    print(f"\nTarget shard mode S3 >= local disk ({bar:.1f} samples/s, the faster local row):")
+    for name in shard_rows:
+        print(f"- {name}: {rates[name] / bar:.2f}x {'PASS' if rates[name] >= bar else 'FAIL'}")
+    print(f"best: {best}, {rates[best] / bar:.2f}x")
+    return 0 if rates[best] >= bar else 1
 
 if __name__ == "__main__":
     sys.exit(main())

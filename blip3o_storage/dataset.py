@@ -195,7 +195,11 @@ class CaptionDataset(Dataset):
     folder holding the tars) switches ``ceph_folder`` reads to ranged GETs
     into tar shards; ``cache_dir``/``cache_max_bytes`` put a local disk cache
     in front of ``ceph_folder`` reads; ``prefetch``/``prefetch_threads``
-    fetch upcoming samples' bytes in background threads.
+    fetch upcoming samples' bytes in background threads;
+    ``shard_block_bytes`` (shard mode) reads tars in aligned blocks of that
+    many bytes, one GET per block, members served from memory: use it with
+    :class:`~blip3o_storage.locality_sampler.LocalitySampler`, which keeps
+    each worker inside a block (see :meth:`locality_groups`).
     ``image_processor`` is built and kept (as OpenUni does) but not applied.
     """
 
@@ -232,7 +236,8 @@ class CaptionDataset(Dataset):
                  cache_max_bytes: Optional[int] = None,
                  prefetch: int = 0,
                  prefetch_threads: int = 4,
-                 inline_captions: bool = True) -> None:
+                 inline_captions: bool = True,
+                 shard_block_bytes: int = 0) -> None:
         super().__init__()
         if max_retries < 0:
             raise ConfigError(f"max_retries must be >= 0, not {max_retries}")
@@ -240,6 +245,10 @@ class CaptionDataset(Dataset):
             raise ConfigError("shard_index needs ceph_folder: the folder (e.g. s3://bucket/prefix) holding the tars")
         if prefetch < 0 or prefetch_threads < 1:
             raise ConfigError(f"prefetch must be >= 0 and prefetch_threads >= 1 (got {prefetch}, {prefetch_threads})")
+        if shard_block_bytes and shard_index is None:
+            raise ConfigError("shard_block_bytes needs shard_index: block reads are ranged GETs into tar shards")
+        if shard_block_bytes and shard_block_bytes < 4096:
+            raise ConfigError(f"shard_block_bytes must be 0 (off) or >= 4096, not {shard_block_bytes}")
         if cache_max_bytes is not None and cache_max_bytes <= 0:
             raise ConfigError(f"cache_max_bytes must be > 0, not {cache_max_bytes}")
         if crop not in ("center", "random"):
@@ -306,7 +315,8 @@ class CaptionDataset(Dataset):
         self._load_data(self.data_path, setup_storage)
         self.shard_index = shard_index
         #: How ceph_folder reads happen (ObjectSource / ShardSource, maybe inside a CachedSource).
-        self.sample_source: SampleSource = build_source(setup_storage, shard_index, cache_dir, cache_max_bytes)
+        self.sample_source: SampleSource = build_source(setup_storage, shard_index, cache_dir, cache_max_bytes,
+                                                        block_bytes=shard_block_bytes)
         self._prefetcher: Optional[Prefetcher] = (Prefetcher(prefetch, prefetch_threads)
                                                   if prefetch > 0 and ceph_folder is not None else None)
 
@@ -354,7 +364,29 @@ class CaptionDataset(Dataset):
         cache = getattr(self.sample_source, "cache", None)
         if cache is not None:
             out["cache"] = cache.stats()
+        blocks = getattr(getattr(self.sample_source, "inner", self.sample_source), "blocks", None)  # shard mode
+        if blocks is not None:
+            out["blocks"] = blocks.stats()
         return out
+
+    def locality_groups(self) -> Optional[List[List[int]]]:
+        """Sample indices grouped by where their bytes live, groups in storage order:
+        in shard mode one group per (tar, aligned block), i.e. per block-read GET.
+        None when reads have no locality to speak of (one object per file, local
+        files). :class:`~blip3o_storage.locality_sampler.LocalitySampler` uses it."""
+        source = getattr(self.sample_source, "inner", self.sample_source)  # behind a CachedSource
+        folder = self.ceph_folder
+        if folder is None or not hasattr(source, "locality_key"):
+            return None
+        groups: Dict[Any, List[int]] = {}
+        for i, sample in enumerate(self.data_list):
+            relpaths = self._remote_relpaths(sample) or [sample["image"]]
+            try:
+                key: Any = (0, source.locality_key(folder, relpaths[0]))
+            except StorageError:
+                key = (1, i)  # not in the index: alone (its read reports the error)
+            groups.setdefault(key, []).append(i)
+        return [groups[key] for key in sorted(groups)]
 
     def _remote_relpaths(self, sample: Mapping[str, str]) -> List[str]:
         """The relpaths of ``sample`` that are read from ``ceph_folder``."""
@@ -372,11 +404,14 @@ class CaptionDataset(Dataset):
         if prefetcher is None or folder is None or time.monotonic() < self._remote_down_until:
             return
         storage = self.storage  # made here, not raced for by the threads
+        resident = getattr(source, "resident", None)  # block reads: members of held blocks need no thread
         for j in [idx] + prefetcher.plan(idx, len(self)):
             try:
                 refs = [source.locate(folder, rel) for rel in self._remote_relpaths(self.data_list[j])]
             except StorageError:
                 continue  # e.g. not in the shard index: the synchronous read reports it
+            if resident is not None and all(resident(r) for r in refs):
+                continue
             prefetcher.submit([r.key for r in refs], lambda refs=refs: source.read_many(storage, refs))
 
     def _fetch(self, source: SampleSource, folder: str, relpath: str, trace: List[str]) -> bytes:
@@ -384,7 +419,8 @@ class CaptionDataset(Dataset):
         ref = source.locate(folder, relpath)
         trace[-1] = ref.label
         if self._prefetcher is not None and source is self.sample_source:
-            data = self._prefetcher.take(ref.key)
+            resident = getattr(source, "resident", None)  # held blocks were not prefetched: not a miss
+            data = self._prefetcher.take(ref.key, count_miss=not (resident and resident(ref)))
             if data is not None:
                 return data
         return source.read(self.storage, ref)

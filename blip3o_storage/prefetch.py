@@ -204,15 +204,15 @@ class Prefetcher:
                 _, old = self._pending.popitem(last=False)
                 self.dropped += 1
 
-    def take(self, key: str) -> Optional[bytes]:
-        """The prefetched bytes of ``key`` (waiting if in flight), or None: read it yourself."""
+    def take(self, key: str, count_miss: bool = True) -> Optional[bytes]:
+        """The prefetched bytes of ``key`` (waiting if in flight), or None: read it yourself.
+        ``count_miss=False``: not fetching it was deliberate (e.g. its block is already held)."""
         self._here()
         with self._lock:
             part = self._pending.pop(key, None)
-        if part is None:
-            with self._lock:
-                self.misses += 1
-            return None
+            if part is None:
+                self.misses += count_miss
+                return None
         ready = part.done()
         try:
             data = part.result()

@@ -39,6 +39,8 @@ __all__ = [
     "add_candidate",
     "pair_shard",
     "finish_report",
+    "fsync_dir",
+    "log_unpaired",
 ]
 
 log = logging.getLogger(__name__)
@@ -210,7 +212,7 @@ def _rmtree(path: Path) -> None:
         shutil.rmtree(path)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: PathLike) -> None:
     """Persist a rename in ``path`` (best effort: not every FS supports it)."""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -222,6 +224,9 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+_fsync_dir = fsync_dir  # the old private name
 
 
 def _read_marker(marker: Path) -> tuple[int, int]:
@@ -380,7 +385,7 @@ def extract_shard(
             f_, b_ = _read_marker(marker)
             return ExtractResult(shard, f_, b_, skipped_already_done=True)
         raise StorageError(f"could not move {tmp} to {final}: {e}") from e
-    _fsync_dir(dest_root)
+    fsync_dir(dest_root)
     if old is not None:
         _rmtree(old)
     log.debug("extracted shard %s: %d files, %d bytes", shard, files, nbytes)
@@ -452,6 +457,22 @@ def finish_report(entries: list[dict[str, str]], report: DataJsonReport) -> None
     report.duplicate_images.sort()
     report.duplicate_captions.sort()
     report.other_files.sort()
+
+
+def log_unpaired(logger: logging.Logger, report: DataJsonReport, show: int = 20) -> None:
+    """Log what a data.json build could not pair, the same way in every tool: one warning
+    per kind (count, then the first ``show`` paths and ``(+N more)``), then
+    ``pairs: N, orphan images: N, orphan captions: N`` at INFO. ``logger`` is the
+    calling tool's, so the lines keep its name."""
+    for what, paths in (("orphan image(s) without caption", report.orphan_images),
+                        ("orphan caption(s) without image", report.orphan_captions),
+                        ("extra image(s) for an already paired key", report.duplicate_images),
+                        ("extra caption(s) for one key", report.duplicate_captions)):
+        if paths:
+            more = f" (+{len(paths) - show} more)" if len(paths) > show else ""
+            logger.warning("%d %s: %s%s", len(paths), what, ", ".join(paths[:show]), more)
+    logger.info("pairs: %d, orphan images: %d, orphan captions: %d",
+                report.pairs, len(report.orphan_images), len(report.orphan_captions))
 
 
 def data_json_text(entries: list[dict[str, str]]) -> str:

@@ -13,7 +13,10 @@ layout), :class:`ShardSource` (a ranged GET into a tar, via
 (wraps either with a :class:`~blip3o_storage.disk_cache.DiskCache`).
 ``read_many`` lets a source fetch several refs at once (ShardSource merges
 neighbouring members of one tar, e.g. a sample's image and caption, into one
-request); the default reads them one by one.
+request); the default reads them one by one. With ``block_bytes`` a
+ShardSource reads whole aligned blocks of a tar instead and serves members
+from them (:mod:`blip3o_storage.block_cache`; pair it with
+:class:`~blip3o_storage.locality_sampler.LocalitySampler`).
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Protocol, Sequence, runtime_checkable
 
 from ._pickling import DropsLocksOnPickle
+from .block_cache import DEFAULT_BLOCK_BYTES, BlockReader
 from .disk_cache import DiskCache
 from .errors import CorruptDataError
 from .shard_index import ShardIndex
@@ -87,19 +91,31 @@ class ShardSource(DropsLocksOnPickle):
     ``folder`` (the dataset's ``ceph_folder``) is the folder holding the
     tars. The first read of each tar in a process checks its size against the
     index (one HEAD): a tar replaced after indexing would otherwise hand out
-    wrong bytes at stale offsets.
+    wrong bytes at stale offsets. ``block_bytes`` (> 0) switches to block
+    reads: each GET fetches an aligned block of that many bytes and the
+    members in it are served from memory (``max_blocks`` per process).
     """
 
     _pickle_locks = ()  # none: a dict store is atomic, and a lock held by a prefetch thread at fork would hang
     _pickle_resets = {"_checked": {}}  # each process checks the tar sizes again
 
-    def __init__(self, index: ShardIndex, coalesce_gap: int = DEFAULT_COALESCE_GAP) -> None:
+    def __init__(self, index: ShardIndex, coalesce_gap: int = DEFAULT_COALESCE_GAP, block_bytes: int = 0,
+                 max_blocks: int = 4) -> None:
         self.index = index
         self.coalesce_gap = coalesce_gap
+        self.blocks: Optional[BlockReader] = BlockReader(block_bytes, max_blocks) if block_bytes > 0 else None
         self._checked: Dict[str, int] = {}  # tar uri -> pid that checked it
 
     def __repr__(self) -> str:
-        return f"ShardSource({self.index.source}, {len(self.index)} members)"
+        reads = f", block reads {self.blocks.block_bytes} bytes" if self.blocks is not None else ""
+        return f"ShardSource({self.index.source}, {len(self.index)} members{reads})"
+
+    def locality_key(self, folder: str, relpath: str) -> tuple:
+        """Where ``relpath``'s bytes live, as a sortable key: (tar, aligned block), the
+        block being the one block reads fetch it with (default size without them)."""
+        ref = self.locate(folder, relpath)
+        size = self.blocks.block_bytes if self.blocks is not None else DEFAULT_BLOCK_BYTES
+        return (ref.uri, (ref.start or 0) // size)
 
     def locate(self, folder: str, relpath: str) -> Ref:
         tar, offset, size = self.index.resolve(relpath)
@@ -107,15 +123,23 @@ class ShardSource(DropsLocksOnPickle):
         member = relpath.split("/", 1)[1] if "/" in relpath else relpath
         return Ref(uri=uri, label=f"{uri}#{member}", start=offset, length=size)
 
-    def _check_tar(self, storage: Any, uri: str) -> None:
-        if self._checked.get(uri) == os.getpid():
-            return
+    def resident(self, ref: Ref) -> bool:
+        """True when ``ref`` can be read without a new request (its blocks are held or in flight)."""
+        return self.blocks is not None and self.blocks.holds(ref.uri, ref.start or 0, ref.length or 0)
+
+    def _indexed_size(self, uri: str) -> int:
+        """The size the index records for tar ``uri``."""
         # The index names tars by their path under the folder (possibly with '/'): the longest match.
         names = [name for name in self.index.shard_sizes if uri == name or uri.endswith("/" + name)]
         if not names:
             raise CorruptDataError(f"{uri}: shard index {self.index.source} has no size for this tar; "
                                    "re-run tools/upload_shards.py")
-        expected = self.index.shard_sizes[max(names, key=len)]
+        return self.index.shard_sizes[max(names, key=len)]
+
+    def _check_tar(self, storage: Any, uri: str) -> None:
+        if self._checked.get(uri) == os.getpid():
+            return
+        expected = self._indexed_size(uri)
         actual = storage.stat(uri).size
         if actual != expected:
             raise CorruptDataError(f"{uri} is {actual} bytes but shard index {self.index.source} says {expected}: "
@@ -126,8 +150,15 @@ class ShardSource(DropsLocksOnPickle):
         return self.read_many(storage, [ref])[0]
 
     def read_many(self, storage: Any, refs: Sequence[Ref]) -> List[bytes]:
-        """Read ``refs``, one ranged GET per run of members of one tar that lie
-        within ``coalesce_gap`` bytes of each other."""
+        """Read ``refs``: from blocks with block reads, else one ranged GET per run
+        of members of one tar that lie within ``coalesce_gap`` bytes of each other."""
+        if self.blocks is not None:
+            out_blocks = []
+            for ref in refs:
+                self._check_tar(storage, ref.uri)
+                out_blocks.append(self.blocks.read(storage, ref.uri, ref.start or 0, ref.length or 0,
+                                                   self._indexed_size(ref.uri)))
+            return out_blocks
         out: List[Optional[bytes]] = [None] * len(refs)
         order = sorted(range(len(refs)), key=lambda i: (refs[i].uri, refs[i].start or 0))
         run: List[int] = []
@@ -187,13 +218,14 @@ class CachedSource:
 
 
 def build_source(storage: Any, shard_index: Optional[str] = None, cache_dir: Optional[os.PathLike | str] = None,
-                 cache_max_bytes: Optional[int] = None) -> SampleSource:
+                 cache_max_bytes: Optional[int] = None, block_bytes: int = 0) -> SampleSource:
     """The source a dataset's remote reads go through, from its keywords.
 
     The shard index is loaded here (once, in the main process) so a missing
     or malformed index fails at construction, like a bad data.json.
     """
-    source: SampleSource = ShardSource(ShardIndex.load(storage, shard_index)) if shard_index else ObjectSource()
+    source: SampleSource = (ShardSource(ShardIndex.load(storage, shard_index), block_bytes=block_bytes)
+                            if shard_index else ObjectSource())
     if cache_dir is not None:
         source = CachedSource(source, DiskCache(cache_dir, cache_max_bytes or DEFAULT_CACHE_MAX_BYTES))
     return source

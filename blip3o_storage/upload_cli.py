@@ -1,11 +1,19 @@
 """Command-line plumbing shared by ``tools/upload.py`` and ``tools/upload_shards.py``.
 
 The option groups both tools take, logging set-up, failure and verify
-reports, the after-upload verify step and :func:`run_cli`, which maps what
-escapes a tool's ``run`` to the exit status: 0 all good; 1 any file failed,
-missing or mismatched; 2 bad usage, config, credentials, bucket or key
-names; 130 interrupted (Ctrl-C). Every message goes to the calling tool's
-logger, so log lines keep its name.
+reports, ``--create-bucket`` (:func:`create_bucket`), the after-upload verify
+step and :func:`run_cli`, which maps what escapes a tool's ``run`` to the exit
+status, the same for both tools:
+
+* 0 all good;
+* 1 any file failed, missing or mismatched, or the server kept failing
+  (transient errors that outlasted every retry): re-running may help;
+* 2 bad usage, config, credentials, bucket or key names -- a bucket that does
+  not exist, or that ``--create-bucket`` cannot create (invalid name, taken,
+  access denied): nothing was sent, fix the command or the config first;
+* 130 interrupted (Ctrl-C).
+
+Every message goes to the calling tool's logger, so log lines keep its name.
 """
 from __future__ import annotations
 
@@ -15,7 +23,8 @@ import sys
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 from .config import load_config
-from .errors import (AccessDeniedError, BucketNotFoundError, ConfigError, InvalidPathError, StorageError)
+from .errors import (AccessDeniedError, BucketNotFoundError, ConfigError, InvalidPathError, StorageError,
+                     TransientStorageError)
 from .s3_backend import S3Backend
 from .storage import Storage
 from .upload import (DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, MIN_PART_SIZE, MiB, UploadItem, VerifyReport,
@@ -110,6 +119,26 @@ def connect(args: argparse.Namespace, prefix: str) -> S3Backend:
     return storage.backend_for(f"s3://{args.bucket}/{prefix}")
 
 
+def create_bucket(log: logging.Logger, backend: S3Backend, args: argparse.Namespace) -> None:
+    """``--create-bucket``: create ``args.bucket`` if it does not exist (not with ``--dry-run``
+    or ``--verify-only``, which write nothing).
+
+    A bucket that cannot be created is a bucket problem (exit 2 in :func:`run_cli`):
+    denied credentials, config and path errors escape as they are, any other refusal
+    (invalid or taken name, ...) as a :class:`ConfigError`. A transient server failure
+    that outlasted the retries escapes as it is (exit 1: re-running may help).
+    """
+    if not args.create_bucket or args.dry_run or args.verify_only:
+        return
+    try:
+        if backend.ensure_bucket(args.bucket):
+            log.info("created bucket %s", args.bucket)
+    except (TransientStorageError, *USAGE_ERRORS):
+        raise
+    except StorageError as exc:
+        raise ConfigError(f"cannot create bucket {args.bucket!r}: {exc}") from None
+
+
 def list_target(backend: S3Backend, args: argparse.Namespace, prefix: str) -> Dict[str, Tuple[int, Optional[str]]]:
     """:func:`list_existing` of the target; a missing bucket is empty for ``--dry-run --create-bucket``."""
     try:
@@ -141,8 +170,8 @@ def run_cli(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], log:
     call ``run(args)`` and map what escapes it to an exit status.
 
     ``extra_errors`` (error class -> exit status) are checked, in order, before the
-    defaults: a missing bucket or :data:`USAGE_ERRORS` -> 2, any other StorageError -> 1,
-    Ctrl-C -> 130.
+    defaults: a missing bucket or :data:`USAGE_ERRORS` (including a bucket that
+    :func:`create_bucket` cannot create) -> 2, any other StorageError -> 1, Ctrl-C -> 130.
     """
     args = parser.parse_args(argv)
     configure_logging(args.verbose)

@@ -107,7 +107,7 @@ def uploaded(shards: Shards, s3_bucket, s3_endpoint, tmp_path: Path):
     return shards, bucket, s3_endpoint
 
 
-def ds_for(shards: Shards, bucket: str, endpoint, mode: str, **kw) -> BLIP3oDataset:
+def ds_for(shards: Shards, bucket: str, endpoint, mode: str, cls: type = BLIP3oDataset, **kw) -> BLIP3oDataset:
     args = dict(data_path=str(shards.data_json), ceph_config=endpoint.ceph_config(),
                 tokenizer=dict(type="ByteTokenizer"), image_size=SIZE, unconditional=0.0,
                 prompt_template=TEMPLATE, min_image_size=16)
@@ -116,7 +116,7 @@ def ds_for(shards: Shards, bucket: str, endpoint, mode: str, **kw) -> BLIP3oData
     else:
         args.update(ceph_folder=f"{bucket}/raw")
     args.update(kw)
-    return BLIP3oDataset(**args)
+    return cls(**args)
 
 
 def assert_same(a: dict, b: dict) -> None:

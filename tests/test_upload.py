@@ -7,23 +7,28 @@ count requests with botocore event handlers on the real client.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections import Counter
 from pathlib import Path
 import pytest
 
 from blip3o_storage import InvalidPathError, Storage
+from blip3o_storage.safe_tar import extract_shard
 from blip3o_storage.upload import (list_existing, multipart_etag, plan_upload, upload_all, validate_keys, verify)
 
 from conftest import REPO_ROOT, S3Endpoint, new_bucket
 
 UPLOAD = str(REPO_ROOT / "tools" / "upload.py")
+UPLOAD_SHARDS = str(REPO_ROOT / "tools" / "upload_shards.py")
+MAKE_DATA_JSON = str(REPO_ROOT / "tools" / "make_data_json.py")
 SUMMARY_RE = re.compile(r"uploaded (\d+) files \(([\d.]+) MB\) skipped (\d+) failed (\d+) in ([\d.]+) s "
                         r"\(([\d.]+) MB/s, ([\d.]+) files/s\)")
 WRITES = ("PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload")
@@ -57,9 +62,21 @@ def remote(storage: Storage, bucket_uri: str, prefix: str = "") -> dict:
     return {info.key: info for info in storage.list(f"{bucket_uri}/{prefix}")}
 
 
-def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, UPLOAD, *args], cwd=REPO_ROOT, capture_output=True, text=True,
+def run_cli(*args: str, timeout: float = 120, tool: str = UPLOAD) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, tool, *args], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def make_shard_tar(path: Path, members: dict) -> Path:
+    """A plain tar shard with ``members`` (name -> bytes), as tools/upload_shards.py takes it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 1_700_000_000
+            tf.addfile(info, io.BytesIO(data))
+    return path
 
 
 def summary(proc: subprocess.CompletedProcess) -> dict:
@@ -305,6 +322,62 @@ def test_missing_bucket_needs_create_bucket(tmp_path, s3_endpoint, s3_conf):
     created = run_cli("--config", str(s3_conf), "--bucket", name, "--create-bucket", str(src))
     assert created.returncode == 0, created.stderr
     assert summary(created)["uploaded"] == len(local_files(src))
+
+
+@pytest.mark.parametrize("failure", ["invalid name", "access denied"])
+def test_failed_create_bucket_exits_2_in_both_tools(tmp_path, s3_endpoint, request, failure):
+    """--create-bucket that the server refuses is a bucket problem: exit 2 from tools/upload.py
+    and tools/upload_shards.py alike (nothing was sent), and no bucket appears."""
+    src = make_dataset(tmp_path, n=1)
+    tar = make_shard_tar(tmp_path / "tars" / "s1.tar", {"00000.jpg": b"jpeg", "00000.txt": b"caption\n"})
+    if failure == "invalid name":  # too short for S3 (3-63 characters): CreateBucket says InvalidBucketName
+        endpoint, bucket = s3_endpoint, "ab"
+    else:  # a signature-checking server and a wrong secret: 403 on HeadBucket
+        good = request.getfixturevalue("moto_auth_endpoint") if s3_endpoint.name == "moto_server" else s3_endpoint
+        endpoint = S3Endpoint("bad", good.endpoint_url, good.access_key, "WrongSecret" + os.urandom(8).hex())
+        bucket = f"denied-{os.urandom(4).hex()}"
+    conf = endpoint.write_petreloss_conf(tmp_path / "petreloss.conf")
+    base = ["--config", str(conf), "--bucket", bucket, "--create-bucket"]
+
+    plain = run_cli(*base, str(src))
+    shards = run_cli(*base, str(tar), tool=UPLOAD_SHARDS)
+    assert (plain.returncode, shards.returncode) == (2, 2), (plain.stderr, shards.stderr)
+    for proc in (plain, shards):
+        assert "Traceback" not in proc.stderr
+        assert ("cannot create bucket" if failure == "invalid name" else "access denied") in proc.stderr
+        assert "uploaded" not in proc.stdout  # stopped before any upload
+    if failure == "invalid name":
+        names = {b["Name"] for b in Storage(s3_endpoint.ceph_config()).backend_for("s3://x/y")
+                 .client.list_buckets()["Buckets"]}
+        assert bucket not in names
+
+
+def test_unpaired_files_are_logged_alike_by_make_data_json_and_upload_shards(tmp_path, target):
+    """Both tools report orphans and duplicates with one function: the same lines and counts."""
+    _, bucket_uri, _, base = target
+    members = {f"{i:03d}.jpg": b"jpeg" for i in range(25)}  # 0-2 paired, the rest orphan images
+    members.update({f"{i:03d}.txt": b"caption\n" for i in range(3)})
+    members.update({"lonely.txt": b"orphan caption\n", "000.png": b"second image of key 000",
+                    "notes.md": b"neither"})
+    tar = make_shard_tar(tmp_path / "tars" / "s1.tar", members)
+    extract_shard(tar, tmp_path / "raw")
+
+    made = run_cli("--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "data.json"), tool=MAKE_DATA_JSON)
+    shards = run_cli(*base, "--prefix", "sh", "--dry-run", str(tar), tool=UPLOAD_SHARDS)
+    assert made.returncode == 0 and shards.returncode == 0, (made.stderr, shards.stderr)
+
+    def unpaired(proc: subprocess.CompletedProcess, name: str) -> list:
+        lines = re.findall(rf"(WARNING|INFO) {name}: (.*)", proc.stderr)
+        return [(level, msg) for level, msg in lines if level == "WARNING" or msg.startswith("pairs: ")]
+    lines = unpaired(made, "make_data_json")
+    assert lines == unpaired(shards, "upload_shards")
+    assert lines == [
+        ("WARNING", "22 orphan image(s) without caption: "
+                    + ", ".join(f"s1/{i:03d}.jpg" for i in range(3, 23)) + " (+2 more)"),
+        ("WARNING", "1 orphan caption(s) without image: s1/lonely.txt"),
+        ("WARNING", "1 extra image(s) for an already paired key: s1/000.png"),
+        ("INFO", "pairs: 3, orphan images: 22, orphan captions: 1"),
+    ]
 
 
 def test_wrong_secret_fails_without_leaking_it(tmp_path, s3_endpoint, request):

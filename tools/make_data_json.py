@@ -22,15 +22,14 @@ from pathlib import Path
 from typing import Optional
 
 try:
-    from blip3o_storage.safe_tar import build_data_json, data_json_text
+    from blip3o_storage.safe_tar import build_data_json, data_json_text, fsync_dir, log_unpaired
 except ImportError:  # run as `python tools/make_data_json.py` without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from blip3o_storage.safe_tar import build_data_json, data_json_text
+    from blip3o_storage.safe_tar import build_data_json, data_json_text, fsync_dir, log_unpaired
 
 from blip3o_storage.errors import StorageError
 
 log = logging.getLogger("make_data_json")
-_SHOW = 20  # how many orphan paths to log per kind
 
 
 def write_json_atomic(entries: list[dict[str, str]], out: Path) -> None:
@@ -46,14 +45,7 @@ def write_json_atomic(entries: list[dict[str, str]], out: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    try:  # persist the rename (best effort)
-        fd = os.open(out.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    fsync_dir(out.parent)  # persist the rename (best effort)
 
 
 def inline_captions(entries: list[dict[str, str]], raw: Path) -> None:
@@ -65,15 +57,6 @@ def inline_captions(entries: list[dict[str, str]], raw: Path) -> None:
         except UnicodeDecodeError as exc:
             raise UnicodeDecodeError(exc.encoding, exc.object, exc.start, exc.end,
                                      f"{path} is not UTF-8 text") from None
-
-
-def _log_list(what: str, paths: list[str]) -> None:
-    """Warn about unpaired files: the count, and the first few by name."""
-    if not paths:
-        return
-    shown = ", ".join(paths[:_SHOW])
-    more = f" (+{len(paths) - _SHOW} more)" if len(paths) > _SHOW else ""
-    log.warning("%d %s: %s%s", len(paths), what, shown, more)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -101,15 +84,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if report.unmarked_shards:
         log.warning("shard folders without a done-marker (not made by tools/extract.py, "
                     "or incomplete): %s", ", ".join(report.unmarked_shards))
-    _log_list("orphan image(s) without caption", report.orphan_images)
-    _log_list("orphan caption(s) without image", report.orphan_captions)
-    _log_list("extra image(s) for an already paired key", report.duplicate_images)
-    _log_list("extra caption(s) for one key", report.duplicate_captions)
     if report.other_files:
         log.info("%d other file(s) ignored (neither image nor caption), e.g. %s",
                  len(report.other_files), ", ".join(report.other_files[:5]))
-    log.info("pairs: %d, orphan images: %d, orphan captions: %d",
-             report.pairs, len(report.orphan_images), len(report.orphan_captions))
+    log_unpaired(log, report)  # the same lines as tools/upload_shards.py
 
     if not entries:
         log.error("no image/caption pairs under %s; run tools/extract.py first", args.raw)

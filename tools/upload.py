@@ -15,8 +15,11 @@ upload every key is verified (size + MD5/multipart ETag) with one more LIST (whe
 nothing was sent, the first LIST already matched every key and is the verification).
 Dot-files and dot-folders (extraction temp dirs, done-markers) are not uploaded.
 
-Exit status: 0 all good; 1 any file failed, missing or mismatched; 2 bad
-usage, config, credentials, bucket or key names; 130 interrupted (Ctrl-C).
+Exit status (the same as ``tools/upload_shards.py``, see
+``blip3o_storage.upload_cli``): 0 all good; 1 any file failed, missing or
+mismatched, or the server kept failing after retries; 2 bad usage, config,
+credentials, bucket or key names (including a bucket that does not exist or
+that --create-bucket cannot create); 130 interrupted (Ctrl-C).
 """
 from __future__ import annotations
 
@@ -34,18 +37,19 @@ except ImportError:  # run as `python tools/upload.py` without the package insta
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from blip3o_storage.errors import AccessDeniedError, ConfigError, InvalidPathError, StorageError
+from blip3o_storage.errors import ConfigError, InvalidPathError, StorageError
 from blip3o_storage.upload import MiB, UploadInterrupted, UploadPlan, normalise_prefix, plan_upload, upload_all, verify
 from blip3o_storage.upload_cli import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, add_connection_options,
-                                       add_transfer_options, connect, list_target, log_failures,
+                                       add_transfer_options, connect, create_bucket, list_target, log_failures,
                                        report_verify, run_cli, verify_after_upload)
 
 log = logging.getLogger("upload")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    paragraphs = __doc__.split("\n\n")
+    ap = argparse.ArgumentParser(description=paragraphs[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=next(p for p in paragraphs if p.startswith("Exit status")))
     ap.add_argument("src", metavar="SRC", type=Path,
                     help="folder to upload, e.g. data/BLIP3o-60k (with raw/ and data.json); keys mirror its layout")
     add_connection_options(ap, config_help="petreloss.conf-style file with access_key/secret_key/host_base; "
@@ -95,14 +99,7 @@ def run(args: argparse.Namespace) -> int:
     log.debug("target s3://%s/%s via %s", args.bucket, prefix, backend.settings.describe())
     part_size = int(args.part_size_mb * MiB)
 
-    if args.create_bucket and not args.dry_run and not args.verify_only:
-        try:
-            if backend.ensure_bucket(args.bucket):
-                log.info("created bucket %s", args.bucket)
-        except StorageError as exc:
-            if isinstance(exc, (AccessDeniedError, ConfigError)):
-                raise
-            raise ConfigError(f"cannot create bucket {args.bucket!r}: {exc}") from None
+    create_bucket(log, backend, args)
     existing = list_target(backend, args, prefix)
     log.info("%d objects already under s3://%s/%s", len(existing), args.bucket, prefix)
 

@@ -20,9 +20,12 @@ with matching size + ETag are skipped, and every key is verified after.
 Train with ``BLIP3oDataset(data_path='s3://B/P/data.json', ceph_folder='s3://B/P',
 shard_index='s3://B/P/index.json', ...)``.
 
-Exit status: 0 all good; 1 any file failed, missing or mismatched (or
---strict and unpaired files); 2 bad usage, config, credentials, bucket,
-key names or a hostile/corrupt tar; 130 interrupted (Ctrl-C).
+Exit status (the same as ``tools/upload.py``, see
+``blip3o_storage.upload_cli``): 0 all good; 1 any file failed, missing or
+mismatched, the server kept failing after retries (or --strict and unpaired
+files); 2 bad usage, config, credentials, bucket or key names (including a
+bucket that does not exist or that --create-bucket cannot create) or a
+hostile/corrupt tar; 130 interrupted (Ctrl-C).
 """
 from __future__ import annotations
 
@@ -40,12 +43,12 @@ except ImportError:  # run as `python tools/upload_shards.py` without the packag
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from blip3o_storage.errors import ConfigError, CorruptDataError, StorageError
-from blip3o_storage.safe_tar import data_json_text
+from blip3o_storage.safe_tar import data_json_text, log_unpaired
 from blip3o_storage.shard_index import build_index, data_json_from_index
 from blip3o_storage.upload import (MiB, UploadInterrupted, UploadItem, UploadReport, content_type_for,
                                    normalise_prefix, upload_all, validate_keys, verify)
 from blip3o_storage.upload_cli import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, add_connection_options,
-                                       add_transfer_options, connect, list_target, log_failures,
+                                       add_transfer_options, connect, create_bucket, list_target, log_failures,
                                        report_verify, run_cli, verify_after_upload)
 
 log = logging.getLogger("upload_shards")
@@ -57,8 +60,9 @@ class Unpaired(StorageError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    paragraphs = __doc__.split("\n\n")
+    ap = argparse.ArgumentParser(description=paragraphs[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=next(p for p in paragraphs if p.startswith("Exit status")))
     ap.add_argument("sources", metavar="TAR_OR_DIR", nargs="+", type=Path,
                     help="shard .tar files, or folders whose *.tar files are all shards")
     add_connection_options(ap, config_help="petreloss.conf-style file (default: boto3 chain or $BLIP3O_CEPH_CONFIG)",
@@ -123,11 +127,7 @@ def _index(args: argparse.Namespace) -> tuple:
     entries = None
     if not args.no_data_json:
         entries, report = data_json_from_index(index)
-        for what, lst in (("orphan image(s)", report.orphan_images), ("orphan caption(s)", report.orphan_captions),
-                          ("extra image(s)", report.duplicate_images), ("extra caption(s)", report.duplicate_captions)):
-            if lst:
-                log.warning("%d %s: %s%s", len(lst), what, ", ".join(lst[:20]), " ..." if len(lst) > 20 else "")
-        log.info("data.json: %d pairs", len(entries))
+        log_unpaired(log, report)  # the same lines as tools/make_data_json.py
         if not entries:
             raise Unpaired("no image/caption pairs in the shards; nothing to train on")
         if args.strict and report.has_orphans:
@@ -142,9 +142,7 @@ def run(args: argparse.Namespace) -> int:
     backend = connect(args, prefix)
     part_size = int(args.part_size_mb * MiB)
     threshold = int(args.multipart_threshold_mb * MiB)
-    if args.create_bucket and not args.dry_run and not args.verify_only:
-        if backend.ensure_bucket(args.bucket):
-            log.info("created bucket %s", args.bucket)
+    create_bucket(log, backend, args)
 
     with tempfile.TemporaryDirectory(prefix="upload-shards-") as tmp:
         tar_items = _items(tars, prefix)

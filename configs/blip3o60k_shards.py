@@ -1,0 +1,54 @@
+# BLIP3o-60k in shard mode: the 11 tars as uploaded by tools/upload_shards.py
+# (tars + index.json + data.json under one prefix), read in 8 MiB blocks.
+#
+# Block reads fetch an aligned 8 MiB block of a tar in one GET (20-100
+# samples) and serve its members from memory; LocalitySampler shuffles the
+# blocks, then the samples inside each, and deals blocks to the DataLoader
+# workers so each worker reads its blocks start to end. Its batch_size and
+# num_workers must match the dataloader's (they are the same variables
+# below). Trade-off: a batch holds neighbours from one or two blocks, not a
+# draw from the whole dataset; switch to DefaultSampler (and drop
+# shard_block_bytes) when that matters more than read cost.
+# Environment overrides (mmengine's {{$VAR:default}} syntax, no imports here):
+#   BLIP3O_SHARDS_FOLDER  folder of the tars, index.json, data.json (default s3://blip3o-60k/shards)
+#   BLIP3O_CEPH_CONFIG    petreloss.conf path                        (default petreloss.conf)
+custom_imports = dict(imports=['blip3o_storage.dataset', 'blip3o_storage.mmengine_backend',
+                               'blip3o_storage.hooks', 'blip3o_storage.locality_sampler'],
+                      allow_failed_imports=False)
+# Prefetch threads fetch the next block while the worker decodes the current one.
+custom_hooks = [dict(type='PrefetchSamplerHook')]
+
+shards_folder = '{{$BLIP3O_SHARDS_FOLDER:s3://blip3o-60k/shards}}'
+ceph_config = '{{$BLIP3O_CEPH_CONFIG:petreloss.conf}}'
+image_size = 512
+max_length = 128
+batch_size = 4
+num_workers = 4
+prompt_template = dict(INSTRUCTION='<|user|>\n{input}<|end|>\n<|assistant|>\n')
+
+dataset = dict(
+    type='BLIP3oDataset',
+    data_path=shards_folder + '/data.json',
+    ceph_folder=shards_folder,
+    shard_index=shards_folder + '/index.json',
+    shard_block_bytes=8 * 1024 * 1024,
+    ceph_config=ceph_config,
+    image_size=image_size,
+    unconditional=0.1,
+    prompt_template=prompt_template,
+    tokenizer=dict(type='ByteTokenizer'),
+    max_length=max_length,
+    max_retries=10,
+    prefetch=8,
+    prefetch_threads=2,
+)
+
+train_dataloader = dict(
+    batch_size=batch_size,
+    num_workers=num_workers,
+    persistent_workers=False,
+    pin_memory=True,
+    dataset=dataset,
+    sampler=dict(type='LocalitySampler', batch_size=batch_size, num_workers=num_workers, shuffle=True),
+    collate_fn=dict(type='blip3o_collate', pad_index=0),
+)
