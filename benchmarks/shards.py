@@ -4,7 +4,8 @@
 Usage::
 
     python benchmarks/shards.py [--samples-per-shard 20] [--image-size 768] [--workers 2] \
-        [--batch-size 8] [--prefetch 8] [--target moto|ceph] [--work-dir DIR] [--keep]
+        [--batch-size 8] [--prefetch 8] [--block-bytes N] [--rounds 3] [--target moto|ceph] \
+        [--split-cpus] [--file-captions] [--work-dir DIR] [--keep]
 
 Steps: generate 11 BLIP3o-shaped shard tars (``tools/make_demo_data.py`` when
 present, else a small built-in generator with the same layout), extract them
@@ -15,10 +16,13 @@ never started or stopped here); upload the extracted files
 each; then measure DataLoader epochs (persistent workers, a shuffling
 sampler; after a warm-up epoch, ``--rounds`` epochs per mode taken in turns,
 median and best reported) for: local disk (extracted files), per-object S3, shard
-mode S3, shard mode + prefetch, per-object + prefetch, and shard mode + disk
-cache (the measured epoch is the second, served from the cache). Prints one
-markdown table with ratios vs local disk and PASS/FAIL against the target
-"shard mode S3 >= local disk".
+mode S3, shard mode + prefetch, per-object + prefetch, shard mode + disk
+cache (the measured epoch is the second, served from the cache), and, with
+a LocalitySampler: local disk again (same reads, another order) and shard
+mode with block reads (``--block-bytes``), without and with prefetch.
+Prints one markdown table with ratios vs local disk and PASS/FAIL against
+the target "shard mode S3 >= local disk", judged against the faster of the
+two local-disk rows.
 
 Numbers on a shared 2-core machine are noisy: the S3 server, the loader
 workers and their prefetch threads all share the same cores, so every S3

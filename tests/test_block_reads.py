@@ -17,7 +17,7 @@ from blip3o_storage.dataset import BLIP3oDataset
 from blip3o_storage.locality_sampler import LocalitySampler, deal_batches
 from blip3o_storage.sources import ShardSource
 
-from test_shards import assert_same, ds_for, uploaded, shards  # noqa: F401  (fixtures)
+from test_shards import assert_same, ds_for, shards, uploaded  # noqa: F401  (fixtures used by name)
 
 BLOCK = 4096
 
@@ -186,9 +186,9 @@ class _Counting(BLIP3oDataset):
 
 
 def test_block_mode_gives_the_same_samples_with_two_workers_and_few_gets(uploaded) -> None:
-    shards, bucket, endpoint = uploaded
-    reference = ds_for(shards, bucket, endpoint, "object")
-    ds = ds_for(shards, bucket, endpoint, "shard", _Counting, shard_block_bytes=4 * BLOCK, prefetch=4,
+    tree, bucket, endpoint = uploaded
+    reference = ds_for(tree, bucket, endpoint, "object")
+    ds = ds_for(tree, bucket, endpoint, "shard", _Counting, shard_block_bytes=4 * BLOCK, prefetch=4,
                 prefetch_threads=2)
     assert isinstance(ds.sample_source, ShardSource) and ds.sample_source.blocks is not None
     groups = ds.locality_groups()
@@ -197,7 +197,7 @@ def test_block_mode_gives_the_same_samples_with_two_workers_and_few_gets(uploade
     ds.set_sampler(sampler, batch_size=2)
     loader = DataLoader(ds, sampler=sampler, batch_size=2, num_workers=2, collate_fn=lambda b: b)
     out = [s for batch in loader for s in batch]
-    assert [s["image_file"] for s in out] == [shards.entries[i]["image"] for i in sampler]
+    assert [s["image_file"] for s in out] == [tree.entries[i]["image"] for i in sampler]
     for s, i in zip(out, sampler):
         assert_same(s, reference[i])
     last: Dict[int, dict] = {}
@@ -212,21 +212,21 @@ def test_block_mode_gives_the_same_samples_with_two_workers_and_few_gets(uploade
 
 
 def test_block_mode_settings_are_checked(uploaded) -> None:
-    shards, bucket, endpoint = uploaded
+    tree, bucket, endpoint = uploaded
     with pytest.raises(ConfigError, match="shard_block_bytes needs shard_index"):
-        ds_for(shards, bucket, endpoint, "object", shard_block_bytes=BLOCK)
+        ds_for(tree, bucket, endpoint, "object", shard_block_bytes=BLOCK)
     with pytest.raises(ConfigError, match=">= 4096"):
-        ds_for(shards, bucket, endpoint, "shard", shard_block_bytes=100)
-    assert ds_for(shards, bucket, endpoint, "object").locality_groups() is None
+        ds_for(tree, bucket, endpoint, "shard", shard_block_bytes=100)
+    assert ds_for(tree, bucket, endpoint, "object").locality_groups() is None
 
 
 def test_replaced_tar_is_detected_in_block_mode(uploaded) -> None:
-    shards, bucket, endpoint = uploaded
+    tree, bucket, endpoint = uploaded
     from blip3o_storage import Storage
 
     Storage(endpoint.ceph_config()).put(f"{bucket}/shards/text_1.tar", b"x" * 100)
-    ds = ds_for(shards, bucket, endpoint, "shard", shard_block_bytes=BLOCK, max_retries=0)
-    i = next(i for i, e in enumerate(shards.entries) if e["image"].startswith("text_1/"))
+    ds = ds_for(tree, bucket, endpoint, "shard", shard_block_bytes=BLOCK, max_retries=0)
+    i = next(i for i, e in enumerate(tree.entries) if e["image"].startswith("text_1/"))
     with pytest.raises(Exception, match="corrupt"):
         ds[i]
     assert "changed after indexing" in ds.bad_samples_log[-1].message

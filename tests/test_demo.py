@@ -92,3 +92,29 @@ def test_benchmark_quick_prints_every_row(tmp_path: Path) -> None:
     for tool in ("s5cmd", "rclone"):
         row = rows[f"upload_{tool}"]
         assert row.get("seconds") is not None or row.get("rate_text") == "not installed", row
+
+
+SHARD_BENCH_ROWS = ["local disk (extracted files)", "per-object S3", "per-object S3 + prefetch", "shard mode S3",
+                    "shard mode S3 + prefetch", "shard mode S3 + cache (2nd epoch)", "local disk, LocalitySampler",
+                    "shard mode S3 + block reads, LocalitySampler",
+                    "shard mode S3 + block reads + prefetch, LocalitySampler"]
+
+
+@pytest.mark.slow
+def test_shard_benchmark_prints_every_mode_and_a_verdict(tmp_path: Path) -> None:
+    proc = _run(["benchmarks/shards.py", "--samples-per-shard", 2, "--image-size", 96, "--output-size", 32,
+                 "--rounds", 1, "--workers", 1, "--batch-size", 2, "--block-bytes", 16384,
+                 "--work-dir", tmp_path / "bench"], timeout=240)
+    assert proc.returncode in (0, 1), (proc.stdout + proc.stderr)[-4000:]  # 1: the target failed (moto)
+    rows = {}
+    for line in proc.stdout.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 5 and cells[0] in SHARD_BENCH_ROWS:
+            rows[cells[0]] = cells
+    assert list(rows) == SHARD_BENCH_ROWS, proc.stdout
+    for name, cells in rows.items():
+        assert float(cells[1]) > 0 and re.fullmatch(r"\d+\.\d\dx", cells[3]), cells
+    verdicts = re.findall(r"^- (shard mode .*): (\d+\.\d\d)x (PASS|FAIL)$", proc.stdout, re.M)
+    assert len(verdicts) == 4, proc.stdout
+    assert (proc.returncode == 0) == any(v == "PASS" for _, _, v in verdicts)
+    assert re.search(r"\| shards \+ index\.json \+ data\.json .* \| 13 \|", proc.stdout), proc.stdout
