@@ -22,6 +22,7 @@ a lock or a half-fetched block of its parent.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import threading
 from concurrent.futures import Future
@@ -29,7 +30,13 @@ from typing import Any, Dict, Tuple
 
 from .errors import CorruptDataError
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["BlockReader", "DEFAULT_BLOCK_BYTES"]
+
+#: After this many reads in a process, warn (once) if fewer than 1 in ``_WASTE_RATIO`` reads came from a held block.
+_WASTE_CHECK_AFTER = 64
+_WASTE_RATIO = 2
 
 #: 8 MiB: 20-50 BLIP3o images per request; a worker holds ``max_blocks`` of them.
 DEFAULT_BLOCK_BYTES = 8 << 20
@@ -50,6 +57,7 @@ class BlockReader:
         self._lock = threading.Lock()
         self._blocks: "collections.OrderedDict[Tuple[str, int], Future]" = collections.OrderedDict()
         self.fetches = self.fetched_bytes = self.reads = self.waits = 0
+        self._warned = False
 
     def __getstate__(self) -> Dict[str, Any]:
         return {"block_bytes": self.block_bytes, "max_blocks": self.max_blocks}
@@ -130,4 +138,11 @@ class BlockReader:
         with self._lock:
             self.fetches += 1
             self.fetched_bytes += len(data)
+            wasteful = (not self._warned and self.reads >= _WASTE_CHECK_AFTER
+                        and self.fetches * _WASTE_RATIO > self.reads)
+            self._warned = self._warned or wasteful
+        if wasteful:
+            logger.warning("block reads in pid %d: %d GETs of up to %d bytes for %d member reads; the samples "
+                           "asked for do not stay within blocks (use LocalitySampler, or drop shard_block_bytes "
+                           "for a random sampler)", os.getpid(), self.fetches, self.block_bytes, self.reads)
         return data

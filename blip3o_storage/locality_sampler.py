@@ -19,8 +19,9 @@ when they do not, results are the same and only the locality is lost.
 The trade-off: a batch holds samples of one or two groups (neighbours in a
 tar, typically the same source dataset), not a draw from the whole dataset.
 With 60k samples in 8 MiB blocks there are about 1,500 groups, shuffled
-anew every epoch; use DefaultSampler where batch diversity matters more
-than read cost.
+anew every epoch. ``mix=k`` lets each worker draw from ``k`` groups at once
+(a batch then spans about ``k`` blocks, and the worker holds ``k`` blocks);
+use DefaultSampler where batch diversity matters more than read cost.
 
 Distributed: the shuffled groups are laid end to end, padded to a multiple
 of the world size by repeating from the start (like DefaultSampler's
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import math
+import random
 from typing import Any, Deque, Iterator, List, Optional, Sequence
 
 import torch
@@ -44,27 +46,41 @@ __all__ = ["LocalitySampler", "deal_batches"]
 FALLBACK_GROUP = 32
 
 
-def deal_batches(groups: Sequence[Sequence[int]], batch_size: int, num_workers: int) -> List[int]:
+def deal_batches(groups: Sequence[Sequence[int]], batch_size: int, num_workers: int, mix: int = 1,
+                 rng: Optional[random.Random] = None) -> List[int]:
     """Flatten ``groups`` so that batch ``k`` (of ``batch_size``) comes from slot
-    ``k % num_workers``, each slot taking the next whole group when its own runs out.
+    ``k % num_workers``, each slot taking the next whole group when one of its own runs out.
 
-    Every index appears exactly as often as in ``groups``. Once no group is
-    left, slots that are empty are skipped (only the last few batches can then
-    land on another worker than their group's)."""
+    With ``mix`` > 1 a slot keeps up to ``mix`` groups open and draws each
+    sample from one of them at random (``rng``), so a batch mixes ``mix``
+    blocks; the worker then holds that many blocks at once. Every index
+    appears exactly as often as in ``groups``. Once no group is left, slots
+    that are empty are skipped (only the last few batches can then land on
+    another worker than their group's)."""
     slots = max(1, num_workers)
+    mix = max(1, mix)
+    rng = rng or random.Random(0)
     queue: Deque[Sequence[int]] = collections.deque(groups)
-    current: List[Deque[int]] = [collections.deque() for _ in range(slots)]
+    open_groups: List[List[Deque[int]]] = [[] for _ in range(slots)]
     out: List[int] = []
+
+    def draw(mine: List[Deque[int]]) -> Optional[int]:
+        mine[:] = [g for g in mine if g]
+        while len(mine) < mix and queue:
+            mine.append(collections.deque(queue.popleft()))
+        if not mine:
+            return None
+        return mine[rng.randrange(len(mine)) if len(mine) > 1 else 0].popleft()
+
     k = 0
-    while queue or any(current):
-        slot = current[k % slots]
+    while queue or any(any(g) for g in open_groups):
+        mine = open_groups[k % slots]
         k += 1
         for _ in range(batch_size):
-            if not slot:
-                if not queue:
-                    break
-                slot.extend(queue.popleft())
-            out.append(slot.popleft())
+            idx = draw(mine)
+            if idx is None:
+                break
+            out.append(idx)
     return out
 
 
@@ -77,6 +93,9 @@ class LocalitySampler(Sampler):
             other sized dataset is cut into runs of ``FALLBACK_GROUP`` indices.
         batch_size / num_workers: the DataLoader's (0 workers = 1 slot).
         shuffle: shuffle groups and within groups (False: storage order).
+        mix: groups each worker draws from at once (1: one block at a time; 2-3 mix
+            blocks within a batch, at the cost of holding as many blocks per worker;
+            keep it below the block reader's ``max_blocks``, 4).
         seed: shared by all ranks; None draws one and syncs it like mmengine's DefaultSampler.
         round_up: pad so every rank gets ``ceil(len / world_size)`` indices (else truncate).
         rank / world_size: default from mmengine's dist info (set them without a process group).
@@ -84,9 +103,11 @@ class LocalitySampler(Sampler):
 
     def __init__(self, dataset: Any, batch_size: int = 1, num_workers: int = 0, shuffle: bool = True,
                  seed: Optional[int] = None, round_up: bool = True, rank: Optional[int] = None,
-                 world_size: Optional[int] = None) -> None:
-        if batch_size < 1 or num_workers < 0:
-            raise ValueError(f"batch_size must be >= 1 and num_workers >= 0 (got {batch_size}, {num_workers})")
+                 world_size: Optional[int] = None, mix: int = 1) -> None:
+        if batch_size < 1 or num_workers < 0 or mix < 1:
+            raise ValueError(f"batch_size and mix must be >= 1 and num_workers >= 0 "
+                             f"(got {batch_size}, {mix}, {num_workers})")
+        self.mix = int(mix)
         dist_rank, dist_world = get_dist_info()
         self.rank = dist_rank if rank is None else int(rank)
         self.world_size = dist_world if world_size is None else int(world_size)
@@ -149,4 +170,5 @@ class LocalitySampler(Sampler):
         return out
 
     def __iter__(self) -> Iterator[int]:
-        return iter(deal_batches(self._rank_groups(), self.batch_size, self.num_workers))
+        rng = random.Random(f"{self.seed}:{self.epoch}:{self.rank}")  # the same draws in every copy of the sampler
+        return iter(deal_batches(self._rank_groups(), self.batch_size, self.num_workers, self.mix, rng))

@@ -7,8 +7,9 @@
 # workers so each worker reads its blocks start to end. Its batch_size and
 # num_workers must match the dataloader's (they are the same variables
 # below). Trade-off: a batch holds neighbours from one or two blocks, not a
-# draw from the whole dataset; switch to DefaultSampler (and drop
-# shard_block_bytes) when that matters more than read cost.
+# draw from the whole dataset; mix=2 or 3 makes each worker draw from that
+# many blocks at once (holding as many), and DefaultSampler (without
+# shard_block_bytes) gives full shuffling at one GET per sample.
 # Environment overrides (mmengine's {{$VAR:default}} syntax, no imports here):
 #   BLIP3O_SHARDS_FOLDER  folder of the tars, index.json, data.json (default s3://blip3o-60k/shards)
 #   BLIP3O_CEPH_CONFIG    petreloss.conf path                        (default petreloss.conf)
@@ -49,6 +50,6 @@ train_dataloader = dict(
     persistent_workers=False,
     pin_memory=True,
     dataset=dataset,
-    sampler=dict(type='LocalitySampler', batch_size=batch_size, num_workers=num_workers, shuffle=True),
+    sampler=dict(type='LocalitySampler', batch_size=batch_size, num_workers=num_workers, shuffle=True, mix=1),
     collate_fn=dict(type='blip3o_collate', pad_index=0),
 )

@@ -57,6 +57,23 @@ def test_block_reader_evicts_least_recently_used(blob) -> None:
     assert reader.stats()["fetches"] == 4  # 0, 1, 2, then 1 again
 
 
+def test_block_reads_without_locality_warn_once(blob, caplog) -> None:
+    storage, uri, data = blob
+    reader = BlockReader(BLOCK, max_blocks=1)
+    with caplog.at_level("WARNING", logger="blip3o_storage.block_cache"):
+        for i in range(100):  # blocks 0 and 2 in turn: every read is a new GET
+            start = (i % 2) * 2 * BLOCK
+            assert reader.read(storage, uri, start, 10, len(data)) == data[start:start + 10]
+    warnings = [r for r in caplog.records if "do not stay within blocks" in r.getMessage()]
+    assert len(warnings) == 1 and "LocalitySampler" in warnings[0].getMessage()
+    caplog.clear()
+    walker = BlockReader(BLOCK)  # a front-to-back walk reuses each block: no warning
+    with caplog.at_level("WARNING", logger="blip3o_storage.block_cache"):
+        for start in range(0, len(data) - 100, 300):
+            walker.read(storage, uri, start, 100, len(data))
+    assert walker.stats()["reads"] >= 64 and not caplog.records
+
+
 def test_threads_reading_one_block_share_one_fetch(blob) -> None:
     storage, uri, data = blob
     reader = BlockReader(16 * BLOCK)
@@ -126,14 +143,18 @@ def test_deal_batches_keeps_every_index_once() -> None:
     groups = [list(range(0, 7)), list(range(7, 9)), list(range(9, 30))]
     for bs in (1, 3, 8):
         for nw in (0, 1, 2, 5):
-            assert sorted(deal_batches(groups, bs, nw)) == list(range(30))
+            for mix in (1, 2, 3):
+                assert sorted(deal_batches(groups, bs, nw, mix)) == list(range(30))
 
 
-def test_each_group_is_read_by_one_dataloader_worker() -> None:
+@pytest.mark.parametrize("mix", [1, 2])
+def test_each_group_is_read_by_one_dataloader_worker(mix: int) -> None:
     ds = _Grouped(96, 12)  # 8 groups of 12 = 3 batches of 4 each
-    sampler = LocalitySampler(ds, batch_size=4, num_workers=2, seed=5)
+    sampler = LocalitySampler(ds, batch_size=4, num_workers=2, seed=5, mix=mix)
     loader = DataLoader(ds, sampler=sampler, batch_size=4, num_workers=2)
-    seen = [(i, w) for idxs, wids in loader for i, w in zip(idxs.tolist(), wids.tolist())]
+    batches = [list(zip(idxs.tolist(), wids.tolist())) for idxs, wids in loader]
+    seen = [pair for batch in batches for pair in batch]
+    assert [i for i, _ in seen] == list(sampler)
     assert sorted(i for i, _ in seen) == list(range(96))
     workers_per_group = collections.defaultdict(set)
     for i, w in seen:
@@ -142,6 +163,12 @@ def test_each_group_is_read_by_one_dataloader_worker() -> None:
     assert {w.pop() for w in workers_per_group.values()} == {0, 1}
     # and samples within a batch are shuffled, not in storage order
     assert [i for i, _ in seen] != sorted(i for i, _ in seen)
+    groups_per_batch = [len({i // 12 for i, _ in batch}) for batch in batches]
+    if mix == 1:
+        assert groups_per_batch == [1] * 24  # groups of exactly 3 batches: one group per batch
+    else:
+        # (a third group opens when one of the two runs out mid-batch)
+        assert sum(n > 1 for n in groups_per_batch) > len(batches) // 2 and max(groups_per_batch) <= 3
 
 
 def test_locality_sampler_epochs_seeds_and_ranks() -> None:
@@ -160,6 +187,11 @@ def test_locality_sampler_epochs_seeds_and_ranks() -> None:
     assert [len(r) for r in truncated] == [16, 16, 16] and len(set().union(*map(set, truncated))) == 48
     with pytest.raises(ValueError, match="rank 3"):
         LocalitySampler(ds, rank=3, world_size=3)
+    with pytest.raises(ValueError, match="mix"):
+        LocalitySampler(ds, mix=0)
+    mixed = LocalitySampler(ds, batch_size=4, num_workers=2, seed=1, mix=2)
+    assert list(mixed) == list(LocalitySampler(ds, batch_size=4, num_workers=2, seed=1, mix=2))  # reproducible
+    assert sorted(mixed) == list(range(50)) and list(mixed) != list(b)
 
 
 def test_locality_sampler_falls_back_to_runs_for_other_datasets() -> None:
