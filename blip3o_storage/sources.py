@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Protocol, Sequence, runtime_checkable
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 from ._pickling import DropsLocksOnPickle
 from .block_cache import DEFAULT_BLOCK_BYTES, BlockReader
@@ -104,7 +104,7 @@ class ShardSource(DropsLocksOnPickle):
         self.index = index
         self.coalesce_gap = coalesce_gap
         self.blocks: Optional[BlockReader] = BlockReader(block_bytes, max_blocks) if block_bytes > 0 else None
-        self._checked: Dict[str, int] = {}  # tar uri -> pid that checked it
+        self._checked: Dict[str, Tuple[int, int]] = {}  # tar uri -> (pid that checked it, indexed size)
 
     def __repr__(self) -> str:
         reads = f", block reads {self.blocks.block_bytes} bytes" if self.blocks is not None else ""
@@ -136,15 +136,18 @@ class ShardSource(DropsLocksOnPickle):
                                    "re-run tools/upload_shards.py")
         return self.index.shard_sizes[max(names, key=len)]
 
-    def _check_tar(self, storage: Any, uri: str) -> None:
-        if self._checked.get(uri) == os.getpid():
-            return
+    def _check_tar(self, storage: Any, uri: str) -> int:
+        """The tar's indexed size, once per process checked against the stored tar (one HEAD)."""
+        checked = self._checked.get(uri)
+        if checked is not None and checked[0] == os.getpid():
+            return checked[1]
         expected = self._indexed_size(uri)
         actual = storage.stat(uri).size
         if actual != expected:
             raise CorruptDataError(f"{uri} is {actual} bytes but shard index {self.index.source} says {expected}: "
                                    "the tar changed after indexing; re-run tools/upload_shards.py")
-        self._checked[uri] = os.getpid()
+        self._checked[uri] = (os.getpid(), expected)
+        return expected
 
     def read(self, storage: Any, ref: Ref) -> bytes:
         return self.read_many(storage, [ref])[0]
@@ -153,12 +156,8 @@ class ShardSource(DropsLocksOnPickle):
         """Read ``refs``: from blocks with block reads, else one ranged GET per run
         of members of one tar that lie within ``coalesce_gap`` bytes of each other."""
         if self.blocks is not None:
-            out_blocks = []
-            for ref in refs:
-                self._check_tar(storage, ref.uri)
-                out_blocks.append(self.blocks.read(storage, ref.uri, ref.start or 0, ref.length or 0,
-                                                   self._indexed_size(ref.uri)))
-            return out_blocks
+            return [self.blocks.read(storage, ref.uri, ref.start or 0, ref.length or 0,
+                                     self._check_tar(storage, ref.uri)) for ref in refs]
         out: List[Optional[bytes]] = [None] * len(refs)
         order = sorted(range(len(refs)), key=lambda i: (refs[i].uri, refs[i].start or 0))
         run: List[int] = []

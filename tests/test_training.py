@@ -53,24 +53,33 @@ def make_dataset(tmp_path: Path, storage, bucket: str) -> list:
     return entries
 
 
+def train(config: str, tmp_path: Path, epochs: int, **dataset_overrides) -> tuple:
+    """Train TinyT2I with mmengine's Runner from ``configs/<config>``: 2 workers, batch 4
+    (the sampler told too, where it takes them), small images; (model, runner)."""
+    cfg = Config.fromfile(str(REPO_ROOT / "configs" / config))
+    import_modules_from_strings(**cfg.custom_imports)  # as Runner.from_cfg does
+    loader = cfg.train_dataloader
+    loader.update(num_workers=2, batch_size=4, pin_memory=False)
+    if "num_workers" in loader.sampler:
+        loader.sampler.update(num_workers=2, batch_size=4)
+    loader.dataset.update(image_size=SIZE, min_image_size=16, **dataset_overrides)
+    model = TinyT2I()
+    runner = Runner(model=model, work_dir=str(tmp_path / "work"), train_dataloader=loader,
+                    train_cfg=dict(by_epoch=True, max_epochs=epochs),
+                    optim_wrapper=dict(optimizer=dict(type="SGD", lr=0.01)),
+                    custom_hooks=cfg.custom_hooks, default_hooks=dict(checkpoint=None))
+    runner.train()
+    return model, runner
+
+
 def test_runner_trains_one_epoch_from_the_object_store(moto_endpoint, tmp_path, monkeypatch):
     storage, bucket = new_bucket(moto_endpoint)
     entries = make_dataset(tmp_path, storage, bucket)
     conf = moto_endpoint.write_petreloss_conf(tmp_path / "petreloss.conf")
     monkeypatch.setenv("BLIP3O_CEPH_FOLDER", f"{bucket}/raw")
     monkeypatch.setenv("BLIP3O_CEPH_CONFIG", str(conf))
-    cfg = Config.fromfile(str(REPO_ROOT / "configs" / "blip3o60k_ceph.py"))
-    import_modules_from_strings(**cfg.custom_imports)  # as Runner.from_cfg does
-    loader = cfg.train_dataloader
-    loader.update(num_workers=2, batch_size=4, pin_memory=False)
-    loader.dataset.update(data_path=f"{bucket}/data.json", image_folder=None, cap_folder=None, image_size=SIZE,
-                          min_image_size=16)
-    model = TinyT2I()
-    runner = Runner(model=model, work_dir=str(tmp_path / "work"), train_dataloader=loader,
-                    train_cfg=dict(by_epoch=True, max_epochs=1),
-                    optim_wrapper=dict(optimizer=dict(type="SGD", lr=0.01)),
-                    custom_hooks=cfg.custom_hooks, default_hooks=dict(checkpoint=None))
-    runner.train()
+    model, runner = train("blip3o60k_ceph.py", tmp_path, epochs=1, data_path=f"{bucket}/data.json",
+                          image_folder=None, cap_folder=None)
     assert sorted(model.seen) == sorted(e["image"] for e in entries)  # every sample exactly once
     # PrefetchSamplerHook handed the Runner's sampler (and batch size) to the dataset before the workers forked
     dataset, built = runner.train_dataloader.dataset, runner.train_dataloader
@@ -106,18 +115,7 @@ def test_runner_trains_one_epoch_from_shards_with_block_reads(moto_endpoint, tmp
                                str(tmp_path / "tars")]) == 0
     monkeypatch.setenv("BLIP3O_SHARDS_FOLDER", f"{bucket}/shards")
     monkeypatch.setenv("BLIP3O_CEPH_CONFIG", str(conf))
-    cfg = Config.fromfile(str(REPO_ROOT / "configs" / "blip3o60k_shards.py"))
-    import_modules_from_strings(**cfg.custom_imports)
-    loader = cfg.train_dataloader
-    loader.update(num_workers=2, batch_size=4, pin_memory=False)
-    loader.sampler.update(num_workers=2, batch_size=4)
-    loader.dataset.update(image_size=SIZE, min_image_size=16, shard_block_bytes=64 * 1024)
-    model = TinyT2I()
-    runner = Runner(model=model, work_dir=str(tmp_path / "work"), train_dataloader=loader,
-                    train_cfg=dict(by_epoch=True, max_epochs=2),
-                    optim_wrapper=dict(optimizer=dict(type="SGD", lr=0.01)),
-                    custom_hooks=cfg.custom_hooks, default_hooks=dict(checkpoint=None))
-    runner.train()
+    model, runner = train("blip3o60k_shards.py", tmp_path, epochs=2, shard_block_bytes=64 * 1024)
     assert sorted(model.seen) == sorted(names * 2)  # every sample exactly once per epoch
     first, second = model.seen[:N], model.seen[N:]
     assert first != second  # DistSamplerSeedHook gave the LocalitySampler a new epoch
