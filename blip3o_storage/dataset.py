@@ -405,7 +405,7 @@ class CaptionDataset(Dataset):
             return
         storage = self.storage  # made here, not raced for by the threads
         resident = getattr(source, "resident", None)  # block reads: members of held blocks need no thread
-        for j in [idx] + prefetcher.plan(idx, len(self)):
+        for j in [idx] + prefetcher.plan_new(idx, len(self)):
             try:
                 refs = [source.locate(folder, rel) for rel in self._remote_relpaths(self.data_list[j])]
             except StorageError:

@@ -90,6 +90,7 @@ class Prefetcher:
         self._exhausted = False
         self._misaligned = 0  # resyncs in a row that found nothing (no sampler: jumps in a row)
         self._last_idx: Optional[int] = None  # the last index asked for, to tell sequential access
+        self._planned: "collections.OrderedDict[int, None]" = collections.OrderedDict()  # handed out lately
         self.hits = self.waits = self.misses = self.errors = self.dropped = self.resyncs = 0
 
     def __getstate__(self) -> Dict[str, Any]:
@@ -127,6 +128,7 @@ class Prefetcher:
         self._stream = worker_stream(self.sampler, self.batch_size, wid, nw, self.drop_last)  # type: ignore[arg-type]
         self._ahead = collections.deque()
         self._exhausted = False
+        self._planned.clear()
 
     def _fill(self, n: int) -> None:
         while len(self._ahead) < n and not self._exhausted:
@@ -187,6 +189,21 @@ class Prefetcher:
             self._fill(self.depth)
             return list(itertools.islice(self._ahead, self.depth))
 
+    def plan_new(self, idx: int, n: int) -> List[int]:
+        """:meth:`plan`, less the indices it returned lately: what is new in the window.
+
+        The window slides by one sample per call, so the caller has only one
+        new sample to locate and submit instead of ``depth`` (an index handed
+        out before whose fetch was dropped is read synchronously)."""
+        planned = self.plan(idx, n)
+        with self._lock:
+            fresh = [j for j in planned if j not in self._planned]
+            for j in fresh:
+                self._planned[j] = None
+            while len(self._planned) > 2 * max(self.depth, 8):
+                self._planned.popitem(last=False)
+        return fresh
+
     # -- fetching -----------------------------------------------------------
     def submit(self, keys: Sequence[str], fn: Callable[[], List[bytes]]) -> None:
         """Fetch ``keys`` (one call of ``fn`` returns their bytes, in order) unless already pending."""
@@ -196,7 +213,7 @@ class Prefetcher:
                 return
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="prefetch")
-            whole = self._pool.submit(fn)
+            whole = self._pool.submit(_unless_exiting(fn))
             for i, key in enumerate(keys):
                 if key not in self._pending:
                     self._pending[key] = _Part(whole, i)  # type: ignore[assignment]
@@ -233,6 +250,32 @@ class Prefetcher:
         if self._pool is not None and self._pid == os.getpid():
             self._pool.shutdown(wait=False, cancel_futures=True)
         self._reset()
+
+
+_exiting = False
+
+
+def _note_exit() -> None:
+    global _exiting
+    _exiting = True
+
+
+# Why: at exit Python joins every pool thread only after it has run all queued work, so a
+# DataLoader worker leaving with up to ``max_pending`` fetches queued would first send them all
+# (against a store that is down, each one waits out its retries). ``threading._register_atexit``
+# hooks run before that join; from then on queued fetches return at once without a request
+# (fetches already running finish). The hook is inherited through fork and flags the exiting
+# process only. Without it (not CPython >= 3.9) exit drains the queue as before.
+if hasattr(threading, "_register_atexit"):
+    threading._register_atexit(_note_exit)
+
+
+def _unless_exiting(fn: Callable[[], List[bytes]]) -> Callable[[], List[bytes]]:
+    def run() -> List[bytes]:
+        if _exiting:
+            raise RuntimeError("prefetch abandoned: the process is exiting")
+        return fn()
+    return run
 
 
 class _Part:

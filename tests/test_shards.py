@@ -7,6 +7,7 @@ import multiprocessing
 import pickle
 import sys
 import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List
@@ -457,3 +458,40 @@ def test_prefetch_without_a_sampler_stops_guessing_when_requests_jump() -> None:
     assert p.plan(33, 100) == []
     assert p.plan(34, 100) == [35, 36, 37]  # sequential again: guessing resumes
     p.close()
+
+
+def test_plan_new_hands_out_each_upcoming_index_once() -> None:
+    order = [int(i) for i in np.random.default_rng(1).permutation(40)]
+    p = Prefetcher(depth=3)
+    p.set_sampler(order, batch_size=1)
+    assert p.plan_new(order[0], 40) == order[1:4]
+    for k in range(1, 10):  # the window slides by one: one new index per call
+        assert p.plan_new(order[k], 40) == [order[k + 3]]
+    p.set_sampler(order, batch_size=1)  # a new epoch: the whole window is new again
+    assert p.plan_new(order[0], 40) == order[1:4]
+
+
+def _exit_with_queued_fetches(path: str) -> None:
+    prefetcher = Prefetcher(depth=2, threads=1)
+
+    def fetch(i: int):
+        def run() -> List[bytes]:
+            with open(path, "a") as out:
+                out.write(f"{i}\n")
+            time.sleep(0.2)
+            return [b""]
+        return run
+
+    for i in range(10):
+        prefetcher.submit([f"key{i}"], fetch(i))
+    # the process ends here with one fetch running and nine queued
+
+
+def test_queued_prefetches_are_dropped_when_the_process_exits(tmp_path: Path) -> None:
+    """A DataLoader worker that exits must not first send every fetch still queued."""
+    ran = tmp_path / "ran"
+    proc = multiprocessing.get_context("fork").Process(target=_exit_with_queued_fetches, args=(str(ran),))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 0
+    assert 1 <= len(ran.read_text().split()) <= 2  # the running one (maybe a second just picked up), not all 10
