@@ -190,13 +190,15 @@ class Prefetcher:
             return list(itertools.islice(self._ahead, self.depth))
 
     def plan_new(self, idx: int, n: int) -> List[int]:
-        """:meth:`plan`, less the indices it returned lately: what is new in the window.
+        """:meth:`plan`, less the indices it returned lately and not asked for since:
+        what is new in the window.
 
         The window slides by one sample per call, so the caller has only one
         new sample to locate and submit instead of ``depth`` (an index handed
         out before whose fetch was dropped is read synchronously)."""
         planned = self.plan(idx, n)
         with self._lock:
+            self._planned.pop(idx, None)  # asked for: the next time it is planned it is new again
             fresh = [j for j in planned if j not in self._planned]
             for j in fresh:
                 self._planned[j] = None

@@ -469,6 +469,10 @@ def test_plan_new_hands_out_each_upcoming_index_once() -> None:
         assert p.plan_new(order[k], 40) == [order[k + 3]]
     p.set_sampler(order, batch_size=1)  # a new epoch: the whole window is new again
     assert p.plan_new(order[0], 40) == order[1:4]
+    # without a sampler (sequential guesses), epoch after epoch over a small dataset
+    seq = Prefetcher(depth=2)
+    got = [seq.plan_new(i, 5) for _ in range(3) for i in range(5)]
+    assert got == [[1, 2]] + [[(i + 2) % 5] for i in range(1, 15)]
 
 
 def _exit_with_queued_fetches(path: str) -> None:
