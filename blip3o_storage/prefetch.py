@@ -222,6 +222,8 @@ class Prefetcher:
             while len(self._pending) > self.max_pending:
                 _, old = self._pending.popitem(last=False)
                 self.dropped += 1
+                if not any(part.future is old.future for part in self._pending.values()):
+                    old.future.cancel()  # nobody will take it: a fetch still queued is not sent
 
     def take(self, key: str, count_miss: bool = True) -> Optional[bytes]:
         """The prefetched bytes of ``key`` (waiting if in flight), or None: read it yourself.

@@ -7,6 +7,7 @@ import multiprocessing
 import pickle
 import sys
 import tarfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -499,3 +500,23 @@ def test_queued_prefetches_are_dropped_when_the_process_exits(tmp_path: Path) ->
     proc.join(60)
     assert proc.exitcode == 0
     assert 1 <= len(ran.read_text().split()) <= 2  # the running one (maybe a second just picked up), not all 10
+
+
+def test_dropped_prefetches_that_have_not_started_are_not_sent() -> None:
+    release, ran = threading.Event(), []
+
+    def fetch(i: int):
+        def run() -> List[bytes]:
+            ran.append(i)
+            release.wait(10)
+            return [b""]
+        return run
+
+    prefetcher = Prefetcher(depth=1, threads=1)  # keeps at most 8 pending
+    for i in range(11):
+        prefetcher.submit([f"key{i}"], fetch(i))
+    assert prefetcher.stats()["dropped"] == 3  # key0 (running), key1 and key2 (queued)
+    release.set()
+    assert prefetcher.take("key10") == b""
+    prefetcher.close()
+    assert sorted(ran) == [0] + list(range(3, 11))  # key1 and key2 were never fetched
