@@ -144,14 +144,15 @@ class LocalitySampler(Sampler):
 
     def _rank_groups(self) -> List[List[int]]:
         """This rank's contiguous run of the (shuffled) groups, cut where ranks meet."""
-        groups = [list(g) for g in self.groups]
+        groups = self.groups  # never changed below: shuffling and cutting make new lists
         if self.shuffle:
             gen = torch.Generator()
             gen.manual_seed(self.seed + self.epoch)
             groups = [groups[i] for i in torch.randperm(len(groups), generator=gen).tolist()]
             groups = [[g[i] for i in torch.randperm(len(g), generator=gen).tolist()] for g in groups]
         flat_len = sum(len(g) for g in groups)
-        if self.round_up and self.total_size > flat_len and groups:  # pad by repeating from the start, as DefaultSampler
+        # pad by repeating from the start, as DefaultSampler does
+        if self.round_up and self.total_size > flat_len and groups:
             need, pad = self.total_size - flat_len, []
             while need > 0:
                 for g in groups:

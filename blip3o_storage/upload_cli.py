@@ -38,6 +38,14 @@ USAGE_ERRORS: Tuple[Type[StorageError], ...] = (ConfigError, InvalidPathError, A
 
 
 # -- options -----------------------------------------------------------------
+def parser_from_doc(doc: str) -> argparse.ArgumentParser:
+    """A tool's parser described by its module docstring: the first paragraph as the
+    description, the paragraph starting "Exit status" as the ``--help`` epilog."""
+    paragraphs = doc.split("\n\n")
+    return argparse.ArgumentParser(description=paragraphs[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   epilog=next(p for p in paragraphs if p.startswith("Exit status")))
+
+
 def add_connection_options(ap: argparse.ArgumentParser, *, config_help: str, endpoint_help: str) -> None:
     """``--bucket --prefix --config --endpoint-url``."""
     ap.add_argument("--bucket", required=True, help="target bucket name")

@@ -41,15 +41,13 @@ from blip3o_storage.errors import ConfigError, InvalidPathError, StorageError
 from blip3o_storage.upload import MiB, UploadInterrupted, UploadPlan, normalise_prefix, plan_upload, upload_all, verify
 from blip3o_storage.upload_cli import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, add_connection_options,
                                        add_transfer_options, connect, create_bucket, list_target, log_failures,
-                                       report_verify, run_cli, verify_after_upload)
+                                       parser_from_doc, report_verify, run_cli, verify_after_upload)
 
 log = logging.getLogger("upload")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    paragraphs = __doc__.split("\n\n")
-    ap = argparse.ArgumentParser(description=paragraphs[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=next(p for p in paragraphs if p.startswith("Exit status")))
+    ap = parser_from_doc(__doc__)
     ap.add_argument("src", metavar="SRC", type=Path,
                     help="folder to upload, e.g. data/BLIP3o-60k (with raw/ and data.json); keys mirror its layout")
     add_connection_options(ap, config_help="petreloss.conf-style file with access_key/secret_key/host_base; "

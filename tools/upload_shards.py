@@ -49,7 +49,7 @@ from blip3o_storage.upload import (MiB, UploadInterrupted, UploadItem, UploadRep
                                    normalise_prefix, upload_all, validate_keys, verify)
 from blip3o_storage.upload_cli import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, add_connection_options,
                                        add_transfer_options, connect, create_bucket, list_target, log_failures,
-                                       report_verify, run_cli, verify_after_upload)
+                                       parser_from_doc, report_verify, run_cli, verify_after_upload)
 
 log = logging.getLogger("upload_shards")
 INDEX_NAME, DATA_JSON_NAME = "index.json", "data.json"
@@ -60,9 +60,7 @@ class Unpaired(StorageError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    paragraphs = __doc__.split("\n\n")
-    ap = argparse.ArgumentParser(description=paragraphs[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=next(p for p in paragraphs if p.startswith("Exit status")))
+    ap = parser_from_doc(__doc__)
     ap.add_argument("sources", metavar="TAR_OR_DIR", nargs="+", type=Path,
                     help="shard .tar files, or folders whose *.tar files are all shards")
     add_connection_options(ap, config_help="petreloss.conf-style file (default: boto3 chain or $BLIP3O_CEPH_CONFIG)",
