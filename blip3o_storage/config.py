@@ -15,8 +15,14 @@ A ``ceph_config`` is what OpenUni passes next to ``ceph_folder``. It may be
   plus optional per-cluster keys of ours: ``region``, ``addressing_style``,
   ``verify_ssl``, ``ca_bundle``, ``max_pool_connections``, ``retry_mode``,
   ``max_attempts``, ``connect_timeout``, ``read_timeout``, ``profile``,
-  ``fast_path`` (object GET/PUT over signed urllib3, default on for path-style endpoints);
-* a dict with the same keys (an mmengine config), one level per cluster or flat;
+  ``fast_path`` (object GET/PUT over signed urllib3, default on for path-style endpoints).
+  The closed petrel client's own keys (``enable_mc``, ``boto``, the log and
+  memcached settings, see :data:`PETREL_CLIENT_KEYS`) and its non-cluster
+  sections (``[mc]``, ``[dfs]``, ``[cache]``) are accepted and ignored, with one
+  debug line; any other key is an error that suggests the nearest known one;
+* a dict with the same keys (an mmengine config), one level per cluster or flat.
+  A dict holding ``secret_key`` travels in pickles (DataLoader workers) and in
+  mmengine's dumped config: it works, with one warning per process;
 * ``None``: the standard boto3 chain (``AWS_*`` variables, profiles) with the
   endpoint from ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` / ``S3_ENDPOINT_URL``,
   or a file named by ``BLIP3O_CEPH_CONFIG``.
@@ -26,10 +32,13 @@ Secrets are kept out of ``repr`` and error messages.
 from __future__ import annotations
 
 import configparser
+import difflib
 import logging
+import math
 import os
+import threading
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 from urllib.parse import urlparse
 
 from .errors import ConfigError
@@ -41,12 +50,22 @@ CONFIG_ENV_VAR = "BLIP3O_CEPH_CONFIG"
 _ENDPOINT_ENV_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "S3_ENDPOINT_URL")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
-# Keys of the closed client's petreloss.conf that have no meaning for boto3.
-_IGNORED_PETREL_KEYS = {
-    "enable_mc", "boto", "debug", "log_file_debug", "file_log_level", "console_log_level",
-    "count_disp", "mc_server_list_path", "mc_client_config_path", "enable_mem_trace",
-    "fake", "get_retry_max", "s3_cpp_log_level", "default_cluster", "enable_multipart",
-}
+# Keys of the closed petrel client's petreloss.conf (its defaults table and sample file): they
+# configure its memcached layer, its logging, its C++/librgw transports and its retry loop, none
+# of which exist over boto3. Accepted and ignored so its files load unchanged.
+PETREL_CLIENT_KEYS = frozenset({
+    "enable_mc", "debug_mc", "mc_key_cb", "mc_server_list_path", "mc_client_config_path",
+    "enable_cache", "cache_type", "boto", "fake", "debug", "log_file_debug",
+    "console_log_level", "file_log_level", "log_file_path", "file_log_max_bytes", "file_log_backup_count",
+    "count_disp", "enable_mem_trace", "get_retry_max", "s3_cpp_log_level", "enable_multipart",
+    "cpp_multipart_threads", "cpp_multipart_chunk_size", "address_style",
+})
+# Sections of the closed client that are not clusters (it skips them case-insensitively too).
+PETREL_CLIENT_SECTIONS = frozenset({"mc", "dfs", "cache"})
+_IGNORED_PETREL_KEYS = PETREL_CLIENT_KEYS | {"default_cluster"}
+_SECRET_KEYS = ("secret_key", "aws_secret_access_key", "session_token", "aws_session_token")
+_DICT_SECRET_WARNED = False
+_DICT_SECRET_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -78,6 +97,10 @@ class S3Settings:
             raise ConfigError(f"retry_mode must be legacy, standard or adaptive, not {self.retry_mode!r}")
         if self.max_attempts < 1 or self.max_pool_connections < 1:
             raise ConfigError("max_attempts and max_pool_connections must be >= 1")
+        for name in ("connect_timeout", "read_timeout"):  # botocore would only refuse them per request
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
         if self.endpoint_url is not None:
             try:
                 parsed = urlparse(self.endpoint_url)
@@ -169,15 +192,30 @@ def _parse_bool(value: Any, name: str) -> bool:
     raise ValueError(name)
 
 
-def settings_from_mapping(values: Mapping[str, Any], *, where: str) -> S3Settings:
-    """Build S3Settings from a mapping of (possibly aliased, string) values."""
+def _unknown_option(raw_key: str, where: str) -> ConfigError:
+    """The error for a key that is neither ours nor the closed client's, with the nearest known key."""
+    ours = sorted(_SETTING_KEYS | set(_ALIASES))
+    close = difflib.get_close_matches(raw_key, ours + sorted(_IGNORED_PETREL_KEYS), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return ConfigError(f"{where}: unknown option {raw_key!r}; {hint}known options: {', '.join(ours)}")
+
+
+def settings_from_mapping(values: Mapping[str, Any], *, where: str,
+                          ignored: Optional[set] = None) -> S3Settings:
+    """Build S3Settings from a mapping of (possibly aliased, string) values.
+
+    Keys of the closed client are skipped (added to ``ignored`` when given, for one
+    debug line per file); unknown keys raise ConfigError naming ``where``.
+    """
     kwargs: Dict[str, Any] = {}
     for raw_key, raw_value in values.items():
         key = _ALIASES.get(raw_key, raw_key)
         if key in _IGNORED_PETREL_KEYS:
+            if ignored is not None and key != "default_cluster":
+                ignored.add(key)
             continue
         if key not in _SETTING_KEYS:
-            raise ConfigError(f"{where}: unknown option {raw_key!r}; known: {', '.join(sorted(_SETTING_KEYS | set(_ALIASES)))}")
+            raise _unknown_option(raw_key, where)
         value = raw_value
         try:
             if key in _INT_KEYS:
@@ -229,7 +267,8 @@ def load_petreloss_conf(path: Union[str, os.PathLike]) -> StorageConfig:
         raise ConfigError(
             f"ceph_config {path!r} is not a valid INI file ({type(exc).__name__}"
             f"{f' at line {line}' if line else ''}); expected [DEFAULT] default_cluster and [cluster] sections") from None
-    sections = parser.sections()
+    skipped = [name for name in parser.sections() if name.lower() in PETREL_CLIENT_SECTIONS]
+    sections = [name for name in parser.sections() if name not in skipped]
     if not sections:
         raise ConfigError(f"ceph_config {path!r} has no [cluster] section with access_key/secret_key/host_base")
     default = parser.defaults().get("default_cluster") or (sections[0] if len(sections) == 1 else None)
@@ -237,23 +276,63 @@ def load_petreloss_conf(path: Union[str, os.PathLike]) -> StorageConfig:
         raise ConfigError(f"ceph_config {path!r}: several clusters but no 'default_cluster' in [DEFAULT]")
     if default not in sections:
         raise ConfigError(f"ceph_config {path!r}: default_cluster {default!r} has no [{default}] section")
-    clusters = {name: settings_from_mapping(dict(parser.items(name)), where=f"{path} [{name}]") for name in sections}
+    ignored: set = set()
+    # configparser copies [DEFAULT] into every section: check it once, so a typo there is
+    # reported against [DEFAULT] (not against whichever cluster comes first).
+    for raw_key in parser.defaults():
+        if _ALIASES.get(raw_key, raw_key) not in _SETTING_KEYS | _IGNORED_PETREL_KEYS:
+            raise _unknown_option(raw_key, f"{path} [DEFAULT]")
+    clusters = {name: settings_from_mapping(dict(parser.items(name)), where=f"{path} [{name}]", ignored=ignored)
+                for name in sections}
+    for name in skipped:
+        ignored |= set(parser.options(name)) & PETREL_CLIENT_KEYS
+    _log_ignored(path, ignored, skipped)
     return StorageConfig(clusters=clusters, default_cluster=default, source=path)
 
 
+def _log_ignored(source: str, keys: set, sections: Sequence[str] = ()) -> None:
+    """One debug line per config for what the closed client would have used and we do not."""
+    if keys or sections:
+        logger.debug("%s: ignoring the closed petrel client's own settings (no meaning over boto3): keys %s%s",
+                     source, ", ".join(sorted(keys)) or "none",
+                     f"; sections {', '.join(f'[{name}]' for name in sections)}" if sections else "")
+
+
+def _warn_dict_secret(values: Mapping[str, Any]) -> None:
+    """Warn once per process when a dict ceph_config carries a secret (never the secret itself)."""
+    global _DICT_SECRET_WARNED
+    held = sorted({k for k in _SECRET_KEYS if k in values}
+                  | {k for sub in values.values() if isinstance(sub, Mapping) for k in _SECRET_KEYS if k in sub})
+    if not held:
+        return
+    with _DICT_SECRET_LOCK:
+        if _DICT_SECRET_WARNED:
+            return
+        _DICT_SECRET_WARNED = True
+    logger.warning("ceph_config is a dict holding %s: it is copied into every pickle sent to DataLoader workers "
+                   "and into mmengine's dumped config and log. Put the keys in a petreloss.conf file "
+                   "(ceph_config='petreloss.conf' or %s=path) or in the AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                   "environment variables (ceph_config=None)", " and ".join(held), CONFIG_ENV_VAR)
+
+
 def _config_from_dict(values: Mapping[str, Any]) -> StorageConfig:
-    nested = {k: v for k, v in values.items() if isinstance(v, Mapping)}
+    _warn_dict_secret(values)
+    ignored: set = set()
+    skipped = [k for k, v in values.items() if isinstance(v, Mapping) and k.lower() in PETREL_CLIENT_SECTIONS]
+    nested = {k: v for k, v in values.items() if isinstance(v, Mapping) and k not in skipped}
     if nested:
         flat = {k: v for k, v in values.items() if not isinstance(v, Mapping) and k != "default_cluster"}
-        clusters = {name: settings_from_mapping({**flat, **sub}, where=f"ceph_config[{name!r}]")
+        clusters = {name: settings_from_mapping({**flat, **sub}, where=f"ceph_config[{name!r}]", ignored=ignored)
                     for name, sub in nested.items()}
         default = values.get("default_cluster") or next(iter(clusters))
         if default not in clusters:
             raise ConfigError(f"ceph_config dict: default_cluster {default!r} is not one of {sorted(clusters)}")
+        _log_ignored("ceph_config dict", ignored, skipped)
         return StorageConfig(clusters=clusters, default_cluster=default, source="ceph_config dict")
-    flat = {k: v for k, v in values.items() if k != "default_cluster"}
-    return StorageConfig(clusters={DEFAULT_CLUSTER_NAME: settings_from_mapping(flat, where="ceph_config dict")},
-                         source="ceph_config dict")
+    flat = {k: v for k, v in values.items() if k != "default_cluster" and k not in skipped}
+    settings = settings_from_mapping(flat, where="ceph_config dict", ignored=ignored)
+    _log_ignored("ceph_config dict", ignored, skipped)
+    return StorageConfig(clusters={DEFAULT_CLUSTER_NAME: settings}, source="ceph_config dict")
 
 
 def config_from_environment() -> StorageConfig:

@@ -1,0 +1,85 @@
+"""``import petrel_client`` falls back to blip3o-storage's drop-in.
+
+Installing the project puts ``blip3o_petrel.pth`` in site-packages; its one
+line imports this module at interpreter start-up, which *appends* a finder
+to ``sys.meta_path``. The finders before it (the normal path search) are
+asked first, so a real, installed petrel_client always wins; only when none
+is found does ``from petrel_client.client import Client`` give
+:class:`blip3o_storage.petrel_client.Client`. Nothing is imported at start-up
+beyond this file (no boto3, no torch): blip3o_storage is loaded only when
+``petrel_client.client`` itself is imported.
+
+``BLIP3O_PETREL_CLIENT`` (read at start-up) chooses:
+
+* ``auto`` (default): ours only where no real petrel_client is installed;
+* ``ours``: ours even where a real one is installed (the finder goes first);
+* ``off``: no fallback (``import petrel_client`` fails without the real one).
+"""
+import os
+import sys
+
+ENV_VAR = "BLIP3O_PETREL_CLIENT"
+PACKAGE = "petrel_client"
+MODULES = (PACKAGE, PACKAGE + ".client")
+_MODES = ("auto", "ours", "off")
+
+
+class _Loader:
+    """Fills the shim modules; ``petrel_client.client`` re-exports our Client."""
+
+    @staticmethod
+    def create_module(spec):  # default module creation
+        return None
+
+    @staticmethod
+    def exec_module(module) -> None:
+        module.__blip3o_drop_in__ = True
+        if module.__name__ == PACKAGE:
+            module.__doc__ = "blip3o-storage's drop-in for the closed petrel_client (see blip3o_petrel_hook)."
+            return
+        from blip3o_storage.petrel_client import DEFAULT_CONF_PATH, Client
+        module.Client = Client
+        module.DEFAULT_CONF_PATH = DEFAULT_CONF_PATH
+        module.__doc__ = "petrel_client.client served by blip3o_storage.petrel_client."
+
+
+class PetrelClientFinder:
+    """A meta-path finder for ``petrel_client`` and ``petrel_client.client`` only."""
+
+    @classmethod
+    def find_spec(cls, fullname, path=None, target=None):
+        if fullname not in MODULES:
+            return None
+        if fullname != PACKAGE and not is_drop_in(sys.modules.get(PACKAGE)):
+            return None  # a real petrel_client package: its own submodules only
+        from importlib.machinery import ModuleSpec
+        return ModuleSpec(fullname, _Loader, origin="blip3o_storage.petrel_client",
+                          is_package=fullname == PACKAGE)
+
+    @classmethod
+    def invalidate_caches(cls) -> None:
+        pass
+
+
+def is_drop_in(module: object) -> bool:
+    """True for a module this hook (or blip3o_storage.compat) created."""
+    return bool(getattr(module, "__blip3o_drop_in__", False))
+
+
+def install(mode=None) -> bool:
+    """Put the finder on ``sys.meta_path`` per ``mode`` (default: $BLIP3O_PETREL_CLIENT or
+    ``auto``); True if it is installed."""
+    mode = (mode if mode is not None else os.environ.get(ENV_VAR, "auto")).strip().lower() or "auto"
+    if mode not in _MODES:
+        sys.stderr.write(f"blip3o_petrel_hook: {ENV_VAR}={mode!r} is not one of {', '.join(_MODES)}; "
+                         f"using auto\n")
+        mode = "auto"
+    while PetrelClientFinder in sys.meta_path:
+        sys.meta_path.remove(PetrelClientFinder)
+    if mode == "off":
+        return False
+    if mode == "ours":
+        sys.meta_path.insert(0, PetrelClientFinder)
+    else:
+        sys.meta_path.append(PetrelClientFinder)
+    return True
