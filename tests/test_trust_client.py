@@ -413,6 +413,15 @@ def test_installed_project_provides_petrel_client(tmp_path, editable):
     module, same, package_file = result.stdout.split()
     assert (module, same) == ("blip3o_storage.petrel_client", "True")
     assert Path(package_file).is_relative_to(project if editable else target)  # the installed copy
+    # an OpenUni-style lazy-import config (mmengine ignores custom_imports there) needs nothing else
+    lazy = tmp_path / "lazy_cfg.py"
+    lazy.write_text("from petrel_client.client import Client\n\nstore = dict(type=Client, conf_path=None)\n")
+    result = _python(f"""
+        from mmengine.config import Config
+        cfg = Config.fromfile({str(lazy)!r}, lazy_import=True)
+        print(cfg.store['type'].__module__)
+    """, target)
+    assert result.stdout.split() == ["blip3o_storage.petrel_client"], result.stderr
     # a real petrel_client installed elsewhere on the path wins over ours ...
     real = _fake_real_petrel(tmp_path / "real")
     result = _python("from petrel_client.client import Client; print(Client.__module__, Client.REAL)",
