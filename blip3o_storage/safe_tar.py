@@ -8,12 +8,21 @@ therefore (1) validate every member ourselves *before* writing anything,
 done-marker has been written inside it, so ``dest_root/<shard>`` either does
 not exist or is complete.
 
+A *damaged* tar is refused too: ``tarfile`` stops silently at a header it
+cannot read (bad checksum, cut short, missing) and yields only the members
+before it, so :func:`scan_tar` checks that the listing really reached the
+end-of-archive marker and that every member's bytes lie inside the file. A
+name repeated in one tar keeps its last copy (as ``tar -x`` does), with a
+warning and a count; shard mode (:mod:`blip3o_storage.shard_index`) uses the
+same listing, so both modes serve the same bytes.
+
 ``build_data_json`` turns the extracted tree into the ``data.json`` sample
 list, reporting (never silently dropping) images without captions and
 captions without images.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -29,6 +38,9 @@ from blip3o_storage.errors import CorruptDataError, InvalidPathError, StorageErr
 __all__ = [
     "MARKER_NAME",
     "ExtractResult",
+    "TarListing",
+    "scan_tar",
+    "member_path",
     "DataJsonReport",
     "check_member",
     "extract_shard",
@@ -65,6 +77,9 @@ class ExtractResult:
     files: int
     bytes: int
     skipped_already_done: bool
+    #: Member names (normalised) that the tar holds more than once; the last
+    #: copy of each was extracted. Empty when skipped as already done.
+    duplicates: tuple[str, ...] = ()
 
 
 @dataclass
@@ -163,6 +178,137 @@ def shard_name(tar_path: PathLike) -> str:
             "plain name (letters, digits, '.', '_', '-'); rename the file"
         )
     return name
+
+
+# --------------------------------------------------------------------------
+# listing: damage and repeated names
+# --------------------------------------------------------------------------
+
+_BLOCK = tarfile.BLOCKSIZE  # 512: tar headers and the end-of-archive marker are whole blocks
+_SHOW = 20  # repeated names named in a warning; the rest are counted
+_TRAILER_CHUNK = 1 << 20  # bytes read at a time when checking what follows the end marker
+
+
+@dataclass(frozen=True)
+class TarListing:
+    """Every member of a tar, checked to be complete (see :func:`scan_tar`)."""
+
+    #: Every member, in archive order (what :func:`check_member` must vet).
+    members: tuple[tarfile.TarInfo, ...]
+    #: What extraction writes and shard mode indexes: every member except the
+    #: earlier copies of a repeated regular-file name (archive order).
+    kept: tuple[tarfile.TarInfo, ...]
+    #: Normalised regular-file names that occur more than once, sorted.
+    duplicates: tuple[str, ...]
+    #: Offset of the end-of-archive marker.
+    end: int
+
+
+def member_path(name: str) -> str:
+    """A member name as extraction writes it (and shard mode keys it): ``./a//b`` -> ``a/b``."""
+    return "/".join(p for p in name.split("/") if p not in ("", "."))
+
+
+def _header_problem(block: bytes, tf: tarfile.TarFile) -> str:
+    """Why tarfile could not read the header ``block`` ('bad checksum', ...)."""
+    try:
+        tarfile.TarInfo.frombuf(block, tf.encoding, tf.errors)
+    except Exception as exc:  # tarfile's HeaderError subclasses, or a ValueError from a field
+        return str(exc) or type(exc).__name__
+    return "not a header tarfile can follow"
+
+
+def _check_end(tf: tarfile.TarFile, end: int, label: str) -> None:
+    """Raise unless ``end`` holds the end-of-archive marker followed by zeros only.
+
+    A listing that stopped anywhere else stopped at damage. Writers put two
+    zero blocks there and pad to a 10 kB record with zeros; one zero block is
+    accepted (GNU tar only warns about it), a partial one is not (the file was
+    cut), and non-zero bytes after it mean a zeroed header or joined archives
+    whose members tar -x would also never see.
+    """
+    f = tf.fileobj
+    f.seek(end)
+    block = f.read(_BLOCK)
+    if len(block) < _BLOCK or block != bytes(_BLOCK):
+        if not block:
+            why = (f"the file ends at byte {end} without the end-of-archive marker (cut off at a member "
+                   "boundary?)")
+        elif len(block) < _BLOCK:
+            why = f"the file ends at byte {end + len(block)}, inside the block at byte {end} (cut off?)"
+        else:
+            why = f"the header at byte {end} is unreadable ({_header_problem(block, tf)})"
+        raise CorruptDataError(f"{label} is damaged: {why}; the members from there on are missing - "
+                               "re-download it")
+    pos = end + _BLOCK
+    while True:
+        chunk = f.read(_TRAILER_CHUNK)
+        if not chunk:
+            return
+        rest = chunk.lstrip(b"\0")
+        if rest:
+            raise CorruptDataError(
+                f"{label} is damaged: data at byte {pos + len(chunk) - len(rest)} after the end-of-archive "
+                f"marker at byte {end} (a zeroed header, or two archives joined); the members there would be "
+                "missing - re-download it")
+        pos += len(chunk)
+
+
+def scan_tar(tf: tarfile.TarFile, tar_path: PathLike, shard: str, *, file_size: Optional[int] = None
+             ) -> TarListing:
+    """List every member of an open ``tf`` and prove the listing complete.
+
+    Raises :class:`CorruptDataError` naming the tar and the byte offset when a
+    header is unreadable or cut short, the end-of-archive marker is missing,
+    a member declares a negative size, or (``file_size`` given: uncompressed
+    tars) a member's data runs past the end of the file. Offsets are into the
+    uncompressed stream. Reads only headers and what follows the end marker
+    (one 10 kB record for a normal tar). Uses ``TarFile.offset``/``fileobj``,
+    attributes tarfile has kept since Python 2.
+    """
+    label = f"shard {shard!r} ({tar_path})"
+    members: list[tarfile.TarInfo] = []
+    while True:
+        at = tf.offset
+        try:
+            m = tf.next()
+        except (tarfile.TarError, EOFError, OSError) as e:  # OSError: gzip.BadGzipFile, read errors
+            after = (f" after member {members[-1].name!r} (header at byte {members[-1].offset})"
+                     if members else "")
+            raise CorruptDataError(f"{label} is damaged or truncated near byte {at}{after}: {e}; "
+                                   "re-download it") from e
+        if m is None:
+            break
+        if m.size < 0:
+            raise CorruptDataError(f"{label} is damaged: member {m.name!r} (header at byte {m.offset}) declares "
+                                   f"a negative size ({m.size}); the archive is corrupt or hostile - re-download it")
+        # A sparse member's size is its expanded size, not what the file holds.
+        if file_size is not None and not m.issparse() and m.offset_data + m.size > file_size:
+            raise CorruptDataError(
+                f"{label} is truncated: member {m.name!r} (header at byte {m.offset}) needs bytes up to "
+                f"{m.offset_data + m.size} but the file ends at byte {file_size}; re-download it")
+        members.append(m)
+    try:
+        _check_end(tf, tf.offset, label)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise CorruptDataError(f"{label} is damaged or truncated after byte {tf.offset}: {e}; "
+                               "re-download it") from e
+
+    last: dict[str, int] = {}
+    copies: dict[str, int] = {}
+    for i, m in enumerate(members):
+        if m.isreg():
+            path = member_path(m.name)
+            last[path] = i
+            copies[path] = copies.get(path, 0) + 1
+    duplicates = tuple(sorted(p for p, n in copies.items() if n > 1))
+    if duplicates:
+        shown = ", ".join(f"{p!r} ({copies[p]} copies)" for p in duplicates[:_SHOW])
+        more = f" (+{len(duplicates) - _SHOW} more)" if len(duplicates) > _SHOW else ""
+        log.warning("%s: %d repeated member name(s); the last copy of each is used, as tar -x does: %s%s",
+                    label, len(duplicates), shown, more)
+    kept = tuple(m for i, m in enumerate(members) if not m.isreg() or last[member_path(m.name)] == i)
+    return TarListing(tuple(members), kept, duplicates, tf.offset)
 
 
 # --------------------------------------------------------------------------
@@ -269,7 +415,10 @@ def extract_shard(
     * Already done (``dest_root/<shard>/.extracted`` exists) -> skipped, unless
       ``overwrite``.
     * Every member is validated before anything is written; a hostile archive
-      raises :class:`InvalidPathError` and leaves nothing behind.
+      raises :class:`InvalidPathError`, a damaged or truncated one
+      :class:`CorruptDataError` (see :func:`scan_tar`), and nothing is left behind.
+    * A name repeated in the tar keeps its last copy, with a warning; the
+      names are in ``ExtractResult.duplicates`` and the marker.
     * Extraction goes to ``dest_root/.tmp-<shard>-<pid>``; the marker is
       written there and a single ``os.rename`` commits the shard.
     * ``dest_root/<shard>`` existing without a marker is an error unless
@@ -315,18 +464,20 @@ def extract_shard(
     tmp = dest_root / f"{_TMP_PREFIX}{shard}-{os.getpid()}"
     with tf:
         # Phase 1: validate everything before writing a single byte (not even
-        # dest_root is created for a hostile archive).
-        try:
-            members = tf.getmembers()
-        except (tarfile.TarError, EOFError) as e:
-            raise CorruptDataError(
-                f"shard {shard!r} ({tar_path}) is corrupt while listing members: {e}; "
-                "re-download it"
-            ) from e
-        for m in members:
+        # dest_root is created for a hostile or damaged archive).
+        plain = isinstance(tf.fileobj, io.BufferedReader)  # not gzip/bz2/xz: offsets are file offsets
+        listing = scan_tar(tf, tar_path, shard, file_size=tar_path.stat().st_size if plain else None)
+        for m in listing.members:
             check_member(m, shard)
-        files = sum(1 for m in members if m.isreg())
-        nbytes = sum(m.size for m in members if m.isreg())
+        files = sum(1 for m in listing.kept if m.isreg())
+        nbytes = sum(m.size for m in listing.kept if m.isreg())
+        current: list[tarfile.TarInfo] = []
+
+        def tracked() -> Iterator[tarfile.TarInfo]:
+            """The members to write, remembering which one is being written (for errors)."""
+            for m in _with_progress(listing.kept, progress):
+                current[:] = [m]
+                yield m
 
         # Phase 2: extract into the private temp dir.
         dest_root.mkdir(parents=True, exist_ok=True)
@@ -334,7 +485,7 @@ def extract_shard(
         try:
             tmp.mkdir()
             tf.errorlevel = 1  # fatal errors (incl. filter errors) raise
-            tf.extractall(tmp, members=_with_progress(members, progress), filter="data")
+            tf.extractall(tmp, members=tracked(), filter="data")
             with open(tmp / MARKER_NAME, "w", encoding="utf-8") as f:
                 json.dump(
                     {
@@ -343,6 +494,7 @@ def extract_shard(
                         "files": files,
                         "bytes": nbytes,
                         "tar_size": tar_path.stat().st_size,
+                        "duplicates": list(listing.duplicates),
                     },
                     f,
                 )
@@ -357,8 +509,9 @@ def extract_shard(
             ) from e
         except (tarfile.TarError, EOFError) as e:
             _rmtree(tmp)
+            where = f" in member {current[0].name!r} (header at byte {current[0].offset})" if current else ""
             raise CorruptDataError(
-                f"shard {shard!r} ({tar_path}) is truncated or corrupt: {e}; re-download it"
+                f"shard {shard!r} ({tar_path}) is truncated or corrupt{where}: {e}; re-download it"
             ) from e
         except OSError as e:
             _rmtree(tmp)
@@ -389,7 +542,7 @@ def extract_shard(
     if old is not None:
         _rmtree(old)
     log.debug("extracted shard %s: %d files, %d bytes", shard, files, nbytes)
-    return ExtractResult(shard, files, nbytes, skipped_already_done=False)
+    return ExtractResult(shard, files, nbytes, skipped_already_done=False, duplicates=listing.duplicates)
 
 
 # --------------------------------------------------------------------------

@@ -10,7 +10,12 @@ Index format (JSON, version 1)::
 
     {"version": 1,
      "shards": {"dalle3": {"uri_name": "dalle3.tar", "size": 123456,
-                           "members": {"00001.jpg": [offset, size], ...}}}}
+                           "members": {"00001.jpg": [offset, size], ...},
+                           "duplicates": ["k.jpg"]}}}
+
+``duplicates`` (only present when non-empty; readers ignore it) lists the
+member names the tar holds more than once: the index points at the last
+copy, the one extraction writes.
 
 Keys are laid out so that the relpaths of a data.json made from the
 *extracted* tree (``dalle3/00001.jpg``: shard folder as
@@ -29,7 +34,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Tuple, Union
 
 from .errors import CorruptDataError, InvalidPathError, ObjectNotFoundError
 from .safe_tar import (MARKER_NAME, DataJsonReport, add_candidate, check_member, finish_report, image_caption_exts,
-                       pair_shard, shard_name)
+                       pair_shard, scan_tar, shard_name)
 from .uri import check_relpath
 
 logger = logging.getLogger(__name__)
@@ -41,16 +46,20 @@ __all__ = ["INDEX_VERSION", "ShardIndex", "build_index", "build_shard_index", "d
 
 
 def build_shard_index(tar_path: PathLike) -> Dict[str, Any]:
-    """One shard's index entry: ``{"uri_name", "size", "members": {name: [offset, size]}}``.
+    """One shard's index entry: ``{"uri_name", "size", "members": {name: [offset, size]}}``
+    (plus ``"duplicates": [name, ...]`` when the tar repeats names).
 
-    Scans the tar headers only (no member data is read). Every member gets the
-    same checks as extraction (:func:`safe_tar.check_member`: no links,
-    devices, absolute or ``..`` names), so an archive we would refuse to
-    extract is never served by range either. Sparse members are refused
-    (their bytes are not contiguous), as are compressed tars (offsets would
-    be into the compressed stream). Directories are skipped; names are
-    normalised like extraction writes them (``./a`` -> ``a``); a repeated
-    name keeps its last copy, as extraction would.
+    Scans the tar headers only (no member data is read). The listing is
+    extraction's (:func:`safe_tar.scan_tar`): a damaged or truncated tar
+    raises :class:`CorruptDataError` naming the byte offset instead of
+    indexing only the members before the damage, and a repeated name keeps
+    its last copy, as extraction does. Every member gets the same checks as
+    extraction (:func:`safe_tar.check_member`: no links, devices, absolute or
+    ``..`` names), so an archive we would refuse to extract is never served
+    by range either. Sparse members are refused (their bytes are not
+    contiguous), as are compressed tars (offsets would be into the
+    compressed stream). Directories are skipped; names are normalised like
+    extraction writes them (``./a`` -> ``a``).
     """
     path = Path(tar_path)
     if not path.name.endswith(".tar"):
@@ -61,26 +70,26 @@ def build_shard_index(tar_path: PathLike) -> Dict[str, Any]:
     members: Dict[str, List[int]] = {}
     try:
         with tarfile.open(path, mode="r:") as tf:
-            for member in tf:
-                try:
-                    check_member(member, shard)
-                except InvalidPathError as exc:
-                    raise InvalidPathError(f"cannot index {path}: {exc}") from None
-                if member.isdir():
-                    continue
-                if member.issparse():
-                    raise InvalidPathError(f"cannot index {path}: member {member.name!r} is a sparse file, "
-                                           "whose bytes are not contiguous; repack the shard without --sparse")
-                name = check_relpath(member.name, source=f"{path} member")
-                if member.offset_data + member.size > size:
-                    raise CorruptDataError(f"{path}: member {name!r} runs past the end of the file "
-                                           "(truncated download?); re-download the shard")
-                if name in members:
-                    logger.warning("%s: member %r appears twice; the last copy wins (as on extraction)", path, name)
-                members[name] = [member.offset_data, member.size]
+            listing = scan_tar(tf, path, shard, file_size=size)
     except (tarfile.TarError, EOFError) as exc:
         raise CorruptDataError(f"{path}: not a readable uncompressed tar ({exc}); re-download the shard") from exc
-    return {"uri_name": path.name, "size": size, "members": members}
+    for member in listing.members:
+        try:
+            check_member(member, shard)
+        except InvalidPathError as exc:
+            raise InvalidPathError(f"cannot index {path}: {exc}") from None
+    for member in listing.kept:
+        if member.isdir():
+            continue
+        if member.issparse():
+            raise InvalidPathError(f"cannot index {path}: member {member.name!r} is a sparse file, "
+                                   "whose bytes are not contiguous; repack the shard without --sparse")
+        name = check_relpath(member.name, source=f"{path} member")
+        members[name] = [member.offset_data, member.size]
+    entry: Dict[str, Any] = {"uri_name": path.name, "size": size, "members": members}
+    if listing.duplicates:  # absent otherwise, so the index of a clean tar keeps its bytes (and ETag)
+        entry["duplicates"] = list(listing.duplicates)
+    return entry
 
 
 def build_index(tar_paths: Iterable[PathLike]) -> Dict[str, Any]:

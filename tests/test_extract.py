@@ -94,8 +94,9 @@ def snapshot(root: Path) -> list[str]:
 
 
 def run_tool(script: str, *args: str) -> subprocess.CompletedProcess:
-    """Run a tool exactly as a user would: from the repo root, no PYTHONPATH."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    """Run a tool as a user would, from the repo root, importing this checkout's package
+    (not a copy installed from another checkout, e.g. a git worktree's main)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run(
         [sys.executable, f"tools/{script}", *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,

@@ -10,7 +10,13 @@ Shards run in parallel worker processes; each is validated in full before a
 byte is written, extracted into a temp dir and committed by a rename (see
 ``blip3o_storage.safe_tar``). Re-running skips shards that are already done.
 A failing shard is logged with its reason and makes the exit status non-zero,
-but the other shards still finish.
+but the other shards still finish. A damaged or truncated tar fails naming the
+byte offset of the damage (nothing of it is extracted); a member name repeated
+in a tar keeps its last copy, as ``tar -x`` does, and is counted in the summary.
+
+Exit status: 0 every shard extracted or already done; 1 any shard failed
+(hostile, damaged or truncated tar, disk full, a folder without a marker);
+2 bad usage (no such --src or shard).
 """
 from __future__ import annotations
 
@@ -159,6 +165,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                         else:
                             log.info("shard %s: %d files, %.1f MB", shard, res.files,
                                      res.bytes / 1e6)
+                        if res.duplicates:
+                            log.warning("shard %s: %d repeated member name(s), the last copy of "
+                                        "each extracted: %s%s", shard, len(res.duplicates),
+                                        ", ".join(res.duplicates[:20]),
+                                        f" (+{len(res.duplicates) - 20} more)"
+                                        if len(res.duplicates) > 20 else "")
                     # top the bar up to the tar size (headers, skipped or failed shards)
                     _drain(q, bar, done_bytes)
                     rest = sizes[tar] - done_bytes.get(shard, 0)
@@ -172,9 +184,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     skipped = [r for r in results if r.skipped_already_done]
     log.info(
         "summary: %d shard(s) extracted, %d skipped as done, %d failed; "
-        "%d files, %.1f MB in %.1f s",
+        "%d files, %.1f MB, %d repeated member name(s) in %.1f s",
         len(extracted), len(skipped), len(failures),
-        sum(r.files for r in extracted), sum(r.bytes for r in extracted) / 1e6, elapsed,
+        sum(r.files for r in extracted), sum(r.bytes for r in extracted) / 1e6,
+        sum(len(r.duplicates) for r in extracted), elapsed,
     )
     for shard, reason in failures:
         log.error("failed shard %s: %s", shard, reason)

@@ -13,7 +13,10 @@ Writes ``P/<shard>.tar`` (multipart above the threshold), then ``P/index.json``
 ``P/data.json`` (the same entries ``tools/make_data_json.py`` makes from the
 extracted tree, built from the index). The index and data.json go last, so a
 reader never finds an index whose tars are not all there. Every tar is
-validated (the same member checks as extraction) before anything is sent.
+validated (the same member checks as extraction) before anything is sent: a
+damaged or truncated tar fails naming the byte offset, rather than indexing
+the members before the damage. A member name repeated in a tar keeps its last
+copy, the one extraction writes, and is counted.
 Resume, skip and verify work as in ``tools/upload.py``: one LIST, objects
 with matching size + ETag are skipped, and every key is verified after.
 
@@ -25,7 +28,7 @@ Exit status (the same as ``tools/upload.py``, see
 mismatched, the server kept failing after retries (or --strict and unpaired
 files); 2 bad usage, config, credentials, bucket or key names (including a
 bucket that does not exist or that --create-bucket cannot create) or a
-hostile/corrupt tar; 130 interrupted (Ctrl-C).
+hostile, damaged or truncated tar (nothing is sent); 130 interrupted (Ctrl-C).
 """
 from __future__ import annotations
 
@@ -122,6 +125,11 @@ def _index(args: argparse.Namespace) -> tuple:
     index = build_index(tars)
     members = sum(len(s["members"]) for s in index["shards"].values())
     log.info("indexed %d shard(s), %d members, %.1f MB", len(tars), members, sum(p.stat().st_size for p in tars) / 1e6)
+    repeated = {name: s["duplicates"] for name, s in index["shards"].items() if s.get("duplicates")}
+    if repeated:
+        log.warning("%d repeated member name(s) in %d shard(s) (%s); the last copy of each is indexed, as "
+                    "extraction keeps it", sum(len(d) for d in repeated.values()), len(repeated),
+                    ", ".join(sorted(repeated)))
     entries = None
     if not args.no_data_json:
         entries, report = data_json_from_index(index)
