@@ -42,6 +42,7 @@ import json
 import logging
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Union
@@ -51,9 +52,10 @@ from botocore.exceptions import NoCredentialsError
 from mmengine.registry import DATASETS
 from torch.utils.data import Dataset
 
-from .errors import (AccessDeniedError, ConfigError, CorruptDataError, InvalidPathError, ObjectNotFoundError,
-                     StorageError, TransientStorageError)
+from .errors import (AccessDeniedError, BucketNotFoundError, ConfigError, CorruptDataError, InvalidPathError,
+                     ObjectNotFoundError, StorageError, TransientStorageError)
 from .image_ops import ImageRejectedError, load_pixel_values
+from .local_backend import PathTooLongError
 from .prefetch import Prefetcher
 from .registry import BUILDER, build_component
 from .sources import ObjectSource, SampleSource, build_source
@@ -75,6 +77,38 @@ class BadCaptionError(CorruptDataError):
     """A caption file was read but holds no usable caption."""
 
 
+class EmptyCaptionError(BadCaptionError):
+    """The caption is empty or whitespace only (after a UTF-8 BOM is dropped):
+    training on it would teach the model that "Generate an image: " means this
+    image, which is not the deliberate empty prompt of ``unconditional``."""
+
+
+_BOM = "\ufeff"
+
+
+def clean_caption(caption: str, where: str) -> str:
+    """``caption`` without a leading UTF-8 BOM (Windows editors write one; it is
+    not whitespace to ``str.strip``); EmptyCaptionError naming ``where`` when
+    nothing but whitespace is left."""
+    head = caption.lstrip()
+    if head.startswith(_BOM):
+        caption = head[len(_BOM):]
+    if not caption.strip():
+        raise EmptyCaptionError(f"{where}: caption is empty or whitespace only ({caption[:16]!r}); "
+                                f"write a caption or drop the entry from data.json")
+    return caption
+
+
+def _json_loads(text: str) -> Any:
+    """``json.loads`` whose RecursionError (some 1000+ nested ``[``) is a JSONDecodeError-like
+    ValueError: a hostile file must not surface as an interpreter error."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply (more levels than Python's recursion limit "
+                         f"{sys.getrecursionlimit()})") from None
+
+
 @dataclass(frozen=True)
 class BadSample:
     """One rejected sample: which entry, which file, why."""
@@ -91,16 +125,22 @@ def classify_bad_sample(exc: BaseException) -> Optional[str]:
     setup problem (bad config, bad folder URI, a bug) that must propagate."""
     if isinstance(exc, ImageRejectedError):
         return exc.reason
+    if isinstance(exc, EmptyCaptionError):
+        return "empty_caption"
     if isinstance(exc, BadCaptionError):
         return "bad_caption"
     if isinstance(exc, CorruptDataError):
         return "corrupt"
+    if isinstance(exc, BucketNotFoundError):
+        return None  # every sample of the folder would fail: one clear error, not N "missing"
     if isinstance(exc, ObjectNotFoundError):
         return "missing"
     if isinstance(exc, TransientStorageError):
         return "transient"
     if isinstance(exc, AccessDeniedError):
         return "access_denied"
+    if isinstance(exc, PathTooLongError):
+        return "bad_path"  # one entry the local file system cannot name; the others can be read
     if isinstance(exc, (ConfigError, InvalidPathError, SampleRetriesExhaustedError)):
         return None
     if isinstance(exc, StorageError):
@@ -124,12 +164,14 @@ def _should_fall_back(exc: BaseException) -> bool:
 # -- data.json ------------------------------------------------------------
 def _parse_data_file(data: bytes, source: str) -> List[Dict[str, str]]:
     try:
-        entries = json.loads(data.decode("utf-8"))
+        entries = _json_loads(data.decode("utf-8-sig"))  # -sig: a leading BOM is dropped, not an error
     except UnicodeDecodeError as exc:
         raise CorruptDataError(f"data file {source}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise CorruptDataError(f"data file {source}: malformed JSON ({exc.msg} at line {exc.lineno} "
                                f"column {exc.colno})") from None
+    except ValueError as exc:
+        raise CorruptDataError(f"data file {source}: {exc}; write it as a flat list of entries") from None
     if not isinstance(entries, list):
         raise CorruptDataError(f"data file {source}: expected a JSON list of {{'image', 'annotation'}} "
                                f"entries, got a {type(entries).__name__}")
@@ -160,8 +202,11 @@ def load_data_list(data_path: str, storage: Storage) -> List[Dict[str, str]]:
         files = [data_path]
     elif is_s3_uri(data_path):
         base = data_path.rstrip("/")
-        files = [f"{base}/{info.key}" for info in storage.list(data_path, recursive=False)
-                 if not info.is_dir and info.key.endswith(".json")]
+        try:
+            files = [f"{base}/{info.key}" for info in storage.list(data_path, recursive=False)
+                     if not info.is_dir and info.key.endswith(".json")]
+        except BucketNotFoundError:
+            raise _missing_bucket(data_path, "data_path", data_path) from None
     else:
         files = sorted(glob.glob(os.path.join(glob.escape(data_path), "*.json")))
     if not files:
@@ -170,10 +215,22 @@ def load_data_list(data_path: str, storage: Storage) -> List[Dict[str, str]]:
     for path in sorted(files):
         try:
             raw = storage.get(path)
+        except BucketNotFoundError:
+            raise _missing_bucket(path, "data_path", data_path) from None
         except ObjectNotFoundError:
             raise ObjectNotFoundError(f"data file {path} does not exist (data_path={data_path})") from None
         entries += _parse_data_file(raw, path)
+    if not entries:  # an empty list is valid JSON, but a 0-sample dataset only fails later, far from here
+        raise ConfigError(f"data_path {data_path}: no entries in {', '.join(sorted(files))}; "
+                          f"write the samples there (tools/make_data_json.py) or point data_path elsewhere")
     return entries
+
+
+def _missing_bucket(uri: str, option: str, value: str) -> BucketNotFoundError:
+    """A BucketNotFoundError naming the bucket and the option that points into it."""
+    bucket = parse_uri(uri).bucket if is_s3_uri(uri) else uri
+    return BucketNotFoundError(f"bucket {bucket!r} does not exist ({uri}, {option}={value}); "
+                               f"create the bucket, or fix {option} or the endpoint in ceph_config")
 
 
 # -- the datasets ---------------------------------------------------------
@@ -298,8 +355,8 @@ class CaptionDataset(Dataset):
         #: Use an entry's ``caption`` (``make_data_json.py --inline-captions``) instead of reading its file.
         self.inline_captions = inline_captions
 
-        #: Bad samples per reason (missing, corrupt, too_small, bad_aspect, bad_caption,
-        #: transient, access_denied, storage_error), in this process.
+        #: Bad samples per reason (missing, corrupt, too_small, bad_aspect, bad_caption, empty_caption,
+        #: bad_path, transient, access_denied, storage_error), in this process.
         self.bad_sample_counts: collections.Counter = collections.Counter()
         #: Reads per source: remote, local, fallback_local, in this process.
         self.read_counts: collections.Counter = collections.Counter()
@@ -444,6 +501,8 @@ class CaptionDataset(Dataset):
             except StorageError as exc:
                 local = self._local_copy(local_folder, relpath) if _should_fall_back(exc) else None
                 if local is None:
+                    if isinstance(exc, BucketNotFoundError):
+                        self._raise_missing_bucket(exc, uri, remote_folder, local_folder, relpath)
                     raise
                 if _store_unavailable(exc):
                     self._remote_down_until = time.monotonic() + self.fallback_cooldown
@@ -456,6 +515,17 @@ class CaptionDataset(Dataset):
         data = self.storage.get(path)
         self.read_counts["local"] += 1
         return data
+
+    def _raise_missing_bucket(self, exc: BucketNotFoundError, uri: str, remote_folder: str,
+                              local_folder: Optional[str], relpath: str) -> None:
+        """No sample of ``remote_folder`` can be read: one error naming the bucket and the option
+        (not ``max_retries`` + 1 samples counted as "missing"). With a local copy configured the
+        other files still come from it, so there this one file is a missing sample."""
+        if self.local_fallback and local_folder is not None:
+            raise ObjectNotFoundError(f"{uri}: bucket {parse_uri(uri).bucket!r} does not exist and there is no "
+                                      f"local copy at {join_uri(local_folder, relpath)}") from exc
+        option = "ceph_folder" if remote_folder == self.ceph_folder else "latents_ceph_folder"
+        raise _missing_bucket(uri, option, remote_folder) from exc
 
     def _local_copy(self, local_folder: Optional[str], relpath: str) -> Optional[str]:
         """The local file that may stand in for a remote one, if fallback is on and it exists."""
@@ -507,15 +577,15 @@ class CaptionDataset(Dataset):
         """The caption: inline in data.json when ``tools/make_data_json.py --inline-captions``
         put it there (no request), else read from the annotation file."""
         if self.inline_captions and "caption" in sample:
-            return sample["caption"]
+            return clean_caption(sample["caption"], f"{self.data_path}: inline caption of {sample['image']!r}")
         data = self._read(self.ceph_folder, self.cap_folder, sample["annotation"], trace, self.sample_source)
-        return self._parse_caption(data, trace[-1])
+        return clean_caption(self._parse_caption(data, trace[-1]), trace[-1])
 
     def _parse_caption(self, data: bytes, key: str) -> str:
         """``annotation[cap_source]`` of a JSON caption file."""
         try:
-            annotation = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            annotation = _json_loads(data.decode("utf-8-sig"))
+        except ValueError as exc:  # UnicodeDecodeError, JSONDecodeError, nested too deeply
             raise BadCaptionError(f"{key}: caption file is not valid UTF-8 JSON ({exc})") from None
         if not isinstance(annotation, dict) or self.cap_source not in annotation:
             raise BadCaptionError(f"{key}: caption JSON has no {self.cap_source!r} field (cap_source)")
@@ -599,7 +669,7 @@ class BLIP3oDataset(CaptionDataset):
         if key.endswith(".json"):
             return super()._parse_caption(data, key)
         try:
-            return data.decode("utf-8").strip()
+            return data.decode("utf-8-sig").strip()
         except UnicodeDecodeError as exc:
             raise BadCaptionError(f"{key}: caption is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
@@ -638,5 +708,6 @@ def build_dataset_from_config(path_or_cfg: Union[str, os.PathLike, Mapping[str, 
     return dataset
 
 
-__all__ = ["BadCaptionError", "BadSample", "BLIP3oDataset", "CaptionDataset", "SampleRetriesExhaustedError",
-           "build_dataset_from_config", "classify_bad_sample", "load_data_list"]
+__all__ = ["BadCaptionError", "BadSample", "BLIP3oDataset", "CaptionDataset", "EmptyCaptionError",
+           "SampleRetriesExhaustedError", "build_dataset_from_config", "classify_bad_sample", "clean_caption",
+           "load_data_list"]

@@ -16,18 +16,29 @@ the cache at once. So:
   after each scan; other processes' writes since then are seen at the next
   scan, so the folder can briefly exceed the bound by what the other workers
   wrote in the meantime (each of them enforces it too).
+
+Trust: whoever can write the folder can plant training data (entry names are
+``sha256(key)`` of predictable keys, and the BLAKE2b check is not keyed), so
+the folder must be this user's and not writable by group or others
+(``ConfigError`` otherwise; a new folder is made ``0700``). Inside it nothing
+is followed: an entry or shard folder that is a symlink (or not a regular
+file/folder, or not ours) is refused, counted in ``refused``, and removed.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
+import stat
 import struct
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
+
+from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +47,39 @@ _HEADER = struct.Struct(f"<{len(_MAGIC)}sQ16s")  # magic, length, blake2b-128 of
 _TMP_DIR = "tmp"
 _STALE_TMP_SECONDS = 3600.0
 _LOW_WATERMARK = 0.9
+_DIR_MODE = 0o700  # the cache holds training data: only its owner may read or plant it
+#: open() flags for a cache entry or shard folder: never through a symlink; O_NONBLOCK so a
+#: planted FIFO cannot hang a DataLoader worker in open() (it is refused by fstat right after).
+_NOFOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
+def check_cache_root(root: Path) -> None:
+    """Create ``root`` (``0700``) if missing; ConfigError unless it is a folder owned by
+    this user that neither group nor others can write.
+
+    Group-writable is refused like world-writable: every member of the group could
+    plant entries, and the sticky bit does not help (it stops deleting others' files,
+    not creating the missing, predictably named ones). ``root`` itself may be a
+    symlink the user configured (e.g. to scratch): its target is checked.
+    """
+    try:
+        root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+        st = root.stat()
+    except OSError as exc:
+        raise ConfigError(f"cache_dir {root}: cannot create or read it ({exc.strerror or exc}); "
+                          f"pick a folder you can write") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"cache_dir {root} is not a folder; point cache_dir at a folder of your own")
+    euid = os.geteuid()
+    if st.st_uid != euid:
+        raise ConfigError(f"cache_dir {root} is owned by uid {st.st_uid}, not by this process (uid {euid}): "
+                          f"whoever owns it can plant training data there; use a folder of your own, or "
+                          f"`chown {euid} {root}` if it is yours")
+    mode = stat.S_IMODE(st.st_mode)
+    who = ("others" if mode & stat.S_IWOTH else "its group") if mode & (stat.S_IWOTH | stat.S_IWGRP) else None
+    if who is not None:
+        raise ConfigError(f"cache_dir {root} is writable by {who} (mode {mode:04o}): anyone who can write "
+                          f"there can plant training data; run `chmod go-w {root}` or use a private folder")
 
 
 def _digest(data: bytes) -> bytes:
@@ -54,13 +98,14 @@ class DiskCache:
             raise ValueError(f"cache max_bytes must be > 0, not {max_bytes}")
         self.root = Path(root)
         self.max_bytes = int(max_bytes)
+        check_cache_root(self.root)
         self._reset()
 
     def _reset(self) -> None:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._estimate: Optional[int] = None  # bytes in the folder as of our last scan + our writes
-        self.hits = self.misses = self.evictions = self.puts = self.corrupt = 0
+        self.hits = self.misses = self.evictions = self.puts = self.corrupt = self.refused = 0
 
     def __getstate__(self) -> Dict[str, Any]:
         return {"root": self.root, "max_bytes": self.max_bytes}
@@ -79,7 +124,71 @@ class DiskCache:
 
     def stats(self) -> Dict[str, int]:
         return {"hits": self.hits, "misses": self.misses, "evictions": self.evictions, "puts": self.puts,
-                "corrupt": self.corrupt}
+                "corrupt": self.corrupt, "refused": self.refused}
+
+    def _refuse(self, path: Path, why: str) -> None:
+        """Count and remove a planted entry (a symlink is removed, not what it points at)."""
+        logger.warning("disk cache: %s is %s; not following it, removing it", path, why)
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                os.unlink(path)
+        except OSError:
+            pass
+        with self._lock:
+            self.refused += 1
+
+    def _open_dir(self, path: Path) -> Optional[int]:
+        """An fd of the real folder ``path`` (not a symlink, ours), None if missing or refused."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                self._refuse(path, "a symlink or not a folder")
+            return None
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            os.close(fd)
+            self._refuse(path, f"owned by uid {st.st_uid}")
+            return None
+        return fd
+
+    def _read_entry(self, path: Path) -> Optional[bytes]:
+        """The raw file at ``path``, opened without following any symlink below ``root``."""
+        dir_fd = self._open_dir(path.parent)
+        if dir_fd is None:
+            return None
+        try:
+            fd = os.open(path.name, os.O_RDONLY | _NOFOLLOW, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                self._refuse(path, "a symlink")
+            return None
+        finally:
+            os.close(dir_fd)
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                self._refuse(path, "not a regular file of this user")
+                return None
+            return fh.read()
+
+    def _real_dir(self, path: Path) -> bool:
+        """Make ``path`` (0700) if missing; False (refused) if it is a symlink or not ours."""
+        try:
+            path.mkdir(mode=_DIR_MODE, exist_ok=True)
+        except FileExistsError:
+            pass  # a symlink to nowhere, a file: refused below
+        except OSError as exc:  # e.g. the cache folder was removed, the disk is read-only
+            logger.warning("disk cache: cannot create %s (%s); continuing without caching", path, exc)
+            return False
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            self._refuse(path, "a symlink or not a folder of this user")
+            return False
+        return True
 
     # -- reads --------------------------------------------------------------
     def get(self, key: str) -> Optional[bytes]:
@@ -87,9 +196,10 @@ class DiskCache:
         self._check_pid()
         path = self.path_for(key)
         try:
-            with open(path, "rb") as fh:
-                blob = fh.read()
+            blob = self._read_entry(path)
         except OSError:
+            blob = None
+        if blob is None:
             with self._lock:
                 self.misses += 1
             return None
@@ -105,7 +215,7 @@ class DiskCache:
                 self.misses += 1
             return None
         try:
-            os.utime(path)  # LRU: a hit makes the entry young again
+            os.utime(path, follow_symlinks=False)  # LRU: a hit makes the entry young again
         except OSError:
             pass  # evicted by another process meanwhile: we still have the bytes
         with self._lock:
@@ -131,9 +241,9 @@ class DiskCache:
             return False
         path = self.path_for(key)
         tmp_dir = self.root / _TMP_DIR
+        if not (self._real_dir(tmp_dir) and self._real_dir(path.parent)):
+            return False
         try:
-            tmp_dir.mkdir(parents=True, exist_ok=True)
-            path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=f"{path.name[:16]}.{os.getpid()}.")
             try:
                 with os.fdopen(fd, "wb") as fh:

@@ -28,6 +28,40 @@ class ImageRejectedError(StorageError):
         self.reason = reason
 
 
+#: Grey modes with more than 8 bits per sample: ``convert('RGB')`` clips them
+#: (every value >= 255 turns white), so they are scaled by their value range.
+_WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _sample_bits(image: Image.Image) -> int:
+    """Bits per sample of a wide grey image, from the file where it says so.
+
+    Mode ``I;16*`` is 16-bit by definition. Mode ``I`` (32-bit signed in
+    Pillow) is what Pillow < 10 gave 16-bit PNGs and still gives 16-bit
+    PGM/PPM (scaled to 0..65535), so it is 16-bit unless a TIFF declares
+    another BitsPerSample (e.g. 32). Never guessed from the pixel values: a
+    dark 16-bit image must not be read as a bright 8-bit one.
+    """
+    if image.mode != "I":
+        return 16
+    tags = getattr(image, "tag_v2", None)
+    bits = tags.get(258) if tags is not None else None  # TIFF BitsPerSample
+    if isinstance(bits, tuple):
+        bits = bits[0] if bits else None
+    return int(bits) if isinstance(bits, int) and 8 <= bits <= 32 else 16
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB of any decoded image; wide grey scaled by its range (16-bit: ``>> 8``)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in _WIDE_GREY_MODES:
+        bits = min(_sample_bits(image), 31)  # mode I is signed 32-bit: 0..2**31 - 1 at most
+        values = np.clip(np.asarray(image).astype(np.int64), 0, (1 << bits) - 1) >> (bits - 8)
+        return Image.fromarray(np.minimum(values, 255).astype(np.uint8), mode="L").convert("RGB")
+    return image.convert("RGB")  # 16-bit RGB(A) PNGs already load as 8-bit RGB(A) in Pillow
+
+
 def decode_image(data: bytes, key: str) -> Image.Image:
     """Fully decode ``data`` into an RGB image.
 
@@ -41,7 +75,7 @@ def decode_image(data: bytes, key: str) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             image.load()
-            return image if image.mode == "RGB" else image.convert("RGB")  # convert() of RGB is a full copy
+            return _to_rgb(image)  # RGB as is (convert() would copy it); 16-bit grey scaled, not clipped
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as exc:
         raise CorruptDataError(f"{key}: cannot decode image ({type(exc).__name__}: {exc})") from exc
@@ -81,7 +115,7 @@ def crop_to_square(image: Image.Image, mode: str = "center", rng: Optional[rando
 def to_pixel_values(image: Image.Image, image_size: int, crop: str = "center",
                     rng: Optional[random.Random] = None) -> torch.Tensor:
     """Square crop, BICUBIC resize to ``image_size``, float CHW in ``[-1, 1]``."""
-    square = crop_to_square(image if image.mode == "RGB" else image.convert("RGB"), crop, rng)
+    square = crop_to_square(_to_rgb(image), crop, rng)
     resized = square.resize((image_size, image_size), resample=Image.BICUBIC)
     array = np.asarray(resized, dtype=np.uint8)
     pixels = torch.from_numpy(array.copy()).float().div_(255.0).mul_(2.0).sub_(1.0)

@@ -1,6 +1,7 @@
 """Local filesystem backend: same protocol as S3, for dev and fallback."""
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from typing import Iterator, Optional
@@ -8,6 +9,29 @@ from typing import Iterator, Optional
 from .backend import ObjectInfo, decode_text
 from .errors import AccessDeniedError, InvalidPathError, ObjectNotFoundError, StorageError
 from .uri import parse_uri
+
+
+class PathTooLongError(InvalidPathError):
+    """The local file system cannot name this path (ENAMETOOLONG): a component
+    over its name limit (255 bytes on ext4/xfs/btrfs) or the whole path over
+    PATH_MAX (4096). The same relpath can be a valid S3 key (up to 1024 bytes),
+    so this is only raised by local reads, not checked in data.json."""
+
+
+def _name_too_long(path: str, action: str) -> PathTooLongError:
+    """The error for ENAMETOOLONG on ``path``, with the limits of the file system it is on."""
+    parent = os.path.dirname(os.path.abspath(path)) or "/"
+    while not os.path.isdir(parent) and parent != os.path.dirname(parent):
+        parent = os.path.dirname(parent)
+    try:
+        name_max, path_max = os.pathconf(parent, "PC_NAME_MAX"), os.pathconf(parent, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    longest = max((len(part.encode("utf-8", "surrogateescape")) for part in path.split(os.sep)), default=0)
+    what = (f"a component is {longest} bytes, over the file system's {name_max}-byte name limit"
+            if longest > name_max else f"the path is over the {path_max}-byte path limit")
+    return PathTooLongError(f"{path}: name too long for the local file system ({action}): {what}; "
+                            f"shorten the data.json entry or rename the file")
 
 
 def _path(uri: str) -> str:
@@ -33,6 +57,8 @@ class _mapped_os_errors:
             raise ObjectNotFoundError(f"{self.path}: no such file ({self.action})") from exc
         if isinstance(exc, PermissionError):
             raise AccessDeniedError(f"{self.path}: permission denied ({self.action})") from exc
+        if exc.errno == errno.ENAMETOOLONG:
+            raise _name_too_long(self.path, self.action) from exc
         if isinstance(exc, IsADirectoryError):
             raise ObjectNotFoundError(f"{self.path}: is a directory, not a file ({self.action})") from exc
         raise StorageError(f"{self.path}: {self.action} failed: {exc.strerror or exc}") from exc
