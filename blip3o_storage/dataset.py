@@ -42,7 +42,6 @@ import json
 import logging
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Union
@@ -52,6 +51,7 @@ from botocore.exceptions import NoCredentialsError
 from mmengine.registry import DATASETS
 from torch.utils.data import Dataset
 
+from .bounded_json import loads_bounded
 from .errors import (AccessDeniedError, BucketNotFoundError, ConfigError, CorruptDataError, InvalidPathError,
                      ObjectNotFoundError, StorageError, TransientStorageError)
 from .image_ops import ImageRejectedError, load_pixel_values
@@ -97,16 +97,6 @@ def clean_caption(caption: str, where: str) -> str:
         raise EmptyCaptionError(f"{where}: caption is empty or whitespace only ({caption[:16]!r}); "
                                 f"write a caption or drop the entry from data.json")
     return caption
-
-
-def _json_loads(text: str) -> Any:
-    """``json.loads`` whose RecursionError (some 1000+ nested ``[``) is a JSONDecodeError-like
-    ValueError: a hostile file must not surface as an interpreter error."""
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise ValueError("nested too deeply (more levels than Python's recursion limit "
-                         f"{sys.getrecursionlimit()})") from None
 
 
 @dataclass(frozen=True)
@@ -164,7 +154,7 @@ def _should_fall_back(exc: BaseException) -> bool:
 # -- data.json ------------------------------------------------------------
 def _parse_data_file(data: bytes, source: str) -> List[Dict[str, str]]:
     try:
-        entries = _json_loads(data.decode("utf-8-sig"))  # -sig: a leading BOM is dropped, not an error
+        entries = loads_bounded(data.decode("utf-8-sig"))  # -sig: a leading BOM is dropped, not an error
     except UnicodeDecodeError as exc:
         raise CorruptDataError(f"data file {source}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
@@ -584,7 +574,7 @@ class CaptionDataset(Dataset):
     def _parse_caption(self, data: bytes, key: str) -> str:
         """``annotation[cap_source]`` of a JSON caption file."""
         try:
-            annotation = _json_loads(data.decode("utf-8-sig"))
+            annotation = loads_bounded(data.decode("utf-8-sig"))
         except ValueError as exc:  # UnicodeDecodeError, JSONDecodeError, nested too deeply
             raise BadCaptionError(f"{key}: caption file is not valid UTF-8 JSON ({exc})") from None
         if not isinstance(annotation, dict) or self.cap_source not in annotation:

@@ -25,19 +25,17 @@ relative to the folder that holds the tars (the dataset's ``ceph_folder``).
 """
 from __future__ import annotations
 
-import json
-import logging
 import os
 import tarfile
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, Iterable, List, Mapping, Tuple, Union
 
-from .errors import CorruptDataError, InvalidPathError, ObjectNotFoundError
+from .bounded_json import loads_bounded
+from .errors import BucketNotFoundError, CorruptDataError, InvalidPathError, ObjectNotFoundError
 from .safe_tar import (MARKER_NAME, DataJsonReport, add_candidate, check_member, finish_report, image_caption_exts,
                        pair_shard, scan_tar, shard_name)
-from .uri import check_relpath
+from .uri import check_relpath, parse_uri
 
-logger = logging.getLogger(__name__)
 
 INDEX_VERSION = 1
 PathLike = Union[str, "os.PathLike[str]"]
@@ -173,13 +171,19 @@ class ShardIndex:
         """Read and validate ``index.json`` from any Storage location."""
         try:
             raw = storage.get(uri)
+        except BucketNotFoundError:
+            bucket = parse_uri(uri).bucket
+            raise BucketNotFoundError(f"shard index {uri}: bucket {bucket!r} does not exist; fix shard_index= "
+                                      "(a typo in the bucket?) or create the bucket and run "
+                                      "tools/upload_shards.py") from None
         except ObjectNotFoundError:
             raise ObjectNotFoundError(f"shard index {uri} does not exist; upload it with tools/upload_shards.py "
                                       "or drop shard_index=") from None
         try:
-            data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CorruptDataError(f"shard index {uri}: not valid UTF-8 JSON ({exc})") from None
+            data = loads_bounded(raw.decode("utf-8"))
+        except ValueError as exc:  # UnicodeDecodeError, JSONDecodeError, nested too deeply
+            raise CorruptDataError(f"shard index {uri}: not valid UTF-8 JSON ({exc}); "
+                                   "rebuild it with tools/upload_shards.py") from None
         return cls(data, source=uri)
 
     def __len__(self) -> int:

@@ -286,3 +286,22 @@ def test_repeated_member_shard_mode_reads_the_same_copy_as_extraction(
     assert source.read(storage, source.locate(f"{bucket}/p", "dup/k.jpg")) == DUP[-1][1]
     entries, _ = data_json_from_index(json.loads(storage.get(f"{bucket}/p/index.json")))
     assert {"image": "dup/k.jpg", "annotation": "dup/k.txt"} in entries
+
+
+# -- the shard index itself as hostile input ----------------------------------------------
+def test_shard_index_nested_too_deeply_is_a_clear_error_naming_the_index(tmp_path: Path) -> None:
+    from blip3o_storage import Storage
+
+    index = tmp_path / "index.json"
+    index.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CorruptDataError, match=r"index\.json.*nested too deeply"):
+        ShardIndex.load(Storage(), str(index))
+
+
+def test_shard_index_in_a_missing_bucket_names_the_bucket(s3_endpoint) -> None:
+    from blip3o_storage import Storage
+    from blip3o_storage.errors import BucketNotFoundError
+
+    storage = Storage(s3_endpoint.ceph_config())
+    with pytest.raises(BucketNotFoundError, match=r"bucket 'no-such-bucket-b7e1' does not exist.*shard_index="):
+        ShardIndex.load(storage, "s3://no-such-bucket-b7e1/shards/index.json")
