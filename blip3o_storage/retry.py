@@ -11,9 +11,9 @@ not bound time: a store that accepts connections and never answers cost 300 s
 per read and ~25 min per upload at 60 s a timeout. An :class:`OperationClock`
 bounds the operation instead: no attempt, ours or botocore's (via the
 ``needs-retry`` hook of :func:`install_deadline_hooks`), starts after its
-``deadline``; the attempt running then ends at its socket timeout. So a stalled
-operation fails within ``deadline + read_timeout`` (30 s + 10 s at most by
-default, ~30 s in practice), while a transfer that keeps receiving bytes is
+``deadline``; the attempt running then ends at its socket timeouts. So a stalled
+operation fails within ``deadline + connect_timeout + read_timeout`` (50 s at
+most by default; 31 s measured for get, stat and put), while a transfer that keeps receiving bytes is
 never cut: ``read_timeout`` is per socket wait, and the deadline only stops
 *retrying*. A failure after the deadline is final (not retried) even if the
 attempt had been progressing; our objects and upload parts are small enough

@@ -18,7 +18,6 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import boto3
 import pytest
-import torch
 from botocore.config import Config
 
 from blip3o_storage import AccessDeniedError, ConfigError, CorruptDataError, Storage, StorageError, TransientStorageError
