@@ -1,10 +1,23 @@
-"""Retries that botocore does not do for us.
+"""Retries that botocore does not do for us, and one deadline for both.
 
 botocore's retry handler covers the request/response-header phase (5xx,
 throttling, connection errors). It does not cover errors while *reading the
 body* of a GetObject (reset mid-body, truncated body, read timeouts), and it
 gives up after its own attempts. :func:`call_with_retries` wraps a whole
 operation, body read included, and retries those with jittered backoff.
+
+Attempts multiply (botocore's 5 inside each of our 5), so counting them does
+not bound time: a store that accepts connections and never answers cost 300 s
+per read and ~25 min per upload at 60 s a timeout. An :class:`OperationClock`
+bounds the operation instead: no attempt, ours or botocore's (via the
+``needs-retry`` hook of :func:`install_deadline_hooks`), starts after its
+``deadline``; the attempt running then ends at its socket timeouts. So a stalled
+operation fails within ``deadline + connect_timeout + read_timeout`` (50 s at
+most by default; 31 s measured for get, stat and put), while a transfer that keeps receiving bytes is
+never cut: ``read_timeout`` is per socket wait, and the deadline only stops
+*retrying*. A failure after the deadline is final (not retried) even if the
+attempt had been progressing; our objects and upload parts are small enough
+(<= a multipart part) that one attempt fits many times over in the deadline.
 """
 from __future__ import annotations
 
@@ -13,8 +26,9 @@ import logging
 import random
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, TypeVar
+from typing import Any, Callable, Dict, Iterator, Optional, TypeVar
 
 from botocore.exceptions import (
     BotoCoreError, ClientError, ConnectionClosedError, ConnectionError as BotoConnectionError,
@@ -84,6 +98,8 @@ def retry_reason(exc: BaseException) -> Optional[str]:
     """Why ``exc`` is worth retrying, or None when it is final (404, 403, bad TLS certificate, ...)."""
     if tls_verify_failure(exc):
         return None
+    if isinstance(exc, DeadlineExceeded):
+        return exc.reason
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -134,31 +150,134 @@ def _request_phase(exc: BaseException) -> bool:
     return isinstance(exc, BotoConnectionError)
 
 
+class OperationClock:
+    """One operation's time budget and request count, shared by our attempts and
+    botocore's: :meth:`active` makes it the calling thread's current operation,
+    which the botocore hooks and the signed-HTTP path read."""
+
+    def __init__(self, deadline: Optional[float]) -> None:
+        self.deadline = deadline
+        self.started = time.monotonic()
+        #: HTTP requests sent for this operation (botocore's retries included).
+        self.requests = 0
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def remaining(self) -> float:
+        return float("inf") if self.deadline is None else self.deadline - self.elapsed()
+
+    def expired(self) -> bool:
+        return self.remaining() <= 0
+
+    @contextmanager
+    def active(self) -> Iterator["OperationClock"]:
+        previous = getattr(_CURRENT, "clock", None)
+        _CURRENT.clock = self
+        try:
+            yield self
+        finally:
+            _CURRENT.clock = previous
+
+
+_CURRENT = threading.local()
+
+
+def current_operation() -> Optional[OperationClock]:
+    """The operation this thread is running under :func:`call_with_retries`, if any."""
+    return getattr(_CURRENT, "clock", None)
+
+
+def note_request() -> None:
+    """Count one HTTP request against the current operation (the signed-HTTP path calls this)."""
+    clock = current_operation()
+    if clock is not None:
+        clock.requests += 1
+
+
+class DeadlineExceeded(Exception):
+    """botocore was about to retry ``reason`` after the operation's deadline; raised
+    from its ``needs-retry`` event instead, after ``attempts`` attempts."""
+
+    def __init__(self, reason: str, attempts: int) -> None:
+        super().__init__(f"deadline passed after {attempts} attempt(s), last: {reason}")
+        self.reason = reason
+        self.attempts = attempts
+
+
+def _response_reason(response: Any) -> Optional[str]:
+    """Why botocore would retry this (http_response, parsed) answer, or None."""
+    try:
+        http_response, parsed = response
+        status = http_response.status_code
+        code = str((parsed or {}).get("Error", {}).get("Code", ""))
+    except (TypeError, ValueError, AttributeError):
+        return None
+    if code in RETRYABLE_CODES or status in RETRYABLE_STATUS or status == 429:
+        return code or str(status)
+    return None
+
+
+def _count_botocore_request(**_: Any) -> None:
+    note_request()
+
+
+def _stop_botocore_retries_at_deadline(attempts: int = 1, response: Any = None,
+                                       caught_exception: Optional[BaseException] = None, **_: Any) -> None:
+    """``needs-retry`` hook: past the current operation's deadline, a failure botocore
+    would retry ends the call instead (before botocore's backoff sleep)."""
+    clock = current_operation()
+    if clock is None or not clock.expired():
+        return None
+    reason = retry_reason(caught_exception) if caught_exception is not None else _response_reason(response)
+    if reason is not None:
+        raise DeadlineExceeded(reason, attempts) from caught_exception
+    return None
+
+
+def install_deadline_hooks(client: Any) -> None:
+    """Make a boto3 S3 client's own retries respect the calling operation's deadline
+    and count its requests. Calls made outside :func:`call_with_retries` are untouched."""
+    events = client.meta.events
+    events.register_first("needs-retry.s3", _stop_botocore_retries_at_deadline)
+    events.register("before-send.s3", _count_botocore_request)
+
+
 def call_with_retries(fn: Callable[[], T], *, what: str, attempts: int, stats: RetryStats,
-                      base_delay: float = 0.05, max_delay: float = 2.0) -> T:
+                      base_delay: float = 0.05, max_delay: float = 2.0,
+                      clock: Optional[OperationClock] = None) -> T:
     """Run ``fn`` up to ``attempts`` times, retrying only retryable failures.
 
     Body-read failures (truncation, resets and timeouts mid-body) get the full
     ``attempts``; request-phase failures that botocore already retried get
-    :data:`REQUEST_PHASE_REASONS_EXTRA_ROUNDS` more. The last exception is
-    re-raised for the caller to map; ``what`` (a URI, never a secret) is logged.
+    :data:`REQUEST_PHASE_REASONS_EXTRA_ROUNDS` more. With a ``clock``, no
+    attempt starts after its deadline: it gives up once the next backoff would
+    reach it (see the module docstring). The last
+    exception is re-raised for the caller to map; ``what`` (a URI, never a
+    secret) is logged.
     """
+    clock = clock or OperationClock(None)
     request_rounds = 0
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except Exception as exc:  # noqa: BLE001 - filtered by retry_reason
-            reason = retry_reason(exc)
-            if reason is not None and _request_phase(exc):
-                request_rounds += 1
-            exhausted = attempt == attempts or request_rounds > REQUEST_PHASE_REASONS_EXTRA_ROUNDS
-            if reason is None or exhausted:
-                if reason is not None:
-                    stats.add(failures=1)
-                raise
-            stats.record_retry(reason)
-            delay = min(max_delay, base_delay * (2 ** (attempt - 1))) * (0.5 + random.random())
-            logger.debug("retrying %s after %s (attempt %d/%d, sleeping %.2fs)", what, reason,
-                         attempt, attempts, delay)
-            time.sleep(delay)
+    with clock.active():
+        for attempt in range(1, attempts + 1):
+            try:
+                return fn()
+            except Exception as exc:  # noqa: BLE001 - filtered by retry_reason
+                reason = retry_reason(exc)
+                if reason is not None and _request_phase(exc):
+                    request_rounds += 1
+                exhausted = attempt == attempts or request_rounds > REQUEST_PHASE_REASONS_EXTRA_ROUNDS
+                delay = min(max_delay, base_delay * (2 ** (attempt - 1))) * (0.5 + random.random())
+                out_of_time = isinstance(exc, DeadlineExceeded) or clock.remaining() <= delay
+                if reason is None or exhausted or out_of_time:
+                    if reason is not None:
+                        stats.add(failures=1)
+                        if out_of_time:
+                            logger.debug("giving up on %s after %s: deadline %.3gs reached (%.1fs, %d requests)",
+                                         what, reason, clock.deadline, clock.elapsed(), clock.requests)
+                    raise
+                stats.record_retry(reason)
+                logger.debug("retrying %s after %s (attempt %d/%d, sleeping %.2fs)", what, reason,
+                             attempt, attempts, delay)
+                time.sleep(delay)
     raise AssertionError("unreachable")

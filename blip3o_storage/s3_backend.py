@@ -12,7 +12,8 @@ import hashlib
 import logging
 import os
 import threading
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar
+from urllib.parse import urlsplit
 
 import boto3
 import botocore.session
@@ -23,10 +24,11 @@ from botocore.exceptions import BotoCoreError, ClientError, IncompleteReadError,
 from ._pickling import DropsLocksOnPickle
 from .backend import ObjectInfo, decode_text
 from .config import S3Settings
-from .errors import (AccessDeniedError, BucketNotFoundError, InvalidPathError, ObjectNotFoundError, StorageError,
-                     TransientStorageError)
-from .signed_http import SignedHTTP
-from .retry import RetryStats, call_with_retries, retry_reason, tls_verify_failure
+from .errors import (AccessDeniedError, BucketNotFoundError, CorruptDataError, InvalidPathError, ObjectNotFoundError,
+                     StorageError, TransientStorageError)
+from .signed_http import SignedHTTP, UnexpectedResponse, range_problem
+from .retry import (DeadlineExceeded, OperationClock, RetryStats, call_with_retries, install_deadline_hooks,
+                    retry_reason, tls_verify_failure)
 from .uri import StorageURI, parse_uri
 
 logger = logging.getLogger(__name__)
@@ -95,14 +97,46 @@ def make_session(settings: S3Settings) -> Any:
 def make_client(settings: S3Settings, session: Any = None) -> Any:
     """A new boto3 S3 client (from ``session``, or a Session of its own)."""
     session = session or make_session(settings)
-    return session.client("s3", endpoint_url=settings.endpoint_url, verify=settings.verify,
-                          config=botocore_config(settings))
+    client = session.client("s3", endpoint_url=settings.endpoint_url, verify=settings.verify,
+                            config=botocore_config(settings))
+    install_deadline_hooks(client)  # its own retries stop at the calling operation's deadline
+    return client
 
 
-def map_error(exc: BaseException, uri: str, action: str) -> StorageError:
-    """Translate a boto error into the package hierarchy, naming the URI."""
+def endpoint_label(settings: S3Settings) -> str:
+    """The endpoint for messages: scheme, host and port (any user:password@ dropped)."""
+    if not settings.endpoint_url:
+        return "AWS S3"
+    parts = urlsplit(settings.endpoint_url)
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}{parts.path}"
+
+
+def check_put_etag(uri: str, response: Mapping[str, Any], md5_hex: str) -> str:
+    """The ETag of a single PUT, which must be the MD5 of the bytes sent.
+
+    Content-MD5 lets the server reject a body damaged on the way; this catches
+    a server or middlebox that stored something else and said so in the ETag.
+    Objects encrypted with SSE-KMS or SSE-C have an ETag that is not an MD5 (AWS
+    documents this), so theirs is not compared.
+    """
+    etag = str(response.get("ETag", "")).strip('"')
+    if response.get("SSECustomerAlgorithm") or str(response.get("ServerSideEncryption", "")).startswith("aws:kms"):
+        return etag
+    if etag.lower() != md5_hex:
+        raise CorruptDataError(
+            f"{uri}: the store answered the PUT with ETag {etag!r}, not the MD5 of the data sent ({md5_hex}); "
+            f"the object may hold other bytes than were sent: upload it again, and check any proxy on the way")
+    return etag
+
+
+def map_error(exc: BaseException, uri: str, action: str, where: str = "") -> StorageError:
+    """Translate a boto error into the package hierarchy, naming the URI (and, for
+    failures that outlasted the retries, ``where``: the endpoint, requests, time)."""
     if isinstance(exc, StorageError):
         return exc
+    if isinstance(exc, UnexpectedResponse):
+        return CorruptDataError(f"{uri}: {action}: {exc}")
+    where = f"; {where}" if where else ""
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
@@ -111,6 +145,10 @@ def map_error(exc: BaseException, uri: str, action: str) -> StorageError:
             return BucketNotFoundError(f"{uri}: bucket does not exist ({action}); create it or fix the URI")
         if code in _NOT_FOUND or status == 404:
             return ObjectNotFoundError(f"{uri}: no such object ({action})")
+        if code == "SignatureDoesNotMatch":
+            return AccessDeniedError(
+                f"{uri}: access denied (SignatureDoesNotMatch) during {action}: the request's signature did not "
+                f"verify; check secret_key in the ceph_config, and that no proxy on the way alters requests")
         if code in _DENIED or status == 403:
             return AccessDeniedError(
                 f"{uri}: access denied ({code or status}) during {action}; check access_key/secret_key "
@@ -118,7 +156,7 @@ def map_error(exc: BaseException, uri: str, action: str) -> StorageError:
         if code == "InvalidRange":
             return InvalidPathError(f"{uri}: requested range not satisfiable ({action})")
         if retry_reason(exc):
-            return TransientStorageError(f"{uri}: {action} failed after retries ({code or status})")
+            return TransientStorageError(f"{uri}: {action} failed after retries ({code or status}){where}")
         return StorageError(f"{uri}: {action} failed ({code or status}: {error.get('Message', '')})")
     if isinstance(exc, NoCredentialsError):
         return AccessDeniedError(f"{uri}: no credentials found for {action}; set access_key/secret_key "
@@ -130,7 +168,8 @@ def map_error(exc: BaseException, uri: str, action: str) -> StorageError:
                             f"(or verify_ssl = false, only for a throw-away test endpoint)")
     reason = retry_reason(exc)
     if reason:
-        return TransientStorageError(f"{uri}: {action} failed after retries ({reason}: {type(exc).__name__})")
+        cause = exc.__cause__ if isinstance(exc, DeadlineExceeded) and exc.__cause__ is not None else exc
+        return TransientStorageError(f"{uri}: {action} failed after retries ({reason}: {type(cause).__name__}){where}")
     if isinstance(exc, BotoCoreError):
         return StorageError(f"{uri}: {action} failed ({type(exc).__name__})")
     return StorageError(f"{uri}: {action} failed ({type(exc).__name__}: {exc})")
@@ -188,19 +227,27 @@ class S3Backend(DropsLocksOnPickle):
         return parsed
 
     def _run(self, uri: str, action: str, fn: Callable[[], T]) -> T:
-        """Call ``fn`` with our retries; map any final error."""
+        """Call ``fn`` with our retries, within ``settings.deadline``; map any final error."""
         def counted() -> T:
             try:
                 result = fn()
             except ClientError as exc:
                 self.stats.add(botocore_retries=exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0))
                 raise
+            except DeadlineExceeded as exc:
+                self.stats.add(botocore_retries=exc.attempts - 1)
+                raise
             return result
         self.stats.add(calls=1)
+        clock = OperationClock(self.settings.deadline)
         try:
-            return call_with_retries(counted, what=uri, attempts=self.settings.max_attempts, stats=self.stats)
+            return call_with_retries(counted, what=uri, attempts=self.settings.max_attempts, stats=self.stats,
+                                     clock=clock)
         except Exception as exc:  # noqa: BLE001 - mapped and re-raised
-            raise map_error(exc, uri, action) from exc
+            where = (f"endpoint {endpoint_label(self.settings)}: {clock.requests} request(s) in "
+                     f"{clock.elapsed():.1f}s (deadline {self.settings.deadline:g}s, "
+                     f"read_timeout {self.settings.read_timeout:g}s)")
+            raise map_error(exc, uri, action, where) from exc
 
     def _note_retries(self, response: dict) -> None:
         attempts = response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
@@ -244,9 +291,18 @@ class S3Backend(DropsLocksOnPickle):
             http = self.http
             if http is not None:
                 return http.get_object(p.bucket, p.key, (start, start + length - 1))
-            response = self.client.get_object(Bucket=p.bucket, Key=p.key,
-                                              Range=f"bytes={start}-{start + length - 1}")
-            return self._read_body(response, uri)
+            end = start + length - 1
+            response = self.client.get_object(Bucket=p.bucket, Key=p.key, Range=f"bytes={start}-{end}")
+            problem = range_problem(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0),
+                                    response.get("ContentRange"), start, end)
+            if problem:
+                response["Body"].close()
+                raise UnexpectedResponse(problem)
+            data = self._read_body(response, uri)
+            problem = range_problem(206, response.get("ContentRange"), start, end, len(data))
+            if problem:
+                raise UnexpectedResponse(problem)
+            return data
         return self._run(uri, f"ranged get {start}+{length}", op)
 
     def stat(self, uri: str) -> ObjectInfo:
@@ -289,16 +345,17 @@ class S3Backend(DropsLocksOnPickle):
         """Upload ``data`` in one PUT with an explicit Content-MD5 so the server
         checks integrity; returns the ETag. ``md5_digest`` saves re-hashing."""
         p = self._parse(uri)
-        md5 = base64.b64encode(md5_digest or hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
+        digest = md5_digest or hashlib.md5(data, usedforsecurity=False).digest()
+        md5 = base64.b64encode(digest).decode("ascii")
         extra = {"ContentType": content_type} if content_type else {}
 
         def op() -> str:
             http = self.http
             if http is not None:
-                return http.put_object(p.bucket, p.key, data, md5, content_type)
+                return check_put_etag(uri, http.put_object(p.bucket, p.key, data, md5, content_type), digest.hex())
             r = self.client.put_object(Bucket=p.bucket, Key=p.key, Body=data, ContentMD5=md5, **extra)
             self._note_retries(r)
-            return str(r.get("ETag", "")).strip('"')
+            return check_put_etag(uri, r, digest.hex())
         return self._run(uri, "put", op)
 
     def list(self, uri: str, recursive: bool = True) -> Iterator[ObjectInfo]:

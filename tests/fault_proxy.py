@@ -9,7 +9,13 @@ Sits between boto3 and an S3 server and, at set rates, injects:
 * ``truncate``: headers promise the full Content-Length, half the body is sent,
   then the connection is reset (responses with a body, i.e. GET);
 * ``truncate_request``: half of a request body (PUT/POST) reaches the server,
-  then both connections are reset (an upload cut off mid-body).
+  then both connections are reset (an upload cut off mid-body);
+* ``trickle``: the response body is sent in ``trickle_chunks`` pieces,
+  ``trickle_interval`` seconds apart (a slow but progressing transfer).
+
+``rewrite_request(method, target, headers, body) -> (headers, body)`` and
+``rewrite_response(method, status, headers) -> headers`` (both optional) let a
+test play a middlebox that alters requests or responses in transit.
 
 At most one fault per request, drawn from one seeded RNG (one draw per
 request), so a run with the same seed and request order injects the same
@@ -50,13 +56,14 @@ import time
 import weakref
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 from urllib.parse import urlparse
 
 SLOWDOWN_BODY = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
                  b'<Message>Please reduce your request rate.</Message></Error>')
-FAULTS = ("reset", "slowdown", "stall", "truncate", "truncate_request")
+FAULTS = ("reset", "slowdown", "stall", "truncate", "truncate_request", "trickle")
 _MAX_LINE = 65537
+Headers = List[Tuple[str, str]]
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"}
 
 
@@ -69,6 +76,9 @@ class FaultRates:
     stall_seconds: float = 0.5
     methods: Tuple[str, ...] = ("GET", "PUT", "HEAD", "POST", "DELETE")
     truncate_request: float = 0.0
+    trickle: float = 0.0
+    trickle_chunks: int = 10
+    trickle_interval: float = 0.1
 
     def __post_init__(self) -> None:
         total = sum(getattr(self, name) for name in FAULTS)
@@ -100,6 +110,8 @@ class FaultProxy:
     seed: int = 0
     counts: Counter = field(default_factory=Counter)
     by_method: Counter = field(default_factory=Counter)
+    rewrite_request: Optional[Callable[[str, str, Headers, bytes], Tuple[Headers, bytes]]] = None
+    rewrite_response: Optional[Callable[[str, int, Headers], Headers]] = None
 
     def __post_init__(self) -> None:
         parsed = urlparse(self.upstream_url)
@@ -259,6 +271,8 @@ class FaultProxy:
                     return  # the client closed (or half-closed) its side
                 method, target, headers, body = request
                 self.count("requests")
+                if self.rewrite_request is not None:
+                    headers, body = self.rewrite_request(method, target, headers, body)
                 fault = self.choose_fault(method)
                 if fault == "slowdown":
                     self.count("slowdown", method)
@@ -291,7 +305,9 @@ class FaultProxy:
                     _reset(sock)
                     return
                 has_body = method != "HEAD" and response.status not in (204, 304) and response.status >= 200
-                head = _response_head(response, len(payload) if has_body else None)
+                head = _response_head(response, len(payload) if has_body else None,
+                                      None if self.rewrite_response is None
+                                      else lambda h: self.rewrite_response(method, response.status, h))
                 if fault == "stall":
                     self.count("stall", method)
                     time.sleep(self.rates.stall_seconds)
@@ -301,6 +317,14 @@ class FaultProxy:
                     clean_close = False
                     _reset(sock)
                     return
+                if fault == "trickle" and has_body and len(payload) > 1:
+                    self.count("trickle", method)
+                    sock.sendall(head)
+                    step = -(-len(payload) // max(1, self.rates.trickle_chunks))
+                    for offset in range(0, len(payload), step):
+                        time.sleep(self.rates.trickle_interval)
+                        sock.sendall(payload[offset:offset + step])
+                    continue
                 sock.sendall(head + (payload if has_body else b""))
         except (ConnectionError, OSError):
             clean_close = False
@@ -423,13 +447,14 @@ def _read_request(reader, sock: socket.socket) -> Optional[Tuple[str, str, list,
     return method, target, headers, body
 
 
-def _response_head(response: http.client.HTTPResponse, length: Optional[int]) -> bytes:
-    """Status line and headers; ``length`` None keeps the upstream Content-Length (HEAD)."""
+def _response_head(response: http.client.HTTPResponse, length: Optional[int],
+                   rewrite: Optional[Callable[[Headers], Headers]] = None) -> bytes:
+    """Status line and headers; ``length`` None keeps the upstream Content-Length (HEAD);
+    ``rewrite`` may alter the headers (not Content-Length, which follows the body)."""
     lines = [f"HTTP/1.1 {response.status} {response.reason}"]
-    for name, value in response.getheaders():
-        low = name.lower()
-        if low in _HOP_BY_HOP or (low == "content-length" and length is not None):
-            continue
+    headers = [(name, value) for name, value in response.getheaders()
+               if name.lower() not in _HOP_BY_HOP and not (name.lower() == "content-length" and length is not None)]
+    for name, value in (rewrite(headers) if rewrite is not None else headers):
         lines.append(f"{name}: {value}")
     if length is not None:
         lines.append(f"Content-Length: {length}")
