@@ -14,7 +14,7 @@ A ``ceph_config`` is what OpenUni passes next to ``ceph_folder``. It may be
 
   plus optional per-cluster keys of ours: ``region``, ``addressing_style``,
   ``verify_ssl``, ``ca_bundle``, ``max_pool_connections``, ``retry_mode``,
-  ``max_attempts``, ``connect_timeout``, ``read_timeout``, ``profile``,
+  ``max_attempts``, ``connect_timeout``, ``read_timeout``, ``deadline``, ``profile``,
   ``fast_path`` (object GET/PUT over signed urllib3, default on for path-style endpoints).
   The closed petrel client's own keys (``enable_mc``, ``boto``, the log and
   memcached settings, see :data:`PETREL_CLIENT_KEYS`) and its non-cluster
@@ -64,6 +64,7 @@ PETREL_CLIENT_KEYS = frozenset({
 PETREL_CLIENT_SECTIONS = frozenset({"mc", "dfs", "cache"})
 _IGNORED_PETREL_KEYS = PETREL_CLIENT_KEYS | {"default_cluster"}
 _SECRET_KEYS = ("secret_key", "aws_secret_access_key", "session_token", "aws_session_token")
+_FLOAT_KEYS = ("connect_timeout", "read_timeout", "deadline")  # seconds, > 0 and finite
 _DICT_SECRET_WARNED = False
 _DICT_SECRET_LOCK = threading.Lock()
 
@@ -97,12 +98,6 @@ class S3Settings:
     deadline: float = 30.0
 
     def __post_init__(self) -> None:
-        try:  # the only key parsed here: the INI/dict loader passes it as given
-            object.__setattr__(self, "deadline", float(self.deadline))
-        except (TypeError, ValueError):
-            raise ConfigError(f"deadline must be a number of seconds > 0, not {self.deadline!r}") from None
-        if not self.deadline > 0:
-            raise ConfigError(f"deadline must be a number of seconds > 0, not {self.deadline!r}")
         if (self.access_key is None) != (self.secret_key is None):
             raise ConfigError("access_key and secret_key must be given together")
         if self.addressing_style not in (None, "path", "virtual", "auto"):
@@ -111,7 +106,7 @@ class S3Settings:
             raise ConfigError(f"retry_mode must be legacy, standard or adaptive, not {self.retry_mode!r}")
         if self.max_attempts < 1 or self.max_pool_connections < 1:
             raise ConfigError("max_attempts and max_pool_connections must be >= 1")
-        for name in ("connect_timeout", "read_timeout"):  # botocore would only refuse them per request
+        for name in _FLOAT_KEYS:  # botocore would only refuse them per request
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
@@ -179,7 +174,7 @@ class StorageConfig:
 
 
 _INT_KEYS = {"max_pool_connections", "max_attempts"}
-_FLOAT_KEYS = {"connect_timeout", "read_timeout"}
+
 _SETTING_KEYS = {f.name for f in fields(S3Settings)}
 _ALIASES = {"host_base": "endpoint_url", "endpoint": "endpoint_url", "region_name": "region",
             "aws_access_key_id": "access_key", "aws_secret_access_key": "secret_key",
