@@ -685,13 +685,58 @@ def upload_all(items: List[UploadItem], backend: S3Backend, bucket: str, *, pref
 
 
 # -- verifying ---------------------------------------------------------------
-def first_part_size(backend: S3Backend, bucket: str, key: str) -> int:
-    """Size of part 1 of a multipart object: one ``HEAD ?partNumber=1`` (S3, Ceph RGW, moto and
-    MinIO answer it with that part's Content-Length)."""
+def first_part_size(backend: S3Backend, bucket: str, key: str, size: int) -> Optional[int]:
+    """Size of part 1 of a multipart object from one ``HEAD ?partNumber=1`` (AWS S3, moto, MinIO
+    and newer Ceph RGW answer with that part's Content-Length and ``x-amz-mp-parts-count``), or
+    None where the server ignores ``partNumber`` and answers for the whole object (RGW 16.2)."""
     uri = f"s3://{bucket}/{key}"
     client = backend.client
     response = backend._run(uri, "head part 1", lambda: client.head_object(Bucket=bucket, Key=key, PartNumber=1))
-    return int(response["ContentLength"])
+    length = int(response.get("ContentLength", 0))
+    if response.get("PartsCount") is None and length >= size:
+        return None
+    return length if 0 < length else None
+
+
+def multipart_etags(path: Path, part_sizes: Iterable[int]) -> Dict[int, str]:
+    """:func:`multipart_etag` for several part sizes in ONE read of the file."""
+    sizes = sorted(set(part_sizes))
+    states = {p: [hashlib.md5(usedforsecurity=False), 0, []] for p in sizes}  # md5, bytes in part, digests
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_READ_CHUNK), b""):
+            for p, state in states.items():
+                view = memoryview(chunk)
+                while view:
+                    take = min(len(view), p - state[1])
+                    state[0].update(view[:take])
+                    state[1] += take
+                    view = view[take:]
+                    if state[1] == p:
+                        state[2].append(state[0].digest())
+                        state[0], state[1] = hashlib.md5(usedforsecurity=False), 0
+    out = {}
+    for p, (md5, filled, digests) in states.items():
+        if filled:
+            digests = digests + [md5.digest()]
+        out[p] = _etag_of_parts(digests)
+    return out
+
+
+#: Part sizes tried for a multipart ETag when the server cannot say the object's own (whole MiB:
+#: what boto3/s3transfer (8), the AWS CLI, s5cmd, rclone and this tool use); at most this many.
+MAX_PART_SIZE_GUESSES = 32
+
+
+def part_size_guesses(size: int, parts: int) -> List[int]:
+    """Whole-MiB part sizes (>= 5 MiB) that split ``size`` bytes into exactly ``parts`` parts."""
+    if parts < 1 or size < 1:
+        return []
+    if parts == 1:
+        return [max(MIN_PART_SIZE, -(-size // MiB) * MiB)]
+    low = max(MIN_PART_SIZE, -(-size // parts))  # ceil(size / parts)
+    high = -(-size // (parts - 1)) - 1  # the largest p with ceil(size / p) == parts
+    first = -(-low // MiB)
+    return [m * MiB for m in range(first, high // MiB + 1)][:MAX_PART_SIZE_GUESSES]
 
 
 def verify(items: List[UploadItem], backend: S3Backend, bucket: str, prefix: str = "", *,
@@ -718,6 +763,30 @@ def verify(items: List[UploadItem], backend: S3Backend, bucket: str, prefix: str
     report = VerifyReport()
     known = known_etags or {}
 
+    def check_part_sizes(item: UploadItem, etag: str, local: Optional[str]) -> Tuple[str, Optional[str]]:
+        """A multipart ETag ``part_size`` does not give: try the object's own part size."""
+        try:
+            parts = int(etag.rsplit("-", 1)[1])
+        except ValueError:
+            return "mismatched", f"ETag {etag} in bucket is not an MD5 or multipart ETag"
+        used = effective_part_size(item.size, part_size)
+        try:
+            actual = first_part_size(backend, bucket, item.key, item.size)
+        except StorageError as exc:
+            logger.debug("%s: HEAD ?partNumber=1 failed (%s); guessing the part size", item.key, exc)
+            actual = None
+        if actual is not None:
+            if actual != used and local_etag_like(item.local_path, item.size, etag, actual) == etag:
+                return "ok", None
+            return "mismatched", (f"ETag {etag} in bucket != {local or 'the local file'}"
+                                  f"{'' if actual == used else f' (also hashed in its {actual}-byte parts)'}")
+        guesses = [p for p in part_size_guesses(item.size, parts) if p != used]
+        if guesses and etag in multipart_etags(item.local_path, guesses).values():
+            return "ok", None
+        return "mismatched", (f"ETag {etag} in bucket != {local or 'the local file'} in {used}-byte parts, nor in "
+                              f"any whole-MiB part size giving {parts} parts; if it was uploaded with another "
+                              "part size, pass that --part-size-mb")
+
     def check(item: UploadItem) -> Tuple[str, Optional[str]]:
         entry = remote.get(item.key)
         if entry is None:
@@ -734,19 +803,7 @@ def verify(items: List[UploadItem], backend: S3Backend, bucket: str, prefix: str
         if local == etag:
             return "ok", None
         if etag and "-" in etag:
-            parts = etag.rsplit("-", 1)[1]
-            try:
-                actual = first_part_size(backend, bucket, item.key)
-            except StorageError as exc:
-                return "mismatched", (f"ETag {etag} ({parts} parts) is not the local file's in "
-                                      f"{part_size}-byte parts, and the object's part size could not be read "
-                                      f"({exc}); pass the upload's --part-size-mb")
-            if 0 < actual < item.size and actual != effective_part_size(item.size, part_size):
-                local = local_etag_like(item.local_path, item.size, etag, actual)
-                if local == etag:
-                    return "ok", None
-            return "mismatched", (f"ETag {etag} in bucket != {local or 'local file'} "
-                                  f"(local file hashed in {actual}-byte parts, as the object was uploaded)")
+            return check_part_sizes(item, etag, local)
         return "mismatched", f"ETag {etag} in bucket != {local} local"
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="verify") as pool:
