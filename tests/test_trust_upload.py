@@ -27,7 +27,7 @@ from blip3o_storage.upload import (multipart_etag, multipart_etags, part_size_gu
                                    verify)
 
 from conftest import REPO_ROOT, S3Endpoint
-from fault_proxy import FaultProxy
+from fault_proxy import FaultProxy, FaultRates
 from test_upload import (MAKE_DATA_JSON, UPLOAD, local_files, make_dataset, remote, run_cli, s3_conf,  # noqa: F401
                          summary, target)
 
@@ -333,3 +333,27 @@ def test_store_that_never_answers_fails_in_bounded_time_naming_the_endpoint(tmp_
     assert "Traceback" not in proc.stderr and moto_endpoint.secret_key not in proc.stderr
     assert took < 30, took
     print(f"gave up after {took:.1f} s (read_timeout=1, max_attempts=2)")
+
+
+def test_timeouts_count_as_store_down_like_refused_connections(tmp_path, moto_endpoint):
+    """A store that stops answering mid-run (every response held back): each file fails by read
+    timeout, and after a round of them the run stops instead of trying every remaining file."""
+    storage = Storage(moto_endpoint.ceph_config())
+    bucket = f"stall-{os.urandom(4).hex()}"
+    storage.backend_for(f"s3://{bucket}/x").ensure_bucket(bucket)
+    src = make_dataset(tmp_path, n=30, size=1000, shards=("s1",))
+    plan = plan_upload(src)
+    with FaultProxy(moto_endpoint.endpoint_url, rates=FaultRates(stall=1.0, stall_seconds=5)) as proxy:
+        url = proxy.endpoint_url
+        slow = Storage(S3Endpoint("stalled", url, moto_endpoint.access_key,
+                                  moto_endpoint.secret_key).ceph_config(read_timeout=0.5, connect_timeout=0.5,
+                                                                        max_attempts=1))
+        backend = slow.backend_for(f"s3://{bucket}/x")
+        started = time.monotonic()
+        report = upload_all(plan.items, backend, bucket, workers=2, existing={})
+        took = time.monotonic() - started
+    assert report.store_down and "unreachable" in report.store_down and url in report.store_down
+    assert 8 <= len(report.unreachable) == len(report.failed) <= 8 + 2  # one round, plus what was in flight
+    assert report.not_attempted == len(plan.items) - len(report.failed) - report.uploaded > 0
+    assert not report.ok
+    assert took < 20, took
