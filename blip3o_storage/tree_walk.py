@@ -59,8 +59,9 @@ class TreeWalk:
         lines = "\n".join(f"  {path}: {why}" for path, why in self.problems[:SHOW])
         more = f"\n  ... and {len(self.problems) - SHOW} more" if len(self.problems) > SHOW else ""
         raise StorageError(
-            f"{len(self.problems)} path(s) under {self.root} cannot be read, so their files would be left out; "
-            f"fix the permissions or links (or move them out of the folder) and run again:\n{lines}{more}")
+            f"{len(self.problems)} path(s) under {self.root} cannot be walked (unreadable, dangling or looping), "
+            f"so their files would be left out; fix the permissions or links (or move them out of the folder) "
+            f"and run again:\n{lines}{more}")
 
 
 def walk_tree(root: PathLike) -> TreeWalk:

@@ -59,6 +59,8 @@ def test_dot_entries_are_skipped_by_make_data_json_as_by_upload(tmp_path, target
     listed = {e["image"] for e in json.loads((src / "data.json").read_text())}
     assert listed == {"s1/00000.jpg", "s1/00001.jpg"}  # nothing from a dot-file or dot-folder
     assert "hidden" in made.stderr  # counted, not silently dropped
+    _, report = build_data_json(raw)
+    assert report.hidden == [".trash", "s1/.cache", "s1/.k2.jpg", "s1/.k2.txt"]  # not the done-marker
 
     proc = run_cli(*base, str(src))
     assert proc.returncode == 0, proc.stderr
