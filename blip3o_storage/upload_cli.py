@@ -7,10 +7,14 @@ status, the same for both tools:
 
 * 0 all good;
 * 1 any file failed, missing or mismatched, or the server kept failing
-  (transient errors that outlasted every retry): re-running may help;
-* 2 bad usage, config, credentials, bucket or key names -- a bucket that does
-  not exist, or that ``--create-bucket`` cannot create (invalid name, taken,
-  access denied): nothing was sent, fix the command or the config first;
+  (transient errors that outlasted every retry), or could not be reached (the
+  run stops once a round of files in a row got no answer, and says so once,
+  naming the endpoint): re-running may help, and sends only what is missing;
+* 2 bad usage, config, credentials, bucket or key names -- an invalid bucket
+  name (named, with the rule), a bucket that does not exist, or that
+  ``--create-bucket`` cannot create (invalid name, taken, access denied), a
+  source folder that cannot be walked: nothing was sent, fix the command, the
+  config or the folder first;
 * 130 interrupted (Ctrl-C).
 
 Every message goes to the calling tool's logger, so log lines keep its name.

@@ -119,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
                         remote=existing)
         report_verify(log, report)
         log_failures(log, "failed", plan.failed)
-        print(report.summary() + (f", {len(plan.failed)} referenced files missing locally" if plan.failed else ""))
+        unusable = f", {len(plan.failed)} referenced files not uploadable (missing locally, hidden or unsafe)"
+        print(report.summary() + (unusable if plan.failed else ""))
         return EXIT_OK if report.passed and not plan.failed else EXIT_FAILED
 
     # The bar counts bytes that need sending: files whose size already matches are most likely skipped.
