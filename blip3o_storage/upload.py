@@ -436,8 +436,9 @@ def is_unreachable(exc: BaseException) -> bool:
     current: Optional[BaseException] = exc
     while current is not None and seen < 10:
         if not isinstance(current, StorageError):
-            if retry_reason(current) in UNREACHABLE_REASONS:
-                return True
+            reason = retry_reason(current)  # a deadline error names the failure it stopped retrying
+            if reason is not None:
+                return reason in UNREACHABLE_REASONS
             if isinstance(current, (TimeoutError, ConnectionRefusedError)):
                 return True
             if any(word in type(current).__name__ for word in ("Timeout", "Deadline")):
