@@ -34,6 +34,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 from blip3o_storage.errors import CorruptDataError, InvalidPathError, StorageError
+from blip3o_storage.tree_walk import walk_tree
 
 __all__ = [
     "MARKER_NAME",
@@ -99,9 +100,11 @@ class DataJsonReport:
     duplicate_images: list[str] = field(default_factory=list)
     #: Second and later captions for one key (e.g. ``k.txt`` and ``k.TXT``).
     duplicate_captions: list[str] = field(default_factory=list)
-    #: Files that are neither image nor caption (plus symlinks and loose
-    #: files directly in ``raw_root``); not used, but listed.
+    #: Files that are neither image nor caption (plus loose files directly in
+    #: ``raw_root``, fifos and devices); not used, but listed.
     other_files: list[str] = field(default_factory=list)
+    #: Dot-files and dot-folders skipped (not uploaded either), except each shard's done-marker.
+    hidden: list[str] = field(default_factory=list)
 
     @property
     def has_orphans(self) -> bool:
@@ -644,8 +647,11 @@ def build_data_json(
     Returns entries ``{"image": relpath, "annotation": relpath}`` (relpaths
     '/'-separated, relative to ``raw_root``) sorted by image path, plus a
     report of everything that did not pair. Extensions match
-    case-insensitively; dot-dirs (temp dirs of running extractions) are
-    skipped.
+    case-insensitively. The tree is walked by :func:`blip3o_storage.tree_walk.walk_tree`,
+    the rule ``tools/upload.py`` uses: dot-files and dot-dirs (temp dirs of running
+    extractions, done-markers) are skipped and listed in ``report.hidden``, symlinked
+    files and folders are followed; a folder that cannot be listed, a dangling link or
+    a link loop raises StorageError naming each one.
     """
     raw = Path(raw_root)
     if not raw.is_dir():
@@ -655,31 +661,31 @@ def build_data_json(
     report = DataJsonReport()
     entries: list[dict[str, str]] = []
 
-    for top in sorted(raw.iterdir(), key=lambda p: p.name):
-        if top.name.startswith("."):
-            continue
-        if top.is_symlink() or not top.is_dir():
-            report.other_files.append(top.name)
-            continue
-        report.shards.append(top.name)
-        if not (top / MARKER_NAME).is_file():
-            report.unmarked_shards.append(top.name)
+    # The walk tools/upload.py makes too (one rule: dot-entries skipped, symlinks followed,
+    # an unreadable folder or a link loop is an error), so data.json names only uploaded files.
+    walk = walk_tree(raw)
+    walk.raise_problems()
+    report.hidden = [rel for rel in walk.hidden if rel.count("/") != 1 or not rel.endswith("/" + MARKER_NAME)]
+    by_shard: dict[str, list[str]] = {rel: [] for rel in walk.dirs if "/" not in rel}
+    for rel, _ in walk.files:
+        shard, sep, _rest = rel.partition("/")
+        if sep:
+            by_shard[shard].append(rel)
+        else:  # a loose file directly in raw_root belongs to no shard
+            report.other_files.append(rel)
+    report.other_files.extend(walk.special)  # fifos, sockets, devices: never read
 
-        # key ('/'-joined relpath without extension) -> image relpaths / caption relpath
+    for shard in sorted(by_shard):
+        report.shards.append(shard)
+        if not (raw / shard / MARKER_NAME).is_file():
+            report.unmarked_shards.append(shard)
+        # key ('/'-joined relpath without extension) -> image relpaths / caption relpaths
         images: dict[str, list[str]] = {}
         captions: dict[str, list[str]] = {}
-        for dirpath, dirnames, filenames in os.walk(top):
-            dirnames.sort()
-            rel_dir = PurePosixPath(*Path(dirpath).relative_to(raw).parts)
-            for fn in sorted(filenames):
-                rel = str(rel_dir / fn)
-                if Path(dirpath) == top and fn == MARKER_NAME:
-                    continue
-                if os.path.islink(os.path.join(dirpath, fn)):
-                    report.other_files.append(rel)
-                    continue
-                stem, ext = os.path.splitext(fn)
-                add_candidate(rel, str(rel_dir / stem), ext.lower(), exts, images, captions, report)
+        for rel in by_shard[shard]:
+            pure = PurePosixPath(rel)
+            stem, ext = os.path.splitext(pure.name)
+            add_candidate(rel, str(pure.with_name(stem)), ext.lower(), exts, images, captions, report)
         pair_shard(images, captions, entries, report)
 
     finish_report(entries, report)

@@ -37,8 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-from .errors import InvalidPathError, StorageError
+from .errors import InvalidPathError, StorageError, TransientStorageError
+from .retry import retry_reason
 from .s3_backend import S3Backend
+from .tree_walk import is_hidden, walk_tree
 from .uri import check_relpath
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,17 @@ MIN_PART_SIZE = 5 * MiB  # S3's minimum for every part but the last
 MAX_PARTS = 10_000  # S3's maximum number of parts
 MAX_KEY_BYTES = 1024  # S3's maximum key length (UTF-8)
 _READ_CHUNK = 1 * MiB
+#: A file found changed after its upload is sent this many more times before it fails
+#: (a file still being written keeps changing; one rewritten once is then sent whole).
+CHANGED_FILE_RETRIES = 2
+#: Stop when this many files in a row failed because the store could not be reached (connection
+#: refused/reset, timeouts), at least :data:`STORE_DOWN_MIN` and at least one per worker: when the
+#: server dies every in-flight file fails together, and each failure has already outlasted every
+#: retry of its request, so a full round of them means the store is down, not one bad request.
+STORE_DOWN_MIN = 8
+#: Failure reasons (``retry.retry_reason``) that mean "no answer from the store".
+UNREACHABLE_REASONS = frozenset({"connection", "connection-reset", "read-timeout", "connect-timeout", "timeout",
+                                 "deadline"})
 #: data.json fields that name files (relative paths); other fields are data.
 REFERENCE_FIELDS = ("image", "images", "annotation", "annotations")
 
@@ -83,6 +96,8 @@ class UploadPlan:
     items: List[UploadItem] = field(default_factory=list)
     failed: List[Tuple[str, str]] = field(default_factory=list)  # (key or path, reason)
     skipped_hidden: int = 0
+    #: Entries that are neither file nor folder (fifo, socket, device): listed, never read.
+    skipped_special: List[str] = field(default_factory=list)
 
     @property
     def total_bytes(self) -> int:
@@ -104,10 +119,17 @@ class UploadReport:
     interrupted: bool = False
     #: key -> local ETag (MD5 hex or multipart ETag) computed on the way; lets verify skip re-hashing.
     etags: Dict[str, str] = field(default_factory=dict)
+    #: key -> :func:`file_signature` of the file those bytes were read from (verify re-hashes a changed file).
+    stats: Dict[str, "Signature"] = field(default_factory=dict)
+    #: Set when the run stopped because the store could not be reached: the one message to show.
+    store_down: Optional[str] = None
+    #: Keys that failed because the store could not be reached (logged as one line, not one each).
+    unreachable: List[str] = field(default_factory=list)
+    not_attempted: int = 0  # files never tried because the run stopped early
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.interrupted
+        return not self.failed and not self.interrupted and self.store_down is None
 
     def summary(self) -> str:
         """``uploaded N files (X MB) skipped S failed F in T s (Y MB/s, Z files/s)``; MB = 10**6 bytes."""
@@ -207,27 +229,6 @@ def _rel_key(path: Path, root: Path) -> str:
     return "/".join(path.relative_to(root).parts)
 
 
-def _walk_files(src: Path) -> Tuple[List[Path], int]:
-    """Regular files under ``src`` (symlinks to files followed), dot-entries skipped.
-
-    Dot-entries are the temp dirs and done-markers of ``tools/extract.py`` and
-    editors' files, not data.
-    """
-    files: List[Path] = []
-    hidden = 0
-    for dirpath, dirnames, filenames in os.walk(src):
-        hidden += sum(1 for d in dirnames if d.startswith("."))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith("."):
-                hidden += 1
-                continue
-            path = Path(dirpath) / name
-            if path.is_file():
-                files.append(path)
-    return files, hidden
-
-
 def referenced_relpaths(data_json: Path) -> List[str]:
     """Relative paths named by a data.json (``image``/``annotation`` fields), in order, deduplicated.
 
@@ -253,16 +254,47 @@ def referenced_relpaths(data_json: Path) -> List[str]:
     return list(seen)
 
 
+def _resolve_reference(rel: str, root: Path, src_lex: Path, data_json: Path,
+                       pre: str) -> Tuple[Optional[Path], str, str]:
+    """A data.json relpath -> (local path or None, its key relative to ``src_lex`` without ``pre``,
+    problem). When there is a problem the path is None and the second item is what to name
+    in the failure: the prefixed key, or the reference itself when it has no key."""
+    try:
+        norm = check_relpath(rel, source=str(data_json))
+    except InvalidPathError as exc:
+        return None, rel, f"unsafe path in data.json: {exc}"
+    path = root / norm
+    abs_path = Path(os.path.abspath(path))
+    if not abs_path.is_relative_to(src_lex):
+        return None, rel, f"{path} is outside the source folder {src_lex}"
+    rel_key = _rel_key(abs_path, src_lex)
+    if is_hidden(rel_key):
+        return None, pre + rel_key, (f"referenced by {data_json.name} but hidden (a dot-file or dot-folder, which "
+                                     "is never uploaded: extraction temp files and markers); rename it or rebuild "
+                                     "data.json with tools/make_data_json.py")
+    if not path.is_file():
+        return None, pre + rel_key, f"referenced by {data_json.name} but missing locally ({path})"
+    return path, rel_key, ""
+
+
 def plan_upload(src_dir: os.PathLike | str, prefix: str = "", only_referenced_by: Optional[os.PathLike | str] = None,
                 *, ref_root: Optional[os.PathLike | str] = None) -> UploadPlan:
     """Map local files under ``src_dir`` to keys ``prefix + relpath`` and validate every key.
+
+    The folder is walked by :func:`blip3o_storage.tree_walk.walk_tree`, the rule
+    ``tools/make_data_json.py`` uses too: dot-entries skipped (counted),
+    symlinked files and folders followed; a folder that cannot be listed, a
+    dangling link or a link loop raises StorageError naming each one.
 
     With ``only_referenced_by`` (a data.json), the plan is exactly that file plus
     the files it references. Its relative paths are resolved against
     ``ref_root`` (default: ``src_dir/raw`` if that folder exists, else
     ``src_dir``, matching ``tools/make_data_json.py``); keys stay relative to
-    ``src_dir`` so the bucket mirrors the local layout. Referenced files that do
-    not exist locally are returned in ``plan.failed``.
+    ``src_dir`` so the bucket mirrors the local layout. Without it, a
+    ``src_dir/data.json`` is checked the same way: every file it references must
+    be in the plan. A referenced file that does not exist locally or is hidden
+    (so would not be uploaded) goes to ``plan.failed``, so the upload fails
+    instead of leaving data.json naming keys that are not in the bucket.
 
     Raises InvalidPathError listing every key S3 servers would mangle.
     """
@@ -273,33 +305,41 @@ def plan_upload(src_dir: os.PathLike | str, prefix: str = "", only_referenced_by
     if pre and key_problem(pre[:-1]):
         raise InvalidPathError(f"--prefix {prefix!r} is not a safe key prefix: {key_problem(pre[:-1])}")
     plan = UploadPlan()
+    src_lex = Path(os.path.abspath(src))  # lexical (symlinks kept)
+    root = Path(ref_root) if ref_root is not None else (src / "raw" if (src / "raw").is_dir() else src)
     if only_referenced_by is None:
-        files, plan.skipped_hidden = _walk_files(src)
-        pairs = [(path, _rel_key(path, src)) for path in files]
+        walk = walk_tree(src)
+        walk.raise_problems()
+        plan.skipped_hidden = len(walk.hidden)
+        plan.skipped_special = walk.special
+        pairs = [(path, rel) for rel, path in walk.files]
+        data_json = src / "data.json"
+        if data_json.is_file():
+            planned = {rel for _, rel in pairs}
+            try:
+                references = referenced_relpaths(data_json)
+            except StorageError as exc:
+                logger.warning("%s; its references are not checked (uploaded as a plain file)", exc)
+                references = []
+            for rel in references:
+                _, rel_key, problem = _resolve_reference(rel, root, src_lex, data_json, pre)
+                if problem:
+                    plan.failed.append((rel_key, problem))
+                elif rel_key not in planned:
+                    plan.failed.append((pre + rel_key, f"referenced by {data_json.name} but not found by the "
+                                                        "folder walk (not a regular file?)"))
     else:
         data_json = Path(only_referenced_by)
         if not data_json.is_file():
             raise StorageError(f"data.json {data_json} does not exist")
-        root = Path(ref_root) if ref_root is not None else (src / "raw" if (src / "raw").is_dir() else src)
         src_abs = src.resolve()
         dj_abs = data_json.resolve()
         pairs = [(data_json, _rel_key(dj_abs, src_abs) if dj_abs.is_relative_to(src_abs) else data_json.name)]
         seen = {pairs[0][1]}
-        src_lex = Path(os.path.abspath(src))  # lexical (symlinks kept), unlike src_abs
         for rel in referenced_relpaths(data_json):
-            try:
-                norm = check_relpath(rel, source=str(data_json))
-            except InvalidPathError as exc:
-                plan.failed.append((rel, f"unsafe path in data.json: {exc}"))
-                continue
-            path = root / norm
-            abs_path = Path(os.path.abspath(path))
-            if not abs_path.is_relative_to(src_lex):
-                plan.failed.append((rel, f"{path} is outside the source folder {src}"))
-                continue
-            rel_key = _rel_key(abs_path, src_lex)
-            if not path.is_file():
-                plan.failed.append((pre + rel_key, f"referenced by {data_json.name} but missing locally ({path})"))
+            path, rel_key, problem = _resolve_reference(rel, root, src_lex, data_json, pre)
+            if path is None:
+                plan.failed.append((rel_key, problem))
                 continue
             if rel_key not in seen:  # 'x.jpg' and './x.jpg' are one file
                 seen.add(rel_key)
@@ -376,6 +416,52 @@ def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
+Signature = Tuple[int, int, int, int]
+
+
+def file_signature(path: Path) -> Signature:
+    """(size, mtime_ns, ctime_ns, inode): any write to the file, or replacing it, changes it.
+
+    ctime cannot be set back by a writer (unlike mtime, e.g. ``rsync -t``), so a
+    rewrite that keeps size and mtime is still seen.
+    """
+    st = os.stat(path)
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the store did not answer (refused, reset, timed out), as opposed
+    to an answer that was an error. Looks through the causes of a mapped StorageError."""
+    seen = 0
+    current: Optional[BaseException] = exc
+    while current is not None and seen < 10:
+        if not isinstance(current, StorageError):
+            reason = retry_reason(current)  # a deadline error names the failure it stopped retrying
+            if reason is not None:
+                return reason in UNREACHABLE_REASONS
+            if isinstance(current, (TimeoutError, ConnectionRefusedError)):
+                return True
+            if any(word in type(current).__name__ for word in ("Timeout", "Deadline")):
+                return True
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return False
+
+
+def endpoint_name(backend: S3Backend) -> str:
+    """The store's endpoint URL for messages (no user:password part), or 'AWS S3'."""
+    url = backend.settings.endpoint_url
+    if not url:
+        return "AWS S3"
+    return url.split("//", 1)[0] + "//" + url.split("//", 1)[-1].rsplit("@", 1)[-1]
+
+
+def unreachable_message(backend: S3Backend, exc: BaseException, what: str) -> str:
+    """One line for a store that does not answer: names the endpoint (never credentials)."""
+    return (f"the store at {endpoint_name(backend)} is unreachable: {what} ({exc}); check that the server is up "
+            "and reachable, then re-run the same command (it uploads only what is missing)")
+
+
 # -- listing -----------------------------------------------------------------
 def list_existing(backend: S3Backend, bucket: str, prefix: str = "") -> Dict[str, Tuple[int, Optional[str]]]:
     """key -> (size, ETag without quotes) for every object under ``prefix``, from ONE paginated LIST."""
@@ -405,21 +491,39 @@ class _Uploader:
             with self._progress_lock:
                 self.progress(n)
 
-    def process(self, item: UploadItem) -> Tuple[str, str]:
-        """Skip or upload one item; returns (outcome 'skipped'|'uploaded', local ETag)."""
+    def process(self, item: UploadItem) -> Tuple[str, str, Optional[Signature]]:
+        """Skip or upload one item; returns (outcome 'skipped'|'uploaded', local ETag, the file's
+        :func:`file_signature` when those bytes were read)."""
         if self.stop.is_set():
             raise _Cancelled()
         remote = self.existing.get(item.key)
         if remote is not None and remote[0] == item.size:
+            before = file_signature(item.local_path)
             local = local_etag_like(item.local_path, item.size, remote[1], self.part_size)
             if local is not None and local == remote[1]:
-                return "skipped", local
+                return "skipped", local, before
         if self.dry_run:
             self._tick(item.size)
-            return "uploaded", ""
-        if item.size > self.threshold:
-            return "uploaded", self._put_multipart(item)
-        return "uploaded", self._put_single(item)
+            return "uploaded", "", None
+        put = self._put_multipart if item.size > self.threshold else self._put_single
+        uri = f"s3://{self.bucket}/{item.key}"
+        for attempt in range(CHANGED_FILE_RETRIES + 1):
+            before = file_signature(item.local_path)
+            etag = put(item)
+            after = file_signature(item.local_path)
+            if after == before:
+                return "uploaded", etag, before
+            # The object holds bytes read while the file was being written: a mix of versions
+            # that may never have existed on disk (its ETag matches only what was sent).
+            logger.warning("%s changed while it was being uploaded (size %d -> %d); sending it again",
+                           item.local_path, before[0], after[0])
+        try:
+            self.backend.delete(uri)
+        except StorageError as exc:
+            logger.warning("%s: could not remove the object uploaded from a changing file (%s)", uri, exc)
+        raise StorageError(f"{item.local_path} changed while it was being uploaded, {CHANGED_FILE_RETRIES + 1} "
+                           f"times in a row (it is still being written?); its object was removed: re-run when "
+                           "nothing writes to the file")
 
     def _put_single(self, item: UploadItem) -> str:
         data = item.local_path.read_bytes()
@@ -513,19 +617,32 @@ def upload_all(items: List[UploadItem], backend: S3Backend, bucket: str, *, pref
                          dry_run=dry_run, progress=progress)
     _ = backend.client  # create the shared client once, before the threads race for it
 
+    down_after = max(STORE_DOWN_MIN, workers)
+    streak: List[BaseException] = []  # failures in a row (in completion order) that got no answer
+
     def record(item: UploadItem, future: Future) -> None:
         try:
-            outcome, etag = future.result()
+            outcome, etag, signature = future.result()
         except _Cancelled:
             return
-        except StorageError as exc:
-            report.failed.append((item.key, str(exc)))
-            return
         except Exception as exc:  # noqa: BLE001 - one file's failure must not stop the others
-            report.failed.append((item.key, f"{type(exc).__name__}: {exc}"))
+            report.failed.append((item.key, str(exc) if isinstance(exc, StorageError)
+                                  else f"{type(exc).__name__}: {exc}"))
+            if isinstance(exc, (TransientStorageError, OSError)) and is_unreachable(exc):
+                report.unreachable.append(item.key)
+                streak.append(exc)
+                if len(streak) >= down_after and report.store_down is None:
+                    report.store_down = unreachable_message(
+                        backend, streak[-1], f"{len(streak)} files in a row failed without an answer")
+                    uploader.stop.set()
+            else:
+                streak.clear()  # the server answered
             return
+        streak.clear()
         if etag:
             report.etags[item.key] = etag
+        if signature is not None:
+            report.stats[item.key] = signature
         if outcome == "skipped":
             report.skipped += 1
             report.skipped_bytes += item.size
@@ -541,7 +658,7 @@ def upload_all(items: List[UploadItem], backend: S3Backend, bucket: str, *, pref
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload")
     try:
         while True:
-            while len(inflight) < window:
+            while len(inflight) < window and report.store_down is None:
                 item = next(queue, None)
                 if item is None:
                     break
@@ -562,26 +679,114 @@ def upload_all(items: List[UploadItem], backend: S3Backend, bucket: str, *, pref
         raise UploadInterrupted(report) from None
     finally:
         pool.shutdown(wait=True)
+    if report.store_down is not None:
+        report.not_attempted = report.files - report.uploaded - report.skipped - len(report.failed)
     report.seconds = time.monotonic() - started
     return report
 
 
 # -- verifying ---------------------------------------------------------------
+def first_part_size(backend: S3Backend, bucket: str, key: str, size: int) -> Optional[int]:
+    """Size of part 1 of a multipart object from one ``HEAD ?partNumber=1`` (AWS S3, moto, MinIO
+    and newer Ceph RGW answer with that part's Content-Length and ``x-amz-mp-parts-count``), or
+    None where the server ignores ``partNumber`` and answers for the whole object (RGW 16.2)."""
+    uri = f"s3://{bucket}/{key}"
+    client = backend.client
+    response = backend._run(uri, "head part 1", lambda: client.head_object(Bucket=bucket, Key=key, PartNumber=1))
+    length = int(response.get("ContentLength", 0))
+    if response.get("PartsCount") is None and length >= size:
+        return None
+    return length if 0 < length else None
+
+
+def multipart_etags(path: Path, part_sizes: Iterable[int]) -> Dict[int, str]:
+    """:func:`multipart_etag` for several part sizes in ONE read of the file."""
+    sizes = sorted(set(part_sizes))
+    states = {p: [hashlib.md5(usedforsecurity=False), 0, []] for p in sizes}  # md5, bytes in part, digests
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_READ_CHUNK), b""):
+            for p, state in states.items():
+                view = memoryview(chunk)
+                while view:
+                    take = min(len(view), p - state[1])
+                    state[0].update(view[:take])
+                    state[1] += take
+                    view = view[take:]
+                    if state[1] == p:
+                        state[2].append(state[0].digest())
+                        state[0], state[1] = hashlib.md5(usedforsecurity=False), 0
+    out = {}
+    for p, (md5, filled, digests) in states.items():
+        if filled:
+            digests = digests + [md5.digest()]
+        out[p] = _etag_of_parts(digests)
+    return out
+
+
+#: Part sizes tried for a multipart ETag when the server cannot say the object's own (whole MiB:
+#: what boto3/s3transfer (8), the AWS CLI, s5cmd, rclone and this tool use); at most this many.
+MAX_PART_SIZE_GUESSES = 32
+
+
+def part_size_guesses(size: int, parts: int) -> List[int]:
+    """Whole-MiB part sizes (>= 5 MiB) that split ``size`` bytes into exactly ``parts`` parts."""
+    if parts < 1 or size < 1:
+        return []
+    if parts == 1:
+        return [max(MIN_PART_SIZE, -(-size // MiB) * MiB)]
+    low = max(MIN_PART_SIZE, -(-size // parts))  # ceil(size / parts)
+    high = -(-size // (parts - 1)) - 1  # the largest p with ceil(size / p) == parts
+    first = -(-low // MiB)
+    return [m * MiB for m in range(first, high // MiB + 1)][:MAX_PART_SIZE_GUESSES]
+
+
 def verify(items: List[UploadItem], backend: S3Backend, bucket: str, prefix: str = "", *,
            part_size: int = DEFAULT_PART_SIZE, workers: int = 8,
            known_etags: Optional[Dict[str, str]] = None,
-           remote: Optional[Dict[str, Tuple[int, Optional[str]]]] = None) -> VerifyReport:
+           remote: Optional[Dict[str, Tuple[int, Optional[str]]]] = None,
+           known_stats: Optional[Dict[str, Signature]] = None) -> VerifyReport:
     """Check every item against ONE LIST of ``prefix``: present, same size, same ETag.
 
     ``known_etags`` (from :attr:`UploadReport.etags`) saves re-hashing files
-    whose ETag form (single/multipart) matches the remote one. ``remote`` is a
-    :func:`list_existing` result made just before (no upload since), which
-    then serves as that LIST.
+    whose ETag form (single/multipart) matches the remote one; with
+    ``known_stats`` (:attr:`UploadReport.stats`) only for files whose
+    :func:`file_signature` has not changed since (a file written after its
+    upload is hashed again). ``remote`` is a :func:`list_existing` result made
+    just before (no upload since), which then serves as that LIST.
+
+    A multipart ETag that ``part_size`` does not reproduce is not reported
+    until the object's own part size (one ``HEAD ?partNumber=1``) was tried
+    too: ``--verify-only`` without the upload's ``--part-size-mb`` must not
+    call an intact object mismatched.
     """
     if remote is None:
         remote = list_existing(backend, bucket, prefix)
     report = VerifyReport()
     known = known_etags or {}
+
+    def check_part_sizes(item: UploadItem, etag: str, local: Optional[str]) -> Tuple[str, Optional[str]]:
+        """A multipart ETag ``part_size`` does not give: try the object's own part size."""
+        try:
+            parts = int(etag.rsplit("-", 1)[1])
+        except ValueError:
+            return "mismatched", f"ETag {etag} in bucket is not an MD5 or multipart ETag"
+        used = effective_part_size(item.size, part_size)
+        try:
+            actual = first_part_size(backend, bucket, item.key, item.size)
+        except StorageError as exc:
+            logger.debug("%s: HEAD ?partNumber=1 failed (%s); guessing the part size", item.key, exc)
+            actual = None
+        if actual is not None:
+            if actual != used and local_etag_like(item.local_path, item.size, etag, actual) == etag:
+                return "ok", None
+            return "mismatched", (f"ETag {etag} in bucket != {local or 'the local file'}"
+                                  f"{'' if actual == used else f' (also hashed in its {actual}-byte parts)'}")
+        guesses = [p for p in part_size_guesses(item.size, parts) if p != used]
+        if guesses and etag in multipart_etags(item.local_path, guesses).values():
+            return "ok", None
+        return "mismatched", (f"ETag {etag} in bucket != {local or 'the local file'} in {used}-byte parts, nor in "
+                              f"any whole-MiB part size giving {parts} parts; if it was uploaded with another "
+                              "part size, pass that --part-size-mb")
 
     def check(item: UploadItem) -> Tuple[str, Optional[str]]:
         entry = remote.get(item.key)
@@ -591,13 +796,16 @@ def verify(items: List[UploadItem], backend: S3Backend, bucket: str, prefix: str
         if size != item.size:
             return "mismatched", f"size {size} in bucket != {item.size} local"
         local = known.get(item.key)
+        if local is not None and known_stats is not None and (
+                known_stats.get(item.key) != file_signature(item.local_path)):
+            local = None  # changed since it was hashed
         if local is None or ("-" in local) != ("-" in (etag or "")):
             local = local_etag_like(item.local_path, item.size, etag, part_size)
-        if local is None:
-            return "mismatched", f"ETag {etag} has a part count that {part_size}-byte parts cannot give"
-        if local != etag:
-            return "mismatched", f"ETag {etag} in bucket != {local} local"
-        return "ok", None
+        if local == etag:
+            return "ok", None
+        if etag and "-" in etag:
+            return check_part_sizes(item, etag, local)
+        return "mismatched", f"ETag {etag} in bucket != {local} local"
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="verify") as pool:
         for item, future in [(item, pool.submit(check, item)) for item in items]:

@@ -7,10 +7,14 @@ status, the same for both tools:
 
 * 0 all good;
 * 1 any file failed, missing or mismatched, or the server kept failing
-  (transient errors that outlasted every retry): re-running may help;
-* 2 bad usage, config, credentials, bucket or key names -- a bucket that does
-  not exist, or that ``--create-bucket`` cannot create (invalid name, taken,
-  access denied): nothing was sent, fix the command or the config first;
+  (transient errors that outlasted every retry), or could not be reached (the
+  run stops once a round of files in a row got no answer, and says so once,
+  naming the endpoint): re-running may help, and sends only what is missing;
+* 2 bad usage, config, credentials, bucket or key names -- an invalid bucket
+  name (named, with the rule), a bucket that does not exist, or that
+  ``--create-bucket`` cannot create (invalid name, taken, access denied), a
+  source folder that cannot be walked: nothing was sent, fix the command, the
+  config or the folder first;
 * 130 interrupted (Ctrl-C).
 
 Every message goes to the calling tool's logger, so log lines keep its name.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
@@ -27,12 +32,19 @@ from .errors import (AccessDeniedError, BucketNotFoundError, ConfigError, Invali
                      TransientStorageError)
 from .s3_backend import S3Backend
 from .storage import Storage
-from .upload import (DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, MIN_PART_SIZE, MiB, UploadItem, VerifyReport,
-                     list_existing, verify)
+from .upload import (DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, MIN_PART_SIZE, MiB, Signature, UploadItem,
+                     VerifyReport, is_unreachable, list_existing, unreachable_message, verify)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 SHOW = 50  # failures listed by name before "... and N more"
 NOISY_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer")  # their debug logs show request headers
+#: What botocore itself accepts as a bucket name (anything else fails before a request is sent).
+CLIENT_BUCKET_RE = re.compile(r"^[a-zA-Z0-9.\-_]{1,255}$")
+#: S3's rule for new buckets (CreateBucket): 3-63 characters, lower-case letters, digits, '.' and '-',
+#: starting and ending with a letter or digit, no '..', not an IP address.
+S3_BUCKET_RULE = ("S3 bucket names are 3-63 characters of lower-case letters, digits, '.' and '-', "
+                  "starting and ending with a letter or digit")
+_S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 #: Errors that mean bad usage, config, credentials or key names: nothing was (or could be) sent.
 USAGE_ERRORS: Tuple[Type[StorageError], ...] = (ConfigError, InvalidPathError, AccessDeniedError)
 
@@ -81,6 +93,16 @@ def common_usage_error(args: argparse.Namespace) -> Optional[str]:
         return "--dry-run and --verify-only cannot be combined"
     if not args.bucket or "/" in args.bucket or args.bucket.startswith("s3:"):
         return f"--bucket {args.bucket!r} must be a bare bucket name (put folders in --prefix)"
+    if not CLIENT_BUCKET_RE.match(args.bucket):
+        return f"--bucket {args.bucket!r} is not a valid bucket name: {S3_BUCKET_RULE}"
+    return None
+
+
+def bucket_name_problem(name: str) -> Optional[str]:
+    """Why S3 would refuse to create a bucket called ``name``, or None. Existing buckets on
+    relaxed servers (old RGW, legacy AWS) may break the rule, so this only explains, never refuses."""
+    if not _S3_BUCKET_RE.match(name) or ".." in name or re.fullmatch(r"\d+\.\d+\.\d+\.\d+", name):
+        return f"{name!r} is not a valid name for a new bucket ({S3_BUCKET_RULE}, no '..', not an IP address)"
     return None
 
 
@@ -148,22 +170,32 @@ def create_bucket(log: logging.Logger, backend: S3Backend, args: argparse.Namesp
 
 
 def list_target(backend: S3Backend, args: argparse.Namespace, prefix: str) -> Dict[str, Tuple[int, Optional[str]]]:
-    """:func:`list_existing` of the target; a missing bucket is empty for ``--dry-run --create-bucket``."""
+    """:func:`list_existing` of the target; a missing bucket is empty for ``--dry-run --create-bucket``.
+    A store that does not answer raises TransientStorageError naming its endpoint."""
     try:
         return list_existing(backend, args.bucket, prefix)
     except BucketNotFoundError:
         if not (args.dry_run and args.create_bucket):
             raise
         return {}
+    except TransientStorageError as exc:
+        if is_unreachable(exc):
+            raise TransientStorageError(unreachable_message(backend, exc, "listing the target failed")) from exc
+        raise
 
 
 def verify_after_upload(log: logging.Logger, items: List[UploadItem], backend: S3Backend,
                         args: argparse.Namespace, prefix: str, *, part_size: int,
-                        known_etags: Dict[str, str]) -> bool:
+                        known_etags: Dict[str, str], known_stats: Optional[Dict[str, Signature]] = None) -> bool:
     """One more LIST: every item present with its size and ETag. Logs problems, prints the
     summary; True if all passed."""
-    check = verify(items, backend, args.bucket, prefix, part_size=part_size, workers=args.workers,
-                   known_etags=known_etags)
+    try:
+        check = verify(items, backend, args.bucket, prefix, part_size=part_size, workers=args.workers,
+                       known_etags=known_etags, known_stats=known_stats)
+    except TransientStorageError as exc:
+        if is_unreachable(exc):
+            raise TransientStorageError(unreachable_message(backend, exc, "the verification failed")) from exc
+        raise
     report_verify(log, check, "after upload")
     print(check.summary(), flush=True)
     return check.passed
@@ -194,8 +226,10 @@ def run_cli(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], log:
         print("interrupted; re-run the same command to finish", flush=True)
         return EXIT_INTERRUPTED
     except BucketNotFoundError:
-        log.error("bucket %r does not exist at %s; create it or pass --create-bucket", args.bucket,
-                  args.endpoint_url or "the configured endpoint")
+        why = bucket_name_problem(args.bucket)
+        log.error("bucket %r does not exist at %s; %s", args.bucket, args.endpoint_url or "the configured endpoint",
+                  f"{why}, so --create-bucket cannot create it either: fix --bucket" if why
+                  else "create it or pass --create-bucket")
         return EXIT_USAGE
     except StorageError as exc:
         log.error("%s", exc)

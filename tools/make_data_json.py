@@ -11,6 +11,15 @@ Pairs ``{key}.jpg`` with ``{key}.txt`` (see
 images and orphan captions there are, and writes the file atomically (temp
 file + ``os.replace``) so a reader never sees half a file. ``--strict`` exits
 non-zero, without writing, when anything could not be paired.
+
+The folder is walked by the rule ``tools/upload.py`` uses
+(``blip3o_storage.tree_walk``): dot-files and dot-folders are skipped (and
+counted), symlinked files and folders are followed; a folder that cannot be
+listed, a dangling symlink or a symlink loop is an error (exit 2, nothing
+written), never a silently smaller data.json.
+
+Exit status: 0 written; 1 no pairs, --strict with unpaired files, or a caption
+that cannot be inlined; 2 the raw folder is missing or cannot be walked.
 """
 from __future__ import annotations
 
@@ -21,13 +30,14 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-try:
-    from blip3o_storage.safe_tar import build_data_json, data_json_text, fsync_dir, log_unpaired
-except ImportError:  # run as `python tools/make_data_json.py` without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from blip3o_storage.safe_tar import build_data_json, data_json_text, fsync_dir, log_unpaired
+# This checkout's package first, even when another copy is installed (an editable install of
+# another worktree would otherwise run code that is not the code next to this script).
+_REPO = Path(__file__).resolve().parents[1]
+if (_REPO / "blip3o_storage").is_dir() and str(_REPO) not in sys.path:
+    sys.path.insert(0, str(_REPO))
 
-from blip3o_storage.errors import StorageError
+from blip3o_storage.errors import StorageError  # noqa: E402
+from blip3o_storage.safe_tar import build_data_json, data_json_text, fsync_dir, log_unpaired  # noqa: E402
 
 log = logging.getLogger("make_data_json")
 
@@ -87,6 +97,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if report.other_files:
         log.info("%d other file(s) ignored (neither image nor caption), e.g. %s",
                  len(report.other_files), ", ".join(report.other_files[:5]))
+    if report.hidden:
+        log.info("%d hidden entr%s (dot-files/folders) skipped, as tools/upload.py skips them: %s%s",
+                 len(report.hidden), "y" if len(report.hidden) == 1 else "ies", ", ".join(report.hidden[:5]),
+                 f" (+{len(report.hidden) - 5} more)" if len(report.hidden) > 5 else "")
     log_unpaired(log, report)  # the same lines as tools/upload_shards.py
 
     if not entries:

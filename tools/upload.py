@@ -13,7 +13,15 @@ already match the local file is skipped, so re-running after a crash or Ctrl-C
 uploads only the rest (and a finished upload sends no PUT at all). After the
 upload every key is verified (size + MD5/multipart ETag) with one more LIST (when
 nothing was sent, the first LIST already matched every key and is the verification).
-Dot-files and dot-folders (extraction temp dirs, done-markers) are not uploaded.
+Dot-files and dot-folders (extraction temp dirs, done-markers) are not uploaded,
+by the same rule ``tools/make_data_json.py`` builds data.json with; symlinked
+files and folders are followed; a folder that cannot be listed, a dangling
+symlink or a symlink loop stops the run before anything is sent (exit 2). Every
+file that SRC/data.json references must be uploaded: one that is hidden or
+missing is a failure. A file that changes while it is uploaded is sent again
+(up to 3 times, then a failure). When every recent request failed to reach the
+store (refused, reset, timed out) the run stops, says so once naming the
+endpoint, and exits 1; re-running uploads only what is missing.
 
 Exit status (the same as ``tools/upload_shards.py``, see
 ``blip3o_storage.upload_cli``): 0 all good; 1 any file failed, missing or
@@ -29,10 +37,11 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-try:
-    import blip3o_storage  # noqa: F401
-except ImportError:  # run as `python tools/upload.py` without the package installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# This checkout's package first, even when another copy is installed (an editable install of
+# another worktree would otherwise run code that is not the code next to this script).
+_REPO = Path(__file__).resolve().parents[1]
+if (_REPO / "blip3o_storage").is_dir() and str(_REPO) not in sys.path:
+    sys.path.insert(0, str(_REPO))
 
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -81,6 +90,10 @@ def _plan(args: argparse.Namespace) -> UploadPlan:
     plan = plan_upload(args.src, args.prefix, data_json, ref_root=args.ref_root)
     log.info("planned %d files (%.1f MB) from %s%s", len(plan.items), plan.total_bytes / 1e6, args.src,
              f"; {plan.skipped_hidden} hidden entries (dot-files/dirs) not uploaded" if plan.skipped_hidden else "")
+    if plan.skipped_special:
+        log.warning("%d entries are neither file nor folder (fifo, socket, device) and are not uploaded: %s%s",
+                    len(plan.skipped_special), ", ".join(plan.skipped_special[:5]),
+                    f" (+{len(plan.skipped_special) - 5} more)" if len(plan.skipped_special) > 5 else "")
     return plan
 
 
@@ -106,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
                         remote=existing)
         report_verify(log, report)
         log_failures(log, "failed", plan.failed)
-        print(report.summary() + (f", {len(plan.failed)} referenced files missing locally" if plan.failed else ""))
+        unusable = f", {len(plan.failed)} referenced files not uploadable (missing locally, hidden or unsafe)"
+        print(report.summary() + (unusable if plan.failed else ""))
         return EXIT_OK if report.passed and not plan.failed else EXIT_FAILED
 
     # The bar counts bytes that need sending: files whose size already matches are most likely skipped.
@@ -124,6 +138,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"interrupted: {report.summary()}; re-run the same command to upload the rest", flush=True)
             return EXIT_INTERRUPTED
     report.failed[:0] = plan.failed
+    if report.store_down is not None:
+        # Said once: the files that failed for want of an answer are counted, not listed one by one.
+        unreachable = set(report.unreachable)
+        log_failures(log, "failed", [f for f in report.failed if f[0] not in unreachable])
+        log.error("%s; %d files failed for want of an answer, %d were not attempted", report.store_down,
+                  len(unreachable), report.not_attempted)
+        print(report.summary(), flush=True)
+        return EXIT_FAILED
     log_failures(log, "failed", report.failed)
     print(report.summary(), flush=True)
     status = EXIT_OK if report.ok else EXIT_FAILED
@@ -137,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         return status
     uploaded_ok = [i for i in plan.items if i.key in report.etags]
     passed = verify_after_upload(log, uploaded_ok, backend, args, prefix, part_size=part_size,
-                                 known_etags=report.etags)
+                                 known_etags=report.etags, known_stats=report.stats)
     return status if passed else EXIT_FAILED
 
 

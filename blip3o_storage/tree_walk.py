@@ -1,0 +1,119 @@
+"""One rule for which local files make up a dataset folder.
+
+``tools/upload.py`` (:func:`blip3o_storage.upload.plan_upload`) and
+``tools/make_data_json.py`` (:func:`blip3o_storage.safe_tar.build_data_json`)
+both walk a folder with :func:`walk_tree`, so a data.json never names a file
+that the upload leaves out, and neither drops a folder silently:
+
+* dot-files and dot-folders are skipped and listed (``hidden``): they are the
+  temp dirs and done-markers of ``tools/extract.py`` and editors' files;
+* symlinks are followed, to files and to folders (a ``raw/`` on another
+  disk), except a link back to one of its own ancestors, which would repeat
+  the tree forever: that is a problem;
+* a folder that cannot be listed, an entry that cannot be stat'ed and a
+  dangling symlink are problems, never skipped: :meth:`TreeWalk.raise_problems`
+  names every one (``os.walk`` ignores them unless given ``onerror``);
+* anything else that is not a regular file (fifo, socket, device) is listed
+  in ``special`` and not used (reading a fifo would block forever).
+
+Entries are visited in sorted name order (files of a folder, then its
+subfolders), so the result is deterministic.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat as stat_mode
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Set, Tuple, Union
+
+from .errors import StorageError
+
+__all__ = ["TreeWalk", "is_hidden", "walk_tree"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+SHOW = 20  # problems named in an error before "... and N more"
+
+
+def is_hidden(relpath: str) -> bool:
+    """Whether a '/'-separated relative path has a dot-file or dot-folder component."""
+    return any(part.startswith(".") for part in relpath.split("/") if part not in ("", ".", ".."))
+
+
+@dataclass
+class TreeWalk:
+    """What :func:`walk_tree` found; every relpath is '/'-separated and relative to ``root``."""
+
+    root: Path
+    files: List[Tuple[str, Path]] = field(default_factory=list)  # (relpath, path under root)
+    dirs: List[str] = field(default_factory=list)  # folders walked (root excluded)
+    hidden: List[str] = field(default_factory=list)  # dot-entries skipped (not descended into)
+    special: List[str] = field(default_factory=list)  # neither file nor folder (fifo, socket, device)
+    problems: List[Tuple[str, str]] = field(default_factory=list)  # (path, why it could not be walked)
+
+    def raise_problems(self) -> None:
+        """Raise StorageError naming every folder or entry that could not be walked."""
+        if not self.problems:
+            return
+        lines = "\n".join(f"  {path}: {why}" for path, why in self.problems[:SHOW])
+        more = f"\n  ... and {len(self.problems) - SHOW} more" if len(self.problems) > SHOW else ""
+        raise StorageError(
+            f"{len(self.problems)} path(s) under {self.root} cannot be walked (unreadable, dangling or looping), "
+            f"so their files would be left out; fix the permissions or links (or move them out of the folder) "
+            f"and run again:\n{lines}{more}")
+
+
+def walk_tree(root: PathLike) -> TreeWalk:
+    """Walk ``root`` by the rule above; problems are collected, not raised (see :meth:`TreeWalk.raise_problems`)."""
+    top = Path(root)
+    walk = TreeWalk(root=top)
+    try:
+        st = top.stat()
+    except OSError as exc:
+        walk.problems.append((str(top), f"cannot stat ({exc.strerror or exc})"))
+        return walk
+    # Depth-first, explicit stack: (folder, relpath prefix, (dev, inode) of the folder and its ancestors).
+    stack: List[Tuple[Path, str, Set[Tuple[int, int]]]] = [(top, "", {(st.st_dev, st.st_ino)})]
+    while stack:
+        folder, prefix, ancestors = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            walk.problems.append((str(folder), f"cannot list folder ({exc.strerror or exc})"))
+            continue
+        subdirs: List[Tuple[Path, str, Set[Tuple[int, int]]]] = []
+        for entry in entries:
+            rel = prefix + entry.name
+            if entry.name.startswith("."):
+                walk.hidden.append(rel)
+                continue
+            path = folder / entry.name
+            try:
+                st = path.stat()  # follows symlinks
+            except FileNotFoundError:
+                if entry.is_symlink():
+                    walk.problems.append((str(path), f"dangling symlink -> {os.readlink(path)!r}"))
+                # else: deleted since the listing; nothing to upload
+                continue
+            except OSError as exc:
+                why = "symlink loop" if exc.errno == errno.ELOOP else f"cannot stat ({exc.strerror or exc})"
+                walk.problems.append((str(path), why))
+                continue
+            if stat_mode.S_ISDIR(st.st_mode):
+                ident = (st.st_dev, st.st_ino)
+                if ident in ancestors:
+                    walk.problems.append((str(path), f"symlink -> {os.readlink(path)!r} points back at a folder "
+                                                     "that contains it (an endless loop)")
+                                         if entry.is_symlink() else (str(path), "folder loop (bind mount?)"))
+                    continue
+                walk.dirs.append(rel)
+                subdirs.append((path, rel + "/", ancestors | {ident}))
+            elif stat_mode.S_ISREG(st.st_mode):
+                walk.files.append((rel, path))
+            else:
+                walk.special.append(rel)
+        stack.extend(reversed(subdirs))
+    # Folders were popped depth-first in sorted order; files were appended in that order too.
+    return walk
