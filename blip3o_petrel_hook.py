@@ -5,7 +5,7 @@ line imports this module at interpreter start-up, which *appends* a finder
 to ``sys.meta_path``. The finders before it (the normal path search) are
 asked first, so a real, installed petrel_client always wins; only when none
 is found does ``from petrel_client.client import Client`` give
-:class:`blip3o_storage.petrel_client.Client`. Nothing is imported at start-up
+:class:`blip3o_storage.integrations.petrel_client.Client`. Nothing is imported at start-up
 beyond this file (no boto3, no torch): blip3o_storage is loaded only when
 ``petrel_client.client`` itself is imported.
 
@@ -37,10 +37,10 @@ class _Loader:
         if module.__name__ == PACKAGE:
             module.__doc__ = "blip3o-storage's drop-in for the closed petrel_client (see blip3o_petrel_hook)."
             return
-        from blip3o_storage.petrel_client import DEFAULT_CONF_PATH, Client
+        from blip3o_storage.integrations.petrel_client import DEFAULT_CONF_PATH, Client
         module.Client = Client
         module.DEFAULT_CONF_PATH = DEFAULT_CONF_PATH
-        module.__doc__ = "petrel_client.client served by blip3o_storage.petrel_client."
+        module.__doc__ = "petrel_client.client served by blip3o_storage.integrations.petrel_client."
 
 
 class PetrelClientFinder:
@@ -53,7 +53,7 @@ class PetrelClientFinder:
         if fullname != PACKAGE and not is_drop_in(sys.modules.get(PACKAGE)):
             return None  # a real petrel_client package: its own submodules only
         from importlib.machinery import ModuleSpec
-        return ModuleSpec(fullname, _Loader, origin="blip3o_storage.petrel_client",
+        return ModuleSpec(fullname, _Loader, origin="blip3o_storage.integrations.petrel_client",
                           is_package=fullname == PACKAGE)
 
     @classmethod
@@ -62,7 +62,7 @@ class PetrelClientFinder:
 
 
 def is_drop_in(module: object) -> bool:
-    """True for a module this hook (or blip3o_storage.compat) created."""
+    """True for a module this hook (or blip3o_storage.integrations.compat) created."""
     return bool(getattr(module, "__blip3o_drop_in__", False))
 
 

@@ -107,7 +107,7 @@ class Endpoint:
         else:
             import moto
 
-            from blip3o_storage.local_s3 import start_moto_server
+            from blip3o_storage.testing.local_s3 import start_moto_server
 
             self.server = start_moto_server(log_path=str(work / "moto-server.log"))
             self.url, self.access, self.secret = self.server.endpoint_url, self.server.access_key, self.server.secret_key
@@ -161,7 +161,7 @@ def raw_read(entries: List[Dict[str, str]], folder: str, conf: Optional[str], wo
 def dataloader_pass(kind: str, data_root: Path, ceph_folder: str, conf: Path, args: argparse.Namespace) -> Dict[str, Any]:
     from mmengine.config import Config
 
-    from blip3o_storage.dataset import build_dataset_from_config
+    from blip3o_storage.training.dataset import build_dataset_from_config
 
     if kind == "local":
         os.environ["BLIP3O_DATA_ROOT"] = str(data_root)

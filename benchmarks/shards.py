@@ -54,10 +54,10 @@ from mmengine.dataset import DefaultSampler  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from blip3o_storage import Storage  # noqa: E402
-from blip3o_storage.collate import blip3o_collate  # noqa: E402
-from blip3o_storage.dataset import BLIP3oDataset  # noqa: E402
-from blip3o_storage.local_s3 import start_moto_server  # noqa: E402
-from blip3o_storage.locality_sampler import LocalitySampler  # noqa: E402
+from blip3o_storage.training.collate import blip3o_collate  # noqa: E402
+from blip3o_storage.training.dataset import BLIP3oDataset  # noqa: E402
+from blip3o_storage.testing.local_s3 import start_moto_server  # noqa: E402
+from blip3o_storage.training.locality_sampler import LocalitySampler  # noqa: E402
 from cpu_split import ceph_pids, split_cpus  # noqa: E402  (benchmarks/cpu_split.py)
 
 SHARDS = ("dalle3", "geneval_train", "human_gestures", "journeyDB", "mscoco_human",

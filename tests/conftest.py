@@ -17,7 +17,7 @@ from typing import Iterator, Optional
 import pytest
 
 from blip3o_storage import Storage
-from blip3o_storage.local_s3 import LocalS3Server, start_moto_server
+from blip3o_storage.testing.local_s3 import LocalS3Server, start_moto_server
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CEPH_DEV_DIR = Path(os.environ.get("CEPH_DEV_DIR", "/tmp/blip3o-ceph"))

@@ -12,10 +12,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from blip3o_storage import ConfigError, CorruptDataError, ObjectNotFoundError
-from blip3o_storage.block_cache import BlockReader
-from blip3o_storage.dataset import BLIP3oDataset
-from blip3o_storage.locality_sampler import LocalitySampler, deal_batches
-from blip3o_storage.sources import ShardSource
+from blip3o_storage.reading.block_reader import BlockReader
+from blip3o_storage.training.dataset import BLIP3oDataset
+from blip3o_storage.training.locality_sampler import LocalitySampler, deal_batches
+from blip3o_storage.reading.sources import ShardSource
 
 from test_shards import assert_same, ds_for, shards, uploaded  # noqa: F401  (fixtures used by name)
 
@@ -60,7 +60,7 @@ def test_block_reader_evicts_least_recently_used(blob) -> None:
 def test_block_reads_without_locality_warn_once(blob, caplog) -> None:
     storage, uri, data = blob
     reader = BlockReader(BLOCK, max_blocks=1)
-    with caplog.at_level("WARNING", logger="blip3o_storage.block_cache"):
+    with caplog.at_level("WARNING", logger="blip3o_storage.reading.block_reader"):
         for i in range(100):  # blocks 0 and 2 in turn: every read is a new GET
             start = (i % 2) * 2 * BLOCK
             assert reader.read(storage, uri, start, 10, len(data)) == data[start:start + 10]
@@ -68,7 +68,7 @@ def test_block_reads_without_locality_warn_once(blob, caplog) -> None:
     assert len(warnings) == 1 and "LocalitySampler" in warnings[0].getMessage()
     caplog.clear()
     walker = BlockReader(BLOCK)  # a front-to-back walk reuses each block: no warning
-    with caplog.at_level("WARNING", logger="blip3o_storage.block_cache"):
+    with caplog.at_level("WARNING", logger="blip3o_storage.reading.block_reader"):
         for start in range(0, len(data) - 100, 300):
             walker.read(storage, uri, start, 100, len(data))
     assert walker.stats()["reads"] >= 64 and not caplog.records

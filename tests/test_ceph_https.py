@@ -21,7 +21,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from blip3o_storage import AccessDeniedError, Storage, StorageError, TransientStorageError
-from blip3o_storage.upload import multipart_etag, plan_upload, upload_all, verify
+from blip3o_storage.transfer.upload import multipart_etag, plan_upload, upload_all, verify
 
 from conftest import S3Endpoint, new_bucket
 
@@ -51,7 +51,7 @@ def test_boto3_default_checksums_fail_over_https_with_411(ceph_https_endpoint):
     else:
         pytest.fail(f"boto3 {boto3.__version__} / botocore {botocore.__version__} with default settings could "
                     f"PUT over https to this Ceph RGW: the 411 MissingContentLength this test documents is gone. "
-                    f"Re-check whether blip3o_storage.s3_backend.botocore_config still needs "
+                    f"Re-check whether blip3o_storage.storage.s3_backend.botocore_config still needs "
                     f"request_checksum_calculation='when_required', then update this test.")
     # The one setting is the whole difference: the same client with it succeeds.
     fixed = raw_client(ceph_https_endpoint, request_checksum_calculation="when_required",

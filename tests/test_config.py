@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from blip3o_storage import ConfigError, Storage, load_config, load_petreloss_conf
-from blip3o_storage.s3_backend import S3Backend, botocore_config
+from blip3o_storage.storage.s3_backend import S3Backend, botocore_config
 
 SECRET = "s3cr3t-DO-NOT-LEAK"
 

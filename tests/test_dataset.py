@@ -23,20 +23,20 @@ from torch.utils.data import DataLoader
 
 from blip3o_storage import (ConfigError, CorruptDataError, InvalidPathError, ObjectNotFoundError, Storage,
                             TransientStorageError)
-from blip3o_storage.collate import blip3o_collate
-from blip3o_storage.dataset import (BLIP3oDataset, CaptionDataset, SampleRetriesExhaustedError,
+from blip3o_storage.training.collate import blip3o_collate
+from blip3o_storage.training.dataset import (BLIP3oDataset, CaptionDataset, SampleRetriesExhaustedError,
                                     build_dataset_from_config, load_data_list)
-from blip3o_storage.image_ops import ImageRejectedError, check_image, decode_image, load_pixel_values
-from blip3o_storage.local_s3 import free_port
-from blip3o_storage.registry import BUILDER, build_component
-from blip3o_storage.tokenizers import ByteTokenizer, build_prompt
+from blip3o_storage.training.image_ops import ImageRejectedError, check_image, decode_image, load_pixel_values
+from blip3o_storage.testing.local_s3 import free_port
+from blip3o_storage.training.registry import BUILDER, build_component
+from blip3o_storage.training.tokenizers import ByteTokenizer, build_prompt
 
 from helpers import jpeg as _jpeg
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32  # small output size keeps the tests fast; configs are checked at their own 512
 TEMPLATE = {"INSTRUCTION": "<|user|>\n{input}<|end|>\n<|assistant|>\n"}
-LOGGER = "blip3o_storage.dataset"
+LOGGER = "blip3o_storage.training.dataset"
 
 
 # -- a tiny BLIP3o-style tree ---------------------------------------------
@@ -502,7 +502,7 @@ def test_build_component_forms() -> None:
     assert isinstance(build_component(ByteTokenizer), ByteTokenizer)
     assert build_component(dict(type="ByteTokenizer", add_eos=False)).add_eos is False
     assert isinstance(build_component(dict(type=ByteTokenizer)), ByteTokenizer)
-    assert isinstance(build_component(dict(type="blip3o_storage.tokenizers.ByteTokenizer")), ByteTokenizer)
+    assert isinstance(build_component(dict(type="blip3o_storage.training.tokenizers.ByteTokenizer")), ByteTokenizer)
     assert build_component(dict(type=lambda n: n * 2, n=21)) == 42
     assert BUILDER.get("BLIP3oDataset") is BLIP3oDataset
     with pytest.raises(ConfigError, match="NoSuchTokenizer"):

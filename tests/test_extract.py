@@ -19,7 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 try:
-    from blip3o_storage.safe_tar import (
+    from blip3o_storage.transfer.safe_tar import (
         MARKER_NAME,
         build_data_json,
         check_member,
@@ -27,7 +27,7 @@ try:
     )
 except ImportError:  # plain `pytest` without the package installed
     sys.path.insert(0, str(REPO))
-    from blip3o_storage.safe_tar import (
+    from blip3o_storage.transfer.safe_tar import (
         MARKER_NAME,
         build_data_json,
         check_member,

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from blip3o_storage import Storage
-from blip3o_storage.s3_backend import S3Backend
+from blip3o_storage.storage.s3_backend import S3Backend
 
 from conftest import new_bucket
 

@@ -9,10 +9,10 @@ import mmengine.fileio as fileio
 import mmengine.fileio.io as fileio_io
 import pytest
 
-import blip3o_storage.mmengine_backend  # noqa: F401  (registers the backend)
-from blip3o_storage.compat import install_petrel_client_shim
-from blip3o_storage.mmengine_backend import S3FileBackend
-from blip3o_storage.petrel_client import Client
+import blip3o_storage.integrations.mmengine_backend  # noqa: F401  (registers the backend)
+from blip3o_storage.integrations.compat import install_petrel_client_shim
+from blip3o_storage.integrations.mmengine_backend import S3FileBackend
+from blip3o_storage.integrations.petrel_client import Client
 
 from conftest import new_bucket
 

@@ -37,11 +37,11 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from blip3o_storage import (AccessDeniedError, BucketNotFoundError, ConfigError, CorruptDataError,
                             InvalidPathError, ObjectNotFoundError, Storage, StorageError, load_config,
                             load_petreloss_conf)
-from blip3o_storage.dataset import BLIP3oDataset, SampleRetriesExhaustedError
+from blip3o_storage.training.dataset import BLIP3oDataset, SampleRetriesExhaustedError
 
 import helpers
 from conftest import REPO_ROOT, S3Endpoint, new_bucket
-from fault_proxy import FAULTS, FaultProxy, FaultRates
+from blip3o_storage.testing.fault_proxy import FAULTS, FaultProxy, FaultRates
 
 # 3 workers on a 2-core box is the point of these tests, not a mistake.
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")

@@ -9,7 +9,7 @@ import pytest
 from blip3o_storage import Storage, TransientStorageError
 
 from conftest import new_bucket
-from fault_proxy import FaultProxy, FaultRates
+from blip3o_storage.testing.fault_proxy import FaultProxy, FaultRates
 
 
 def content(i: int) -> bytes:
@@ -86,8 +86,8 @@ def test_tls_certificate_failure_is_final_and_clear():
     end-to-end check against a self-signed RGW is tests/test_ceph_https.py)."""
     from botocore.exceptions import SSLError
 
-    from blip3o_storage.retry import retry_reason
-    from blip3o_storage.s3_backend import map_error
+    from blip3o_storage.storage.retry import retry_reason
+    from blip3o_storage.storage.s3_backend import map_error
 
     bad_cert = SSLError(endpoint_url="https://127.0.0.1:7443/b/k", error=Exception(
         "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate (_ssl.c:1006)"))

@@ -20,12 +20,13 @@ from mmengine.dataset import DefaultSampler
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from blip3o_storage import CorruptDataError, InvalidPathError, ObjectNotFoundError, Storage
-from blip3o_storage.dataset import BLIP3oDataset
-from blip3o_storage.disk_cache import DiskCache
-from blip3o_storage.prefetch import Prefetcher, worker_stream
-from blip3o_storage.safe_tar import build_data_json, extract_shard
-from blip3o_storage.shard_index import ShardIndex, build_index, build_shard_index, data_json_from_index
-from blip3o_storage.sources import CachedSource, ObjectSource, ShardSource
+from blip3o_storage.training.dataset import BLIP3oDataset
+from blip3o_storage.reading.disk_cache import DiskCache
+from blip3o_storage.reading.prefetch import Prefetcher, worker_stream
+from blip3o_storage.transfer.safe_tar import build_data_json, extract_shard
+from blip3o_storage.reading.shard_index import ShardIndex
+from blip3o_storage.transfer.shard_indexing import build_index, build_shard_index, data_json_from_index
+from blip3o_storage.reading.sources import CachedSource, ObjectSource, ShardSource
 
 from helpers import jpeg as _jpeg
 

@@ -15,7 +15,7 @@ from mmengine.runner import Runner
 from mmengine.utils import import_modules_from_strings
 from PIL import Image
 
-from blip3o_storage.hooks import wire_prefetch
+from blip3o_storage.training.hooks import wire_prefetch
 
 from conftest import REPO_ROOT, new_bucket
 

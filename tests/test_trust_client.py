@@ -32,8 +32,8 @@ from mmengine.fileio.backends import PetrelBackend
 from blip3o_storage import (AccessDeniedError, BucketNotFoundError, ConfigError, Storage, TransientStorageError,
                             load_config, load_petreloss_conf)
 from blip3o_storage import config as config_module
-from blip3o_storage.compat import install_petrel_client_shim
-from blip3o_storage.petrel_client import Client
+from blip3o_storage.integrations.compat import install_petrel_client_shim
+from blip3o_storage.integrations.petrel_client import Client
 
 from conftest import REPO_ROOT, new_bucket
 
@@ -96,7 +96,7 @@ def write(tmp_path: Path, text: str, name: str = "petreloss.conf") -> str:
 
 def test_closed_client_conf_loads_and_ignores_its_keys(tmp_path, caplog):
     path = write(tmp_path, CLOSED_CLIENT_CONF)
-    with caplog.at_level(logging.DEBUG, logger="blip3o_storage.config"):
+    with caplog.at_level(logging.DEBUG, logger="blip3o_storage.storage.config"):
         config = load_petreloss_conf(path)
     # [mc], [dfs], [cache] are the closed client's own sections, not clusters
     assert sorted(config.clusters) == ["cluster1", "cluster2"]
@@ -172,7 +172,7 @@ def test_upload_tool_exits_2_on_bad_timeout(tmp_path):
 # -- 6. a dict ceph_config warns once, without the secret ---------------------------
 def test_dict_config_with_secret_warns_once(monkeypatch, caplog):
     monkeypatch.setattr(config_module, "_DICT_SECRET_WARNED", False)
-    with caplog.at_level(logging.WARNING, logger="blip3o_storage.config"):
+    with caplog.at_level(logging.WARNING, logger="blip3o_storage.storage.config"):
         for _ in range(3):
             load_config({"endpoint_url": "http://h", "access_key": "AKIA", "secret_key": SECRET})
         Storage({"c1": {"endpoint_url": "http://h", "access_key": "AKIA", "secret_key": SECRET}}).config
@@ -184,7 +184,7 @@ def test_dict_config_with_secret_warns_once(monkeypatch, caplog):
 
 def test_dict_config_without_secret_does_not_warn(monkeypatch, caplog):
     monkeypatch.setattr(config_module, "_DICT_SECRET_WARNED", False)
-    with caplog.at_level(logging.WARNING, logger="blip3o_storage.config"):
+    with caplog.at_level(logging.WARNING, logger="blip3o_storage.storage.config"):
         load_config({"endpoint_url": "http://h"})
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
@@ -258,7 +258,7 @@ def test_client_get_raises_access_denied(deny_all_endpoint, tmp_path):
 
 
 def test_client_get_raises_when_store_unreachable(tmp_path):
-    from blip3o_storage.local_s3 import free_port
+    from blip3o_storage.testing.local_s3 import free_port
     conf = write(tmp_path, f"[c]\nhost_base = http://127.0.0.1:{free_port()}\naccess_key = a\nsecret_key = b\n"
                            f"max_attempts = 1\nconnect_timeout = 1\nread_timeout = 1\n")
     with pytest.raises(TransientStorageError):
@@ -281,7 +281,7 @@ def petrel_shim(monkeypatch):
 def test_mmengine_petrel_backend_over_our_client(conf_bucket, petrel_shim):
     storage, bucket, conf = conf_bucket
     backend = PetrelBackend(conf_path=conf)
-    assert type(backend._client).__module__ == "blip3o_storage.petrel_client"
+    assert type(backend._client).__module__ == "blip3o_storage.integrations.petrel_client"
     root = f"cluster1:{bucket}/root"
     backend.put(b"\x00jpeg\xff", f"{root}/a.jpg")
     backend.put_text("caption ü", f"{root}/d1/b.txt")
@@ -411,7 +411,7 @@ def test_installed_project_provides_petrel_client(tmp_path, editable):
     result = _python(probe, target)
     assert result.returncode == 0, result.stderr
     module, same, package_file = result.stdout.split()
-    assert (module, same) == ("blip3o_storage.petrel_client", "True")
+    assert (module, same) == ("blip3o_storage.integrations.petrel_client", "True")
     assert Path(package_file).is_relative_to(project if editable else target)  # the installed copy
     # an OpenUni-style lazy-import config (mmengine ignores custom_imports there) needs nothing else
     lazy = tmp_path / "lazy_cfg.py"
@@ -421,7 +421,7 @@ def test_installed_project_provides_petrel_client(tmp_path, editable):
         cfg = Config.fromfile({str(lazy)!r}, lazy_import=True)
         print(cfg.store['type'].__module__)
     """, target)
-    assert result.stdout.split() == ["blip3o_storage.petrel_client"], result.stderr
+    assert result.stdout.split() == ["blip3o_storage.integrations.petrel_client"], result.stderr
     # a real petrel_client installed elsewhere on the path wins over ours ...
     real = _fake_real_petrel(tmp_path / "real")
     result = _python("from petrel_client.client import Client; print(Client.__module__, Client.REAL)",
@@ -431,7 +431,7 @@ def test_installed_project_provides_petrel_client(tmp_path, editable):
     # ... unless BLIP3O_PETREL_CLIENT=ours asks for ours
     result = _python("from petrel_client.client import Client; print(Client.__module__)", target, real,
                      env_extra={"BLIP3O_PETREL_CLIENT": "ours"})
-    assert result.stdout.split() == ["blip3o_storage.petrel_client"], result.stderr
+    assert result.stdout.split() == ["blip3o_storage.integrations.petrel_client"], result.stderr
     # the hook at start-up imports nothing heavy
     result = _python("import sys; print(sorted(m for m in ('boto3', 'botocore', 'torch', 'blip3o_storage')"
                      " if m in sys.modules))", target)

@@ -20,11 +20,11 @@ import torch
 from PIL import Image
 
 from blip3o_storage import ConfigError, CorruptDataError, Storage
-from blip3o_storage.dataset import BLIP3oDataset, CaptionDataset, load_data_list
-from blip3o_storage.disk_cache import DiskCache
+from blip3o_storage.training.dataset import BLIP3oDataset, CaptionDataset, load_data_list
+from blip3o_storage.reading.disk_cache import DiskCache
 from blip3o_storage.errors import BucketNotFoundError
-from blip3o_storage.image_ops import decode_image, load_pixel_values
-from blip3o_storage.tokenizers import ByteTokenizer
+from blip3o_storage.training.image_ops import decode_image, load_pixel_values
+from blip3o_storage.training.tokenizers import ByteTokenizer
 
 from helpers import jpeg
 
@@ -147,7 +147,7 @@ def test_empty_captions_are_bad_samples(tmp_path: Path, suffix: str, content: An
                                  if suffix == ".json" else b"good one"},
                       suffix=suffix, inline={"bad": inline} if inline is not None else None)
     ds = _ds(data_json, cls=CaptionDataset if suffix == ".json" else BLIP3oDataset)
-    with caplog.at_level(logging.WARNING, logger="blip3o_storage.dataset"):
+    with caplog.at_level(logging.WARNING, logger="blip3o_storage.training.dataset"):
         sample = ds[0]
     assert sample["image_file"] == "good.jpg"
     assert ds.tokenizer.decode(sample["input_ids"]) == "Generate an image: good one"
@@ -190,7 +190,7 @@ def test_over_long_file_name_is_a_named_bad_sample(tmp_path: Path, caplog: pytes
     data_json.write_text(json.dumps([{"image": f"{long_name}/a.jpg", "annotation": f"{long_name}/a.txt"}]
                                     + entries))
     ds = _ds(data_json)
-    with caplog.at_level(logging.WARNING, logger="blip3o_storage.dataset"):
+    with caplog.at_level(logging.WARNING, logger="blip3o_storage.training.dataset"):
         assert ds[0]["image_file"] == "ok.jpg"
     assert ds.bad_sample_counts == {"bad_path": 1}
     record = ds.bad_samples_log[-1]

@@ -25,9 +25,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 
 from blip3o_storage.errors import CorruptDataError  # noqa: E402
-from blip3o_storage.safe_tar import MARKER_NAME, extract_shard  # noqa: E402
-from blip3o_storage.shard_index import ShardIndex, build_shard_index, data_json_from_index  # noqa: E402
-from blip3o_storage.sources import ShardSource  # noqa: E402
+from blip3o_storage.transfer.safe_tar import MARKER_NAME, extract_shard  # noqa: E402
+from blip3o_storage.reading.shard_index import ShardIndex
+from blip3o_storage.transfer.shard_indexing import build_shard_index, data_json_from_index  # noqa: E402
+from blip3o_storage.reading.sources import ShardSource  # noqa: E402
 
 import upload_shards  # noqa: E402
 

@@ -21,11 +21,11 @@ import pytest
 from botocore.config import Config
 
 from blip3o_storage import AccessDeniedError, ConfigError, CorruptDataError, Storage, StorageError, TransientStorageError
-from blip3o_storage.config import S3Settings, load_config
-from blip3o_storage.dataset import BLIP3oDataset, SampleRetriesExhaustedError
+from blip3o_storage.storage.config import S3Settings, load_config
+from blip3o_storage.training.dataset import BLIP3oDataset, SampleRetriesExhaustedError
 
 from conftest import new_bucket
-from fault_proxy import FaultProxy, FaultRates
+from blip3o_storage.testing.fault_proxy import FaultProxy, FaultRates
 from helpers import jpeg
 
 SECRET = "trust-transport-secret-never-printed"
@@ -223,7 +223,7 @@ def test_https_put_leaves_the_payload_unsigned_like_boto3() -> None:
     UNSIGNED-PAYLOAD: so does the fast path (no ~0.05 ms SHA-256 per 70 KB). Content-MD5 is signed."""
     from botocore.credentials import Credentials
 
-    from blip3o_storage.signed_http import SignedHTTP
+    from blip3o_storage.storage.signed_http import SignedHTTP
 
     http = SignedHTTP(S3Settings(endpoint_url="https://rgw.example:7443", access_key="AKIAX", secret_key=SECRET),
                       lambda: Credentials("AKIAX", SECRET))

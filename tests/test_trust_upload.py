@@ -21,13 +21,13 @@ from pathlib import Path
 import pytest
 
 from blip3o_storage import Storage
-from blip3o_storage.safe_tar import build_data_json
-from blip3o_storage.tree_walk import walk_tree
-from blip3o_storage.upload import (multipart_etag, multipart_etags, part_size_guesses, plan_upload, upload_all,
+from blip3o_storage.transfer.safe_tar import build_data_json
+from blip3o_storage.transfer.tree_walk import walk_tree
+from blip3o_storage.transfer.upload import (multipart_etag, multipart_etags, part_size_guesses, plan_upload, upload_all,
                                    verify)
 
 from conftest import REPO_ROOT, S3Endpoint
-from fault_proxy import FaultProxy, FaultRates
+from blip3o_storage.testing.fault_proxy import FaultProxy, FaultRates
 from test_upload import (MAKE_DATA_JSON, UPLOAD, local_files, make_dataset, remote, run_cli, s3_conf,  # noqa: F401
                          summary, target)
 

@@ -1,4 +1,4 @@
-"""tools/upload.py and blip3o_storage.upload against real HTTP S3 servers.
+"""tools/upload.py and blip3o_storage.transfer.upload against real HTTP S3 servers.
 
 Runs on moto_server always and on Ceph RGW with ``--ceph`` (``s3_bucket``).
 The CLI is run as a subprocess exactly as a user runs it; the library tests
@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from blip3o_storage import InvalidPathError, Storage
-from blip3o_storage.safe_tar import extract_shard
-from blip3o_storage.upload import (list_existing, multipart_etag, plan_upload, upload_all, validate_keys, verify)
+from blip3o_storage.transfer.safe_tar import extract_shard
+from blip3o_storage.transfer.upload import (list_existing, multipart_etag, plan_upload, upload_all, validate_keys, verify)
 
 from conftest import REPO_ROOT, S3Endpoint, new_bucket
 

@@ -147,10 +147,10 @@ class StatsCollate:
 
 def build_collate(spec: Any) -> Any:
     """A config ``collate_fn=dict(type=..., **kw)`` -> a callable (as mmengine's Runner does)."""
-    from blip3o_storage.registry import resolve_type
+    from blip3o_storage.training.registry import resolve_type
 
     if spec is None:
-        from blip3o_storage.collate import blip3o_collate
+        from blip3o_storage.training.collate import blip3o_collate
         return blip3o_collate
     spec = dict(spec)
     fn = resolve_type(spec.pop("type"))
@@ -241,7 +241,7 @@ def build_ceph_dataset(data_root: Path, ceph_folder: str, conf: Path, image_size
     """``configs/blip3o60k_ceph.py`` pointed at the demo data through its env overrides."""
     from mmengine.config import Config
 
-    from blip3o_storage.dataset import build_dataset_from_config
+    from blip3o_storage.training.dataset import build_dataset_from_config
 
     os.environ["BLIP3O_DATA_ROOT"] = str(data_root)
     os.environ["BLIP3O_CEPH_FOLDER"] = ceph_folder
@@ -287,7 +287,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 def endpoint_conf(args: argparse.Namespace, work: Path) -> tuple:
     """(petreloss.conf path, description, local server or None) for the chosen endpoint."""
-    from blip3o_storage.local_s3 import start_moto_server
+    from blip3o_storage.testing.local_s3 import start_moto_server
 
     conf = work / "petreloss.conf"
     if args.target == "ceph":

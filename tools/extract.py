@@ -8,7 +8,7 @@ Usage::
 
 Shards run in parallel worker processes; each is validated in full before a
 byte is written, extracted into a temp dir and committed by a rename (see
-``blip3o_storage.safe_tar``). Re-running skips shards that are already done.
+``blip3o_storage.transfer.safe_tar``). Re-running skips shards that are already done.
 A failing shard is logged with its reason and makes the exit status non-zero,
 but the other shards still finish. A damaged or truncated tar fails naming the
 byte offset of the damage (nothing of it is extracted); a member name repeated
@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 try:
-    from blip3o_storage.safe_tar import ExtractResult, extract_shard, shard_name
+    from blip3o_storage.transfer.safe_tar import ExtractResult, extract_shard, shard_name
 except ImportError:  # run as `python tools/extract.py` without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from blip3o_storage.safe_tar import ExtractResult, extract_shard, shard_name
+    from blip3o_storage.transfer.safe_tar import ExtractResult, extract_shard, shard_name
 
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm

@@ -7,13 +7,13 @@ Usage::
         --out data/BLIP3o-60k/data.json [--strict]
 
 Pairs ``{key}.jpg`` with ``{key}.txt`` (see
-``blip3o_storage.safe_tar.build_data_json``), logs how many pairs, orphan
+``blip3o_storage.transfer.safe_tar.build_data_json``), logs how many pairs, orphan
 images and orphan captions there are, and writes the file atomically (temp
 file + ``os.replace``) so a reader never sees half a file. ``--strict`` exits
 non-zero, without writing, when anything could not be paired.
 
 The folder is walked by the rule ``tools/upload.py`` uses
-(``blip3o_storage.tree_walk``): dot-files and dot-folders are skipped (and
+(``blip3o_storage.transfer.tree_walk``): dot-files and dot-folders are skipped (and
 counted), symlinked files and folders are followed; a folder that cannot be
 listed, a dangling symlink or a symlink loop is an error (exit 2, nothing
 written), never a silently smaller data.json.
@@ -37,7 +37,7 @@ if (_REPO / "blip3o_storage").is_dir() and str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
 from blip3o_storage.errors import StorageError  # noqa: E402
-from blip3o_storage.safe_tar import build_data_json, data_json_text, fsync_dir, log_unpaired  # noqa: E402
+from blip3o_storage.transfer.safe_tar import build_data_json, data_json_text, fsync_dir, log_unpaired  # noqa: E402
 
 log = logging.getLogger("make_data_json")
 

@@ -24,7 +24,7 @@ store (refused, reset, timed out) the run stops, says so once naming the
 endpoint, and exits 1; re-running uploads only what is missing.
 
 Exit status (the same as ``tools/upload_shards.py``, see
-``blip3o_storage.upload_cli``): 0 all good; 1 any file failed, missing or
+``blip3o_storage.cli.common``): 0 all good; 1 any file failed, missing or
 mismatched, or the server kept failing after retries; 2 bad usage, config,
 credentials, bucket or key names (including a bucket that does not exist or
 that --create-bucket cannot create); 130 interrupted (Ctrl-C).
@@ -47,8 +47,8 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from blip3o_storage.errors import ConfigError, InvalidPathError, StorageError
-from blip3o_storage.upload import MiB, UploadInterrupted, UploadPlan, normalise_prefix, plan_upload, upload_all, verify
-from blip3o_storage.upload_cli import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, add_connection_options,
+from blip3o_storage.transfer.upload import MiB, UploadInterrupted, UploadPlan, normalise_prefix, plan_upload, upload_all, verify
+from blip3o_storage.cli.common import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, add_connection_options,
                                        add_transfer_options, connect, create_bucket, list_target, log_failures,
                                        parser_from_doc, report_verify, run_cli, verify_after_upload)
 

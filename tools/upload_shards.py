@@ -9,7 +9,7 @@ Usage::
     python tools/upload_shards.py --bucket B --prefix P --verify-only TAR_OR_DIR ...
 
 Writes ``P/<shard>.tar`` (multipart above the threshold), then ``P/index.json``
-(member -> offset, size; see ``blip3o_storage.shard_index``) and
+(member -> offset, size; see ``blip3o_storage.reading.shard_index``) and
 ``P/data.json`` (the same entries ``tools/make_data_json.py`` makes from the
 extracted tree, built from the index). The index and data.json go last, so a
 reader never finds an index whose tars are not all there. Every tar is
@@ -24,7 +24,7 @@ Train with ``BLIP3oDataset(data_path='s3://B/P/data.json', ceph_folder='s3://B/P
 shard_index='s3://B/P/index.json', ...)``.
 
 Exit status (the same as ``tools/upload.py``, see
-``blip3o_storage.upload_cli``): 0 all good; 1 any file failed, missing or
+``blip3o_storage.cli.common``): 0 all good; 1 any file failed, missing or
 mismatched, the server kept failing after retries (or --strict and unpaired
 files); 2 bad usage, config, credentials, bucket or key names (including a
 bucket that does not exist or that --create-bucket cannot create) or a
@@ -46,11 +46,11 @@ except ImportError:  # run as `python tools/upload_shards.py` without the packag
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from blip3o_storage.errors import ConfigError, CorruptDataError, StorageError
-from blip3o_storage.safe_tar import data_json_text, log_unpaired
-from blip3o_storage.shard_index import build_index, data_json_from_index
-from blip3o_storage.upload import (MiB, UploadInterrupted, UploadItem, UploadReport, content_type_for,
+from blip3o_storage.transfer.safe_tar import data_json_text, log_unpaired
+from blip3o_storage.transfer.shard_indexing import build_index, data_json_from_index
+from blip3o_storage.transfer.upload import (MiB, UploadInterrupted, UploadItem, UploadReport, content_type_for,
                                    normalise_prefix, upload_all, validate_keys, verify)
-from blip3o_storage.upload_cli import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, add_connection_options,
+from blip3o_storage.cli.common import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, add_connection_options,
                                        add_transfer_options, connect, create_bucket, list_target, log_failures,
                                        parser_from_doc, report_verify, run_cli, verify_after_upload)
 
@@ -101,7 +101,7 @@ def find_tars(sources: List[Path]) -> List[Path]:
 
 
 def write_metadata(index: dict, entries: Optional[list], folder: Path) -> List[Path]:
-    """index.json (and data.json, as :func:`~blip3o_storage.safe_tar.data_json_text`) in ``folder``;
+    """index.json (and data.json, as :func:`~blip3o_storage.transfer.safe_tar.data_json_text`) in ``folder``;
     deterministic bytes, so a re-run finds them unchanged and skips them."""
     out = [folder / INDEX_NAME]
     out[0].write_text(json.dumps(index, sort_keys=True, separators=(",", ":")) + "\n", encoding="utf-8")

@@ -5,7 +5,7 @@ Why: a ranged GET per member still pays the store's fixed cost per request
 every sample. Read in blocks of several MiB, a tar costs one request per
 block, and the rest is bytes (RGW: about 1.3 ms of CPU per MB). That only pays
 off when the samples asked for next lie in the block just fetched, which is
-what :class:`~blip3o_storage.locality_sampler.LocalitySampler` arranges
+what :class:`~blip3o_storage.training.locality_sampler.LocalitySampler` arranges
 (shuffled blocks, shuffled within). With a sampler that jumps all over the
 dataset every sample would fetch a whole block, so block reads are off
 unless asked for (``shard_block_bytes``), and :meth:`BlockReader.stats`
@@ -28,7 +28,7 @@ import threading
 from concurrent.futures import Future
 from typing import Any, Dict, Tuple
 
-from .errors import CorruptDataError
+from blip3o_storage.errors import CorruptDataError
 
 logger = logging.getLogger(__name__)
 

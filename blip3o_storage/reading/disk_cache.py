@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from .errors import ConfigError
+from blip3o_storage.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

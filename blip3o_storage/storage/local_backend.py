@@ -6,9 +6,9 @@ import os
 import tempfile
 from typing import Iterator, Optional
 
-from .backend import ObjectInfo, decode_text
-from .errors import AccessDeniedError, InvalidPathError, ObjectNotFoundError, StorageError
-from .uri import parse_uri
+from blip3o_storage.storage.backend import ObjectInfo, decode_text
+from blip3o_storage.errors import AccessDeniedError, InvalidPathError, ObjectNotFoundError, StorageError
+from blip3o_storage.storage.uri import parse_uri
 
 
 class PathTooLongError(InvalidPathError):

@@ -37,7 +37,7 @@ from urllib3.exceptions import (ConnectTimeoutError, HTTPError as Urllib3HTTPErr
                                 NewConnectionError, ProtocolError, ReadTimeoutError as Urllib3ReadTimeout,
                                 SSLError as Urllib3SSLError)
 
-from ._pickling import DropsLocksOnPickle
+from blip3o_storage.storage.process_state import DropsLocksOnPickle
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 
-from .registry import BUILDER
+from blip3o_storage.training.registry import BUILDER
 
 DEFAULT_CFG_PROMPT = "Generate an image."
 DEFAULT_GENERATION_PROMPT = "Generate an image: {input}"

@@ -9,14 +9,14 @@ can key on *what* is read before reading it:
 
 Implementations: :class:`ObjectSource` (one object per file, the original
 layout), :class:`ShardSource` (a ranged GET into a tar, via
-:class:`~blip3o_storage.shard_index.ShardIndex`) and :class:`CachedSource`
-(wraps either with a :class:`~blip3o_storage.disk_cache.DiskCache`).
+:class:`~blip3o_storage.reading.shard_index.ShardIndex`) and :class:`CachedSource`
+(wraps either with a :class:`~blip3o_storage.reading.disk_cache.DiskCache`).
 ``read_many`` lets a source fetch several refs at once (ShardSource merges
 neighbouring members of one tar, e.g. a sample's image and caption, into one
 request); the default reads them one by one. With ``block_bytes`` a
 ShardSource reads whole aligned blocks of a tar instead and serves members
-from them (:mod:`blip3o_storage.block_cache`; pair it with
-:class:`~blip3o_storage.locality_sampler.LocalitySampler`).
+from them (:mod:`blip3o_storage.reading.block_reader`; pair it with
+:class:`~blip3o_storage.training.locality_sampler.LocalitySampler`).
 """
 from __future__ import annotations
 
@@ -24,12 +24,12 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
-from ._pickling import DropsLocksOnPickle
-from .block_cache import DEFAULT_BLOCK_BYTES, BlockReader
-from .disk_cache import DiskCache
-from .errors import CorruptDataError
-from .shard_index import ShardIndex
-from .uri import join_uri
+from blip3o_storage.storage.process_state import DropsLocksOnPickle
+from blip3o_storage.reading.block_reader import DEFAULT_BLOCK_BYTES, BlockReader
+from blip3o_storage.reading.disk_cache import DiskCache
+from blip3o_storage.errors import CorruptDataError
+from blip3o_storage.reading.shard_index import ShardIndex
+from blip3o_storage.storage.uri import join_uri
 
 __all__ = ["CachedSource", "ObjectSource", "Ref", "SampleSource", "ShardSource", "build_source"]
 

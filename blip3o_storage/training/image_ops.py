@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import CorruptDataError, StorageError
+from blip3o_storage.errors import CorruptDataError, StorageError
 
 
 class ImageRejectedError(StorageError):

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 from urllib.parse import urlparse
 
-from .errors import ConfigError
+from blip3o_storage.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class S3Settings:
 
     @property
     def use_fast_path(self) -> bool:
-        """GET/PUT of objects through :mod:`blip3o_storage.signed_http` (path-style endpoints only)."""
+        """GET/PUT of objects through :mod:`blip3o_storage.storage.signed_http` (path-style endpoints only)."""
         if self.fast_path is False or not self.endpoint_url:
             return False
         return self.effective_addressing_style == "path"

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Optional, Protocol, runtime_checkable
 
-from .errors import StorageError
+from blip3o_storage.errors import StorageError
 
 
 @dataclass(frozen=True)

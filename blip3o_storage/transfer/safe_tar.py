@@ -13,7 +13,7 @@ cannot read (bad checksum, cut short, missing) and yields only the members
 before it, so :func:`scan_tar` checks that the listing really reached the
 end-of-archive marker and that every member's bytes lie inside the file. A
 name repeated in one tar keeps its last copy (as ``tar -x`` does), with a
-warning and a count; shard mode (:mod:`blip3o_storage.shard_index`) uses the
+warning and a count; shard mode (:mod:`blip3o_storage.reading.shard_index`) uses the
 same listing, so both modes serve the same bytes.
 
 ``build_data_json`` turns the extracted tree into the ``data.json`` sample
@@ -34,7 +34,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 from blip3o_storage.errors import CorruptDataError, InvalidPathError, StorageError
-from blip3o_storage.tree_walk import walk_tree
+from blip3o_storage.transfer.tree_walk import walk_tree
 
 __all__ = [
     "MARKER_NAME",
@@ -647,7 +647,7 @@ def build_data_json(
     Returns entries ``{"image": relpath, "annotation": relpath}`` (relpaths
     '/'-separated, relative to ``raw_root``) sorted by image path, plus a
     report of everything that did not pair. Extensions match
-    case-insensitively. The tree is walked by :func:`blip3o_storage.tree_walk.walk_tree`,
+    case-insensitively. The tree is walked by :func:`blip3o_storage.transfer.tree_walk.walk_tree`,
     the rule ``tools/upload.py`` uses: dot-files and dot-dirs (temp dirs of running
     extractions, done-markers) are skipped and listed in ``report.hidden``, symlinked
     files and folders are followed; a folder that cannot be listed, a dangling link or

@@ -37,11 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-from .errors import InvalidPathError, StorageError, TransientStorageError
-from .retry import retry_reason
-from .s3_backend import S3Backend
-from .tree_walk import is_hidden, walk_tree
-from .uri import check_relpath
+from blip3o_storage.errors import InvalidPathError, StorageError, TransientStorageError
+from blip3o_storage.storage.retry import retry_reason
+from blip3o_storage.storage.s3_backend import S3Backend
+from blip3o_storage.transfer.tree_walk import is_hidden, walk_tree
+from blip3o_storage.storage.uri import check_relpath
 
 logger = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ def plan_upload(src_dir: os.PathLike | str, prefix: str = "", only_referenced_by
                 *, ref_root: Optional[os.PathLike | str] = None) -> UploadPlan:
     """Map local files under ``src_dir`` to keys ``prefix + relpath`` and validate every key.
 
-    The folder is walked by :func:`blip3o_storage.tree_walk.walk_tree`, the rule
+    The folder is walked by :func:`blip3o_storage.transfer.tree_walk.walk_tree`, the rule
     ``tools/make_data_json.py`` uses too: dot-entries skipped (counted),
     symlinked files and folders followed; a folder that cannot be listed, a
     dangling link or a link loop raises StorageError naming each one.

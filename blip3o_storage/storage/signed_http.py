@@ -44,8 +44,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.exceptions import ClientError, NoCredentialsError, ResponseStreamingError
 from urllib3.exceptions import ProtocolError
 
-from .config import S3Settings
-from .retry import note_request
+from blip3o_storage.storage.config import S3Settings
+from blip3o_storage.storage.retry import note_request
 
 _CODE_RE = re.compile(rb"<Code>([^<]*)</Code>")
 _MESSAGE_RE = re.compile(rb"<Message>([^<]*)</Message>")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Optional, Union
 
-from .errors import InvalidPathError
+from blip3o_storage.errors import InvalidPathError
 
 PathLike = Union[str, os.PathLike]
 

@@ -21,15 +21,15 @@ import botocore.utils
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, IncompleteReadError, NoCredentialsError
 
-from ._pickling import DropsLocksOnPickle
-from .backend import ObjectInfo, decode_text
-from .config import S3Settings
-from .errors import (AccessDeniedError, BucketNotFoundError, CorruptDataError, InvalidPathError, ObjectNotFoundError,
+from blip3o_storage.storage.process_state import DropsLocksOnPickle
+from blip3o_storage.storage.backend import ObjectInfo, decode_text
+from blip3o_storage.storage.config import S3Settings
+from blip3o_storage.errors import (AccessDeniedError, BucketNotFoundError, CorruptDataError, InvalidPathError, ObjectNotFoundError,
                      StorageError, TransientStorageError)
-from .signed_http import SignedHTTP, UnexpectedResponse, range_problem
-from .retry import (DeadlineExceeded, OperationClock, RetryStats, call_with_retries, install_deadline_hooks,
+from blip3o_storage.storage.signed_http import SignedHTTP, UnexpectedResponse, range_problem
+from blip3o_storage.storage.retry import (DeadlineExceeded, OperationClock, RetryStats, call_with_retries, install_deadline_hooks,
                     retry_reason, tls_verify_failure)
-from .uri import StorageURI, parse_uri
+from blip3o_storage.storage.uri import StorageURI, parse_uri
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

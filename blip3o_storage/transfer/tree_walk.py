@@ -1,7 +1,7 @@
 """One rule for which local files make up a dataset folder.
 
-``tools/upload.py`` (:func:`blip3o_storage.upload.plan_upload`) and
-``tools/make_data_json.py`` (:func:`blip3o_storage.safe_tar.build_data_json`)
+``tools/upload.py`` (:func:`blip3o_storage.transfer.upload.plan_upload`) and
+``tools/make_data_json.py`` (:func:`blip3o_storage.transfer.safe_tar.build_data_json`)
 both walk a folder with :func:`walk_tree`, so a data.json never names a file
 that the upload leaves out, and neither drops a folder silently:
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Set, Tuple, Union
 
-from .errors import StorageError
+from blip3o_storage.errors import StorageError
 
 __all__ = ["TreeWalk", "is_hidden", "walk_tree"]
 

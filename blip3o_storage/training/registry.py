@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from mmengine.registry import Registry
 
-from .errors import ConfigError
+from blip3o_storage.errors import ConfigError
 
 #: Registry for tokenizers, datasets and collate functions of this package.
 BUILDER = Registry("builder")

@@ -10,12 +10,12 @@ import os
 import threading
 from typing import Any, Dict, Iterator, Mapping, Optional, Union
 
-from ._pickling import DropsLocksOnPickle
-from .backend import ObjectInfo, StorageBackend
-from .config import S3Settings, StorageConfig, load_config
-from .local_backend import LocalBackend
-from .s3_backend import S3Backend
-from .uri import PathLike, join_uri, parse_uri
+from blip3o_storage.storage.process_state import DropsLocksOnPickle
+from blip3o_storage.storage.backend import ObjectInfo, StorageBackend
+from blip3o_storage.storage.config import S3Settings, StorageConfig, load_config
+from blip3o_storage.storage.local_backend import LocalBackend
+from blip3o_storage.storage.s3_backend import S3Backend
+from blip3o_storage.storage.uri import PathLike, join_uri, parse_uri
 
 ConfigLike = Union[None, str, os.PathLike, Mapping[str, Any], StorageConfig, S3Settings]
 

@@ -10,7 +10,7 @@ from typing import Any, Dict, Sequence
 import torch
 from mmengine.registry import FUNCTIONS
 
-from .registry import BUILDER
+from blip3o_storage.training.registry import BUILDER
 
 DEFAULT_PAD_TOKEN_INDEX = 0  # xtuner's DEFAULT_PAD_TOKEN_INDEX
 

@@ -1,0 +1,1 @@
+"""Integrations: mmengine's fileio backend, the drop-in for the closed petrel client and its import shim."""

@@ -1,0 +1,1 @@
+"""Training: the OpenUni-facing datasets, image and caption decoding, tokenizers, collate, samplers and hooks."""
