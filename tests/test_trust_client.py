@@ -456,3 +456,17 @@ def test_hook_finder_falls_back_and_respects_real(tmp_path, monkeypatch):
     assert not hook.install("off")
     for name in ["petrel_client", "petrel_client.client"]:
         monkeypatch.delitem(sys.modules, name)
+
+
+def test_a_cluster_named_like_a_closed_client_section_is_still_a_cluster(tmp_path: Path) -> None:
+    """Found by the hypothesis round-trip test: a cluster called ``DFS`` (with a host_base) was
+    skipped as the closed client's ``[dfs]`` section; only sections without keys of ours are."""
+    conf = tmp_path / "petreloss.conf"
+    conf.write_text("[DEFAULT]\ndefault_cluster = DFS\n\n[DFS]\nhost_base = http://127.0.0.1:9\n"
+                    "access_key = AK\nsecret_key = SK\n\n[mc]\ndebug_mc = True\nmc_key_cb = blake2b\n")
+    config = load_petreloss_conf(conf)
+    assert sorted(config.clusters) == ["DFS"]
+    assert config.settings_for(None).endpoint_url == "http://127.0.0.1:9"
+    from_dict = load_config({"default_cluster": "cache", "cache": {"endpoint_url": "http://127.0.0.1:9"},
+                             "mc": {"debug_mc": True}})
+    assert sorted(from_dict.clusters) == ["cache"]

@@ -276,7 +276,9 @@ def load_petreloss_conf(path: Union[str, os.PathLike]) -> StorageConfig:
         raise ConfigError(
             f"ceph_config {path!r} is not a valid INI file ({type(exc).__name__}"
             f"{f' at line {line}' if line else ''}); expected [DEFAULT] default_cluster and [cluster] sections") from None
-    skipped = [name for name in parser.sections() if name.lower() in PETREL_CLIENT_SECTIONS]
+    inherited = set(parser.defaults())
+    skipped = [name for name in parser.sections()
+               if _closed_client_section(name, set(parser.options(name)) - inherited)]
     sections = [name for name in parser.sections() if name not in skipped]
     if not sections:
         raise ConfigError(f"ceph_config {path!r} has no [cluster] section with access_key/secret_key/host_base")
@@ -297,6 +299,16 @@ def load_petreloss_conf(path: Union[str, os.PathLike]) -> StorageConfig:
         ignored |= set(parser.options(name)) & PETREL_CLIENT_KEYS
     _log_ignored(path, ignored, skipped)
     return StorageConfig(clusters=clusters, default_cluster=default, source=path)
+
+
+def _closed_client_section(name: str, own_keys: set) -> bool:
+    """True for the closed client's own non-cluster sections (``[mc]``, ``[dfs]``, ``[cache]``, any case).
+
+    A section so named that sets a connection key of ours (``host_base``, ``access_key``, ...) is a
+    cluster that happens to be called that, and is kept.
+    """
+    return name.lower() in PETREL_CLIENT_SECTIONS and not any(
+        _ALIASES.get(key, key) in _SETTING_KEYS for key in own_keys)
 
 
 def _log_ignored(source: str, keys: set, sections: Sequence[str] = ()) -> None:
@@ -327,7 +339,7 @@ def _warn_dict_secret(values: Mapping[str, Any]) -> None:
 def _config_from_dict(values: Mapping[str, Any]) -> StorageConfig:
     _warn_dict_secret(values)
     ignored: set = set()
-    skipped = [k for k, v in values.items() if isinstance(v, Mapping) and k.lower() in PETREL_CLIENT_SECTIONS]
+    skipped = [k for k, v in values.items() if isinstance(v, Mapping) and _closed_client_section(k, set(v))]
     nested = {k: v for k, v in values.items() if isinstance(v, Mapping) and k not in skipped}
     if nested:
         flat = {k: v for k, v in values.items() if not isinstance(v, Mapping) and k != "default_cluster"}
