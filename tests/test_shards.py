@@ -368,13 +368,13 @@ def test_disk_cache_hits_bound_and_corruption(tmp_path: Path) -> None:
     for i in range(200):
         cache.put(f"k{i}", bytes([i % 256]) * 400)
         assert cache.total_bytes() <= 10_000
-    assert cache.evictions > 0 and cache.get("k199") == bytes([199]) * 400
+    assert cache.stats()["evictions"] > 0 and cache.get("k199") == bytes([199]) * 400
     assert not cache.put("huge", b"x" * 20_000)
     path = cache.path_for("k199")
     path.write_bytes(path.read_bytes()[:-1] + b"?")  # a flipped byte is caught, not served
-    assert cache.get("k199") is None and not path.exists() and cache.corrupt == 1
+    assert cache.get("k199") is None and not path.exists() and cache.stats()["corrupt"] == 1
     clone = pickle.loads(pickle.dumps(cache))
-    assert clone.hits == 0 and clone.get("k198") == bytes([198]) * 400
+    assert clone.stats()["hits"] == 0 and clone.get("k198") == bytes([198]) * 400
 
 
 def _hammer(root: str, seed: int, rounds: int, queue) -> None:
@@ -389,7 +389,7 @@ def _hammer(root: str, seed: int, rounds: int, queue) -> None:
             cache.put(f"key{k}", expected)
         elif data != expected:
             bad += 1
-    queue.put((bad, cache.hits, cache.evictions))
+    queue.put((bad, cache.stats()["hits"], cache.stats()["evictions"]))
 
 
 def test_disk_cache_concurrent_writers_never_serve_corrupt_bytes(tmp_path: Path) -> None:
@@ -433,7 +433,7 @@ def test_pickling_a_used_dataset_with_prefetch_and_cache(uploaded, tmp_path: Pat
     before = [ds[i] for i in range(3)]
     assert ds._prefetcher._pool is not None
     clone = pickle.loads(pickle.dumps(ds))
-    assert clone._prefetcher._pool is None and clone._prefetcher.hits == 0
+    assert clone._prefetcher._pool is None and clone._prefetcher.stats()["hits"] == 0
     assert clone.stats()["cache"]["hits"] == 0
     assert clone._prefetcher.sampler == list(range(9))
     for i in range(3):
@@ -446,7 +446,7 @@ def test_prefetcher_bounds_its_buffer() -> None:
     p = Prefetcher(depth=2, threads=1)
     for i in range(50):
         p.submit([f"k{i}"], lambda i=i: [bytes([i])])
-    assert len(p._pending) <= p.max_pending and p.dropped == 50 - p.max_pending
+    assert len(p._pending) <= p.max_pending and p.stats()["dropped"] == 50 - p.max_pending
     assert p.take("k49") == bytes([49]) and p.take("k0") is None
     p.close()
 

@@ -26,9 +26,11 @@ import logging
 import os
 import threading
 from concurrent.futures import Future
-from typing import Any, Dict, Tuple
 
 from blip3o_storage.errors import CorruptDataError
+from blip3o_storage.storage.facade import Storage
+from blip3o_storage.storage.process_state import ProcessLocal
+from blip3o_storage.storage.stats import Counters
 
 logger = logging.getLogger(__name__)
 
@@ -42,61 +44,55 @@ _WASTE_RATIO = 2
 DEFAULT_BLOCK_BYTES = 8 << 20
 
 
-class BlockReader:
+_COUNTERS = ("reads", "fetches", "fetched_bytes", "waits")
+
+
+class BlockReader(ProcessLocal):
     """Byte ranges of objects, served from aligned blocks of ``block_bytes`` fetched by ranged GET."""
+
+    _process_state = ("_lock", "_blocks", "_counters", "_warned")
 
     def __init__(self, block_bytes: int = DEFAULT_BLOCK_BYTES, max_blocks: int = 4) -> None:
         if block_bytes < 4096 or max_blocks < 1:
             raise ValueError(f"block_bytes must be >= 4096 and max_blocks >= 1 (got {block_bytes}, {max_blocks})")
         self.block_bytes = int(block_bytes)
         self.max_blocks = int(max_blocks)
-        self._reset()
+        super().__init__()
 
-    def _reset(self) -> None:
-        self._pid = os.getpid()
+    def _init_process_state(self) -> None:
         self._lock = threading.Lock()
-        self._blocks: "collections.OrderedDict[Tuple[str, int], Future]" = collections.OrderedDict()
-        self.fetches = self.fetched_bytes = self.reads = self.waits = 0
+        self._blocks: collections.OrderedDict[tuple[str, int], Future[bytes]] = collections.OrderedDict()
+        self._counters = Counters(_COUNTERS)
         self._warned = False
-
-    def __getstate__(self) -> Dict[str, Any]:
-        return {"block_bytes": self.block_bytes, "max_blocks": self.max_blocks}
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._reset()
 
     def __repr__(self) -> str:
         return f"BlockReader({self.block_bytes} bytes x {self.max_blocks})"
 
-    def stats(self) -> Dict[str, int]:
+    def stats(self) -> dict[str, int]:
         """This process's counters: member ``reads``, block ``fetches`` (GETs) and their bytes,
         ``waits`` (reads that joined another thread's fetch)."""
-        return {"reads": self.reads, "fetches": self.fetches, "fetched_bytes": self.fetched_bytes,
-                "waits": self.waits}
+        self._check_process()
+        return {name: self._counters[name] for name in _COUNTERS}
 
     def holds(self, uri: str, start: int, length: int) -> bool:
         """True when every block of the range is here or being fetched: reading it
         needs no new request (prefetching it would only add thread overhead)."""
-        if self._pid != os.getpid():
-            return False
+        self._check_process()  # in a new process nothing is held yet
         size = self.block_bytes
         with self._lock:
             return all((uri, b) in self._blocks
                        for b in range(start // size, (start + max(length, 1) - 1) // size + 1))
 
-    def read(self, storage: Any, uri: str, start: int, length: int, object_size: int) -> bytes:
+    def read(self, storage: Storage, uri: str, start: int, length: int, object_size: int) -> bytes:
         """``length`` bytes of ``uri`` from ``start`` (``object_size``: the whole object's size,
         so the last block is asked for exactly)."""
-        if self._pid != os.getpid():
-            self._reset()
+        self._check_process()
         if length <= 0:
             return b""
         if start < 0 or start + length > object_size:
             raise CorruptDataError(f"{uri}: range {start}+{length} lies outside the object's {object_size} bytes; "
                                    "the index does not match this object")
-        with self._lock:
-            self.reads += 1
+        self._counters.add(reads=1)
         size = self.block_bytes
         first, last = start // size, (start + length - 1) // size
         parts = [self._block(storage, uri, b, object_size) for b in range(first, last + 1)]
@@ -105,21 +101,21 @@ class BlockReader:
             return parts[0][offset:offset + length]
         return b"".join(parts)[offset:offset + length]
 
-    def _block(self, storage: Any, uri: str, block: int, object_size: int) -> bytes:
+    def _block(self, storage: Storage, uri: str, block: int, object_size: int) -> bytes:
         key = (uri, block)
         with self._lock:
             future = self._blocks.get(key)
-            owner = future is None
-            if owner:
-                future = Future()
-                self._blocks[key] = future
+            if future is not None:
+                self._blocks.move_to_end(key)
+                joined = not future.done()
+            else:
+                future = self._blocks[key] = Future()
                 while len(self._blocks) > self.max_blocks:  # waiters keep their own reference
                     self._blocks.popitem(last=False)
-            else:
-                self._blocks.move_to_end(key)
-                if not future.done():
-                    self.waits += 1
-        if not owner:
+                joined = None
+        if joined is not None:
+            if joined:
+                self._counters.add(waits=1)
             return future.result()
         start = block * self.block_bytes
         want = min(self.block_bytes, object_size - start)
@@ -135,14 +131,13 @@ class BlockReader:
                     del self._blocks[key]
             raise
         future.set_result(data)
+        self._counters.add(fetches=1, fetched_bytes=len(data))
+        fetches, reads = self._counters["fetches"], self._counters["reads"]
         with self._lock:
-            self.fetches += 1
-            self.fetched_bytes += len(data)
-            wasteful = (not self._warned and self.reads >= _WASTE_CHECK_AFTER
-                        and self.fetches * _WASTE_RATIO > self.reads)
+            wasteful = not self._warned and reads >= _WASTE_CHECK_AFTER and fetches * _WASTE_RATIO > reads
             self._warned = self._warned or wasteful
         if wasteful:
             logger.warning("block reads in pid %d: %d GETs of up to %d bytes for %d member reads; the samples "
                            "asked for do not stay within blocks (use LocalitySampler, or drop shard_block_bytes "
-                           "for a random sampler)", os.getpid(), self.fetches, self.block_bytes, self.reads)
+                           "for a random sampler)", os.getpid(), fetches, self.block_bytes, reads)
         return data

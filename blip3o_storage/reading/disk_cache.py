@@ -36,9 +36,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
 
 from blip3o_storage.errors import ConfigError
+from blip3o_storage.storage.process_state import ProcessLocal
+from blip3o_storage.storage.stats import Counters
 
 logger = logging.getLogger(__name__)
 
@@ -86,12 +87,17 @@ def _digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
-class DiskCache:
+_COUNTERS = ("hits", "misses", "evictions", "puts", "corrupt", "refused")
+
+
+class DiskCache(ProcessLocal):
     """``get(key) -> bytes | None`` / ``put(key, data)`` under ``root``, total <= ``max_bytes``.
 
     Picklable: only the folder and the bound travel; counters and the size
     estimate are per process.
     """
+
+    _process_state = ("_lock", "_estimate", "_counters")
 
     def __init__(self, root: os.PathLike | str, max_bytes: int) -> None:
         if max_bytes <= 0:
@@ -99,32 +105,21 @@ class DiskCache:
         self.root = Path(root)
         self.max_bytes = int(max_bytes)
         check_cache_root(self.root)
-        self._reset()
+        super().__init__()
 
-    def _reset(self) -> None:
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
-        self._estimate: Optional[int] = None  # bytes in the folder as of our last scan + our writes
-        self.hits = self.misses = self.evictions = self.puts = self.corrupt = self.refused = 0
-
-    def __getstate__(self) -> Dict[str, Any]:
-        return {"root": self.root, "max_bytes": self.max_bytes}
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.root, self.max_bytes = state["root"], state["max_bytes"]
-        self._reset()
-
-    def _check_pid(self) -> None:
-        if self._pid != os.getpid():  # forked: counters and lock belong to the parent
-            self._reset()
+    def _init_process_state(self) -> None:
+        self._lock = threading.Lock()  # guards the estimate
+        self._estimate: int | None = None  # bytes in the folder as of our last scan + our writes
+        self._counters = Counters(_COUNTERS)
 
     def path_for(self, key: str) -> Path:
         name = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
         return self.root / name[:2] / name
 
-    def stats(self) -> Dict[str, int]:
-        return {"hits": self.hits, "misses": self.misses, "evictions": self.evictions, "puts": self.puts,
-                "corrupt": self.corrupt, "refused": self.refused}
+    def stats(self) -> dict[str, int]:
+        """This process's counters: hits, misses, evictions, puts, corrupt (failed their check), refused."""
+        self._check_process()
+        return {name: self._counters[name] for name in _COUNTERS}
 
     def _refuse(self, path: Path, why: str) -> None:
         """Count and remove a planted entry (a symlink is removed, not what it points at)."""
@@ -134,10 +129,9 @@ class DiskCache:
                 os.unlink(path)
         except OSError:
             pass
-        with self._lock:
-            self.refused += 1
+        self._counters.add(refused=1)
 
-    def _open_dir(self, path: Path) -> Optional[int]:
+    def _open_dir(self, path: Path) -> int | None:
         """An fd of the real folder ``path`` (not a symlink, ours), None if missing or refused."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW)
@@ -152,7 +146,7 @@ class DiskCache:
             return None
         return fd
 
-    def _read_entry(self, path: Path) -> Optional[bytes]:
+    def _read_entry(self, path: Path) -> bytes | None:
         """The raw file at ``path``, opened without following any symlink below ``root``."""
         dir_fd = self._open_dir(path.parent)
         if dir_fd is None:
@@ -191,17 +185,16 @@ class DiskCache:
         return True
 
     # -- reads --------------------------------------------------------------
-    def get(self, key: str) -> Optional[bytes]:
+    def get(self, key: str) -> bytes | None:
         """The cached bytes of ``key``, or None (missing, unreadable or failing its check)."""
-        self._check_pid()
+        self._check_process()
         path = self.path_for(key)
         try:
             blob = self._read_entry(path)
         except OSError:
             blob = None
         if blob is None:
-            with self._lock:
-                self.misses += 1
+            self._counters.add(misses=1)
             return None
         data = self._unpack(blob)
         if data is None:
@@ -210,20 +203,17 @@ class DiskCache:
                 path.unlink()
             except OSError:
                 pass
-            with self._lock:
-                self.corrupt += 1
-                self.misses += 1
+            self._counters.add(corrupt=1, misses=1)
             return None
         try:
             os.utime(path, follow_symlinks=False)  # LRU: a hit makes the entry young again
         except OSError:
             pass  # evicted by another process meanwhile: we still have the bytes
-        with self._lock:
-            self.hits += 1
+        self._counters.add(hits=1)
         return data
 
     @staticmethod
-    def _unpack(blob: bytes) -> Optional[bytes]:
+    def _unpack(blob: bytes) -> bytes | None:
         if len(blob) < _HEADER.size:
             return None
         magic, length, digest = _HEADER.unpack_from(blob)
@@ -235,7 +225,7 @@ class DiskCache:
     # -- writes -------------------------------------------------------------
     def put(self, key: str, data: bytes) -> bool:
         """Store ``data`` (atomically); False when it cannot fit or the disk refuses."""
-        self._check_pid()
+        self._check_process()
         total = _HEADER.size + len(data)
         if total > self.max_bytes * _LOW_WATERMARK:
             return False
@@ -259,8 +249,8 @@ class DiskCache:
         except OSError as exc:
             logger.warning("disk cache: cannot write %s (%s); continuing without caching it", path, exc)
             return False
+        self._counters.add(puts=1)
         with self._lock:
-            self.puts += 1
             if self._estimate is None:
                 self._estimate = self._scan_total()
             else:
@@ -270,9 +260,9 @@ class DiskCache:
             self.evict()
         return True
 
-    def _entries(self) -> List[Tuple[float, int, Path]]:
+    def _entries(self) -> list[tuple[float, int, Path]]:
         """(mtime, size, path) of every entry; removes temp files of crashed writers."""
-        out: List[Tuple[float, int, Path]] = []
+        out: list[tuple[float, int, Path]] = []
         if not self.root.is_dir():
             return out
         now = time.time()
@@ -318,7 +308,8 @@ class DiskCache:
             except OSError:
                 continue
             total -= size
+        self._check_process()
+        self._counters.add(evictions=removed)
         with self._lock:
-            self.evictions += removed
             self._estimate = total
         return removed

@@ -30,8 +30,11 @@ import itertools
 import logging
 import os
 import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence
+
+from blip3o_storage.storage.process_state import ProcessLocal
+from blip3o_storage.storage.stats import Counters
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +61,10 @@ def worker_stream(order: Iterable[int], batch_size: int = 1, worker_id: int = 0,
             yield from batch
 
 
-class Prefetcher:
+_COUNTERS = ("hits", "waits", "misses", "errors", "dropped", "resyncs")
+
+
+class Prefetcher(ProcessLocal):
     """Bytes of upcoming keys, fetched by ``threads`` threads, at most ``depth`` samples ahead.
 
     ``plan(idx)`` is called by the dataset at the start of ``__getitem__``:
@@ -69,7 +75,10 @@ class Prefetcher:
     kept, the oldest unclaimed ones are dropped.
     """
 
-    def __init__(self, depth: int, threads: int = 4, sampler: Optional[Iterable[int]] = None,
+    _process_state = ("_lock", "_pool", "_pending", "_stream", "_ahead", "_exhausted", "_misaligned",
+                      "_last_idx", "_planned", "_counters")
+
+    def __init__(self, depth: int, threads: int = 4, sampler: Iterable[int] | None = None,
                  batch_size: int = 1, drop_last: bool = False) -> None:
         if depth < 0 or threads < 1:
             raise ValueError(f"prefetch depth must be >= 0 and threads >= 1 (got {depth}, {threads})")
@@ -78,36 +87,23 @@ class Prefetcher:
         self.sampler = sampler
         self.batch_size = max(1, int(batch_size))
         self.drop_last = drop_last
-        self._reset()
+        super().__init__()
 
-    def _reset(self) -> None:
-        self._pid = os.getpid()
+    def _init_process_state(self) -> None:
         self._lock = threading.Lock()
-        self._pool: Optional[ThreadPoolExecutor] = None
-        self._pending: "collections.OrderedDict[str, Future]" = collections.OrderedDict()
-        self._stream: Optional[Iterator[int]] = None
-        self._ahead: Deque[int] = collections.deque()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: collections.OrderedDict[str, _Part] = collections.OrderedDict()
+        self._stream: Iterator[int] | None = None
+        self._ahead: collections.deque[int] = collections.deque()
         self._exhausted = False
         self._misaligned = 0  # resyncs in a row that found nothing (no sampler: jumps in a row)
-        self._last_idx: Optional[int] = None  # the last index asked for, to tell sequential access
-        self._planned: "collections.OrderedDict[int, None]" = collections.OrderedDict()  # handed out lately
-        self.hits = self.waits = self.misses = self.errors = self.dropped = self.resyncs = 0
+        self._last_idx: int | None = None  # the last index asked for, to tell sequential access
+        self._planned: collections.OrderedDict[int, None] = collections.OrderedDict()  # handed out lately
+        self._counters = Counters(_COUNTERS)
 
-    def __getstate__(self) -> Dict[str, Any]:
-        return {"depth": self.depth, "threads": self.threads, "sampler": self.sampler,
-                "batch_size": self.batch_size, "drop_last": self.drop_last}
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._reset()
-
-    def _here(self) -> None:
-        if self._pid != os.getpid():
-            self._reset()
-
-    def set_sampler(self, sampler: Optional[Iterable[int]], batch_size: int = 1, drop_last: bool = False) -> None:
+    def set_sampler(self, sampler: Iterable[int] | None, batch_size: int = 1, drop_last: bool = False) -> None:
         """Predict from ``sampler`` (a torch/mmengine Sampler or a list of indices)."""
-        self._here()
+        self._check_process()
         self.sampler, self.batch_size, self.drop_last = sampler, max(1, int(batch_size)), drop_last
         self._stream, self._ahead, self._exhausted = None, collections.deque(), False
 
@@ -115,9 +111,10 @@ class Prefetcher:
     def max_pending(self) -> int:
         return max(8, 4 * self.depth)
 
-    def stats(self) -> Dict[str, int]:
-        return {"hits": self.hits, "waits": self.waits, "misses": self.misses, "errors": self.errors,
-                "dropped": self.dropped, "resyncs": self.resyncs}
+    def stats(self) -> dict[str, int]:
+        """This process's counters: hits, waits (taken while in flight), misses, errors, dropped, resyncs."""
+        self._check_process()
+        return {name: self._counters[name] for name in _COUNTERS}
 
     # -- prediction ---------------------------------------------------------
     def _new_stream(self) -> None:
@@ -147,12 +144,12 @@ class Prefetcher:
                 return True
         return False
 
-    def plan(self, idx: int, n: int) -> List[int]:
+    def plan(self, idx: int, n: int) -> list[int]:
         """Advance to ``idx``; the next up to ``depth`` indices expected after it.
 
         Without a sampler, the guess is ``idx+1, idx+2, ...`` modulo ``n``
         (right within a batch of a sequential sampler)."""
-        self._here()
+        self._check_process()
         if self.depth == 0:
             return []
         if self.sampler is None:
@@ -176,7 +173,7 @@ class Prefetcher:
             if self._stream is None:
                 self._new_stream()
             if not self._seek(idx, window):
-                self.resyncs += 1
+                self._counters.add(resyncs=1)
                 self._new_stream()  # a new epoch (or a first call) starts the sampler again
                 if not self._seek(idx, window):
                     self._misaligned += 1
@@ -189,7 +186,7 @@ class Prefetcher:
             self._fill(self.depth)
             return list(itertools.islice(self._ahead, self.depth))
 
-    def plan_new(self, idx: int, n: int) -> List[int]:
+    def plan_new(self, idx: int, n: int) -> list[int]:
         """:meth:`plan`, less the indices it returned lately and not asked for since:
         what is new in the window.
 
@@ -207,9 +204,9 @@ class Prefetcher:
         return fresh
 
     # -- fetching -----------------------------------------------------------
-    def submit(self, keys: Sequence[str], fn: Callable[[], List[bytes]]) -> None:
+    def submit(self, keys: Sequence[str], fn: Callable[[], list[bytes]]) -> None:
         """Fetch ``keys`` (one call of ``fn`` returns their bytes, in order) unless already pending."""
-        self._here()
+        self._check_process()
         with self._lock:
             if all(k in self._pending for k in keys):
                 return
@@ -218,42 +215,37 @@ class Prefetcher:
             whole = self._pool.submit(_unless_exiting(fn))
             for i, key in enumerate(keys):
                 if key not in self._pending:
-                    self._pending[key] = _Part(whole, i)  # type: ignore[assignment]
+                    self._pending[key] = _Part(whole, i)
             while len(self._pending) > self.max_pending:
                 _, old = self._pending.popitem(last=False)
-                self.dropped += 1
+                self._counters.add(dropped=1)
                 if not any(part.future is old.future for part in self._pending.values()):
                     old.future.cancel()  # nobody will take it: a fetch still queued is not sent
 
-    def take(self, key: str, count_miss: bool = True) -> Optional[bytes]:
+    def take(self, key: str, count_miss: bool = True) -> bytes | None:
         """The prefetched bytes of ``key`` (waiting if in flight), or None: read it yourself.
         ``count_miss=False``: not fetching it was deliberate (e.g. its block is already held)."""
-        self._here()
+        self._check_process()
         with self._lock:
             part = self._pending.pop(key, None)
             if part is None:
-                self.misses += count_miss
+                self._counters.add(misses=int(count_miss))
                 return None
         ready = part.done()
         try:
             data = part.result()
         except Exception:  # noqa: BLE001 - the synchronous read will raise it properly, with fallback
-            with self._lock:
-                self.errors += 1
-                self.misses += 1
+            self._counters.add(errors=1, misses=1)
             return None
-        with self._lock:
-            if ready:
-                self.hits += 1
-            else:
-                self.waits += 1
+        self._counters.add(**{"hits" if ready else "waits": 1})
         return data
 
     def close(self) -> None:
         """Stop the threads of this process (pending fetches are abandoned)."""
-        if self._pool is not None and self._pid == os.getpid():
+        self._check_process()  # a pool of another process is not ours to shut down
+        if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-        self._reset()
+        self._init_process_state()
 
 
 _exiting = False
@@ -274,8 +266,8 @@ if hasattr(threading, "_register_atexit"):
     threading._register_atexit(_note_exit)
 
 
-def _unless_exiting(fn: Callable[[], List[bytes]]) -> Callable[[], List[bytes]]:
-    def run() -> List[bytes]:
+def _unless_exiting(fn: Callable[[], list[bytes]]) -> Callable[[], list[bytes]]:
+    def run() -> list[bytes]:
         if _exiting:
             raise RuntimeError("prefetch abandoned: the process is exiting")
         return fn()
@@ -287,7 +279,7 @@ class _Part:
 
     __slots__ = ("future", "i")
 
-    def __init__(self, future: Future, i: int) -> None:
+    def __init__(self, future: Future[list[bytes]], i: int) -> None:
         self.future, self.i = future, i
 
     def done(self) -> bool:

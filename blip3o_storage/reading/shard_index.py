@@ -26,12 +26,13 @@ relative to the folder that holds the tars (the dataset's ``ceph_folder``).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Tuple
+from collections.abc import Mapping
+from typing import Any
 
-from blip3o_storage.reading.bounded_json import loads_bounded
 from blip3o_storage.errors import BucketNotFoundError, CorruptDataError, ObjectNotFoundError
+from blip3o_storage.reading.bounded_json import loads_bounded
+from blip3o_storage.storage.facade import Storage
 from blip3o_storage.storage.uri import check_relpath, parse_uri
-
 
 INDEX_VERSION = 1
 
@@ -47,8 +48,8 @@ class ShardIndex:
 
     def __init__(self, index: Mapping[str, Any], source: str = "index") -> None:
         self.source = source
-        self._entries: Dict[str, Tuple[str, int, int]] = {}
-        self.shard_sizes: Dict[str, int] = {}
+        self._entries: dict[str, tuple[str, int, int]] = {}
+        self.shard_sizes: dict[str, int] = {}
         if not isinstance(index, Mapping) or index.get("version") != INDEX_VERSION:
             raise CorruptDataError(f"shard index {source}: not a version-{INDEX_VERSION} index "
                                    f"(got version {index.get('version') if isinstance(index, Mapping) else None!r}); "
@@ -73,7 +74,7 @@ class ShardIndex:
             self.shard_sizes[uri_name] = size
 
     @classmethod
-    def load(cls, storage: Any, uri: str) -> "ShardIndex":
+    def load(cls, storage: Storage, uri: str) -> ShardIndex:
         """Read and validate ``index.json`` from any Storage location."""
         try:
             raw = storage.get(uri)
@@ -98,7 +99,7 @@ class ShardIndex:
     def __contains__(self, relpath: str) -> bool:
         return relpath in self._entries
 
-    def resolve(self, relpath: str) -> Tuple[str, int, int]:
+    def resolve(self, relpath: str) -> tuple[str, int, int]:
         """``(tar relpath, offset, size)`` of ``relpath``; ObjectNotFoundError names it when absent."""
         hit = self._entries.get(relpath)
         if hit is None:

@@ -7,6 +7,18 @@ can key on *what* is read before reading it:
 * ``locate(folder, relpath) -> Ref``: which object and byte range (no I/O);
 * ``read(storage, ref) -> bytes``: fetch it.
 
+Everything else the dataset may ask a source is a method of the base class
+with a default that fits a source without that capability, and a wrapper
+(:class:`CachedSource`) passes each one on to what it wraps, so the dataset
+never probes attributes or unwraps sources:
+
+* ``locality_key`` / ``has_locality``: where a relpath's bytes live, for
+  :meth:`~blip3o_storage.training.dataset.CaptionDataset.locality_groups`;
+* ``resident(ref)``: readable without a new request (no prefetch needed);
+* ``stats()``: this process's counters of the source's parts (``blocks``,
+  ``cache``), merged into ``dataset.stats()``;
+* ``disk_cache()``: the local cache in front of the reads, if any.
+
 Implementations: :class:`ObjectSource` (one object per file, the original
 layout), :class:`ShardSource` (a ranged GET into a tar, via
 :class:`~blip3o_storage.reading.shard_index.ShardIndex`) and :class:`CachedSource`
@@ -20,18 +32,21 @@ from them (:mod:`blip3o_storage.reading.block_reader`; pair it with
 """
 from __future__ import annotations
 
+import abc
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
-from blip3o_storage.storage.process_state import DropsLocksOnPickle
+from blip3o_storage.errors import CorruptDataError
 from blip3o_storage.reading.block_reader import DEFAULT_BLOCK_BYTES, BlockReader
 from blip3o_storage.reading.disk_cache import DiskCache
-from blip3o_storage.errors import CorruptDataError
 from blip3o_storage.reading.shard_index import ShardIndex
+from blip3o_storage.storage.facade import Storage
+from blip3o_storage.storage.process_state import ProcessLocal
 from blip3o_storage.storage.uri import join_uri
 
-__all__ = ["CachedSource", "ObjectSource", "Ref", "SampleSource", "ShardSource", "build_source"]
+__all__ = ["CachedSource", "LocalityKey", "ObjectSource", "Ref", "SampleSource", "ShardSource", "SourceStats",
+           "build_source"]
 
 #: Neighbouring members of one tar closer than this are fetched in one request.
 DEFAULT_COALESCE_GAP = 64 * 1024
@@ -49,43 +64,75 @@ class Ref:
 
     uri: str
     label: str
-    start: Optional[int] = None
-    length: Optional[int] = None
+    start: int | None = None
+    length: int | None = None
 
     @property
     def key(self) -> str:
         return self.uri if self.start is None else f"{self.uri}@{self.start}+{self.length}"
 
 
-@runtime_checkable
-class SampleSource(Protocol):
-    """Bytes of data.json relpaths, located first, then read."""
-
-    def locate(self, folder: str, relpath: str) -> Ref: ...
-
-    def read(self, storage: Any, ref: Ref) -> bytes: ...
-
-    def read_many(self, storage: Any, refs: Sequence[Ref]) -> List[bytes]: ...
+#: Where a relpath's bytes live: (object URI, aligned block number); sorts in storage order.
+LocalityKey = tuple[str, int]
+#: What ``SampleSource.stats()`` returns: section name (``blocks``, ``cache``) -> that part's counters.
+SourceStats = dict[str, dict[str, int]]
 
 
-class ObjectSource:
+class SampleSource(abc.ABC):
+    """Bytes of data.json relpaths, located first, then read.
+
+    Subclasses implement :meth:`locate` and :meth:`read`; the other methods
+    are capabilities with defaults meaning "none of that here".
+    """
+
+    @abc.abstractmethod
+    def locate(self, folder: str, relpath: str) -> Ref:
+        """Which object and byte range hold ``folder/relpath`` (no I/O)."""
+
+    @abc.abstractmethod
+    def read(self, storage: Storage, ref: Ref) -> bytes:
+        """The bytes of ``ref``."""
+
+    def read_many(self, storage: Storage, refs: Sequence[Ref]) -> list[bytes]:
+        """The bytes of each of ``refs``, in order (default: one read each)."""
+        return [self.read(storage, ref) for ref in refs]
+
+    def has_locality(self) -> bool:
+        """True when :meth:`locality_key` groups relpaths by where their bytes live."""
+        return False
+
+    def locality_key(self, folder: str, relpath: str) -> LocalityKey | None:
+        """A sortable key of where ``relpath``'s bytes live; None without locality."""
+        return None
+
+    def resident(self, ref: Ref) -> bool:
+        """True when ``ref`` can be read without a new request (prefetching it would not help)."""
+        return False
+
+    def disk_cache(self) -> DiskCache | None:
+        """The local disk cache in front of this source's reads, if any."""
+        return None
+
+    def stats(self) -> SourceStats:
+        """This process's counters of the source's parts, by section (none by default)."""
+        return {}
+
+
+class ObjectSource(SampleSource):
     """One object (or local file) per relpath: ``folder/relpath``, read whole."""
 
     def locate(self, folder: str, relpath: str) -> Ref:
         uri = join_uri(folder, relpath)
         return Ref(uri=uri, label=uri)
 
-    def read(self, storage: Any, ref: Ref) -> bytes:
+    def read(self, storage: Storage, ref: Ref) -> bytes:
         return storage.get(ref.uri)
-
-    def read_many(self, storage: Any, refs: Sequence[Ref]) -> List[bytes]:
-        return [self.read(storage, ref) for ref in refs]
 
     def __repr__(self) -> str:
         return "ObjectSource()"
 
 
-class ShardSource(DropsLocksOnPickle):
+class ShardSource(SampleSource, ProcessLocal):
     """Members of tar shards, by ranged GET, located through a :class:`ShardIndex`.
 
     ``folder`` (the dataset's ``ceph_folder``) is the folder holding the
@@ -96,21 +143,26 @@ class ShardSource(DropsLocksOnPickle):
     members in it are served from memory (``max_blocks`` per process).
     """
 
-    _pickle_locks = ()  # none: a dict store is atomic, and a lock held by a prefetch thread at fork would hang
-    _pickle_resets = {"_checked": {}}  # each process checks the tar sizes again
+    _process_state = ("_checked",)  # each process checks the tar sizes again (no lock: a dict store is atomic)
 
     def __init__(self, index: ShardIndex, coalesce_gap: int = DEFAULT_COALESCE_GAP, block_bytes: int = 0,
                  max_blocks: int = 4) -> None:
         self.index = index
         self.coalesce_gap = coalesce_gap
-        self.blocks: Optional[BlockReader] = BlockReader(block_bytes, max_blocks) if block_bytes > 0 else None
-        self._checked: Dict[str, Tuple[int, int]] = {}  # tar uri -> (pid that checked it, indexed size)
+        self.blocks: BlockReader | None = BlockReader(block_bytes, max_blocks) if block_bytes > 0 else None
+        super().__init__()
+
+    def _init_process_state(self) -> None:
+        self._checked: dict[str, int] = {}  # tar uri -> indexed size, checked in this process
 
     def __repr__(self) -> str:
         reads = f", block reads {self.blocks.block_bytes} bytes" if self.blocks is not None else ""
         return f"ShardSource({self.index.source}, {len(self.index)} members{reads})"
 
-    def locality_key(self, folder: str, relpath: str) -> tuple:
+    def has_locality(self) -> bool:
+        return True
+
+    def locality_key(self, folder: str, relpath: str) -> LocalityKey:
         """Where ``relpath``'s bytes live, as a sortable key: (tar, aligned block), the
         block being the one block reads fetch it with (default size without them)."""
         ref = self.locate(folder, relpath)
@@ -127,6 +179,10 @@ class ShardSource(DropsLocksOnPickle):
         """True when ``ref`` can be read without a new request (its blocks are held or in flight)."""
         return self.blocks is not None and self.blocks.holds(ref.uri, ref.start or 0, ref.length or 0)
 
+    def stats(self) -> SourceStats:
+        """``{"blocks": ...}`` with block reads (see :meth:`BlockReader.stats`), else nothing."""
+        return {"blocks": self.blocks.stats()} if self.blocks is not None else {}
+
     def _indexed_size(self, uri: str) -> int:
         """The size the index records for tar ``uri``."""
         # The index names tars by their path under the folder (possibly with '/'): the longest match.
@@ -136,31 +192,32 @@ class ShardSource(DropsLocksOnPickle):
                                    "re-run tools/upload_shards.py")
         return self.index.shard_sizes[max(names, key=len)]
 
-    def _check_tar(self, storage: Any, uri: str) -> int:
+    def _check_tar(self, storage: Storage, uri: str) -> int:
         """The tar's indexed size, once per process checked against the stored tar (one HEAD)."""
+        self._check_process()
         checked = self._checked.get(uri)
-        if checked is not None and checked[0] == os.getpid():
-            return checked[1]
+        if checked is not None:
+            return checked
         expected = self._indexed_size(uri)
         actual = storage.stat(uri).size
         if actual != expected:
             raise CorruptDataError(f"{uri} is {actual} bytes but shard index {self.index.source} says {expected}: "
                                    "the tar changed after indexing; re-run tools/upload_shards.py")
-        self._checked[uri] = (os.getpid(), expected)
+        self._checked[uri] = expected
         return expected
 
-    def read(self, storage: Any, ref: Ref) -> bytes:
+    def read(self, storage: Storage, ref: Ref) -> bytes:
         return self.read_many(storage, [ref])[0]
 
-    def read_many(self, storage: Any, refs: Sequence[Ref]) -> List[bytes]:
+    def read_many(self, storage: Storage, refs: Sequence[Ref]) -> list[bytes]:
         """Read ``refs``: from blocks with block reads, else one ranged GET per run
         of members of one tar that lie within ``coalesce_gap`` bytes of each other."""
         if self.blocks is not None:
             return [self.blocks.read(storage, ref.uri, ref.start or 0, ref.length or 0,
                                      self._check_tar(storage, ref.uri)) for ref in refs]
-        out: List[Optional[bytes]] = [None] * len(refs)
+        out: list[bytes | None] = [None] * len(refs)
         order = sorted(range(len(refs)), key=lambda i: (refs[i].uri, refs[i].start or 0))
-        run: List[int] = []
+        run: list[int] = []
 
         def flush() -> None:
             if not run:
@@ -189,8 +246,11 @@ class ShardSource(DropsLocksOnPickle):
         return [b if b is not None else b"" for b in out]
 
 
-class CachedSource:
-    """Any source, with a local :class:`DiskCache` in front (keyed by URI + range)."""
+class CachedSource(SampleSource):
+    """Any source, with a local :class:`DiskCache` in front (keyed by URI + range).
+
+    Every capability is the wrapped source's; the cache adds its ``cache`` stats.
+    """
 
     def __init__(self, inner: SampleSource, cache: DiskCache) -> None:
         self.inner = inner
@@ -202,22 +262,37 @@ class CachedSource:
     def locate(self, folder: str, relpath: str) -> Ref:
         return self.inner.locate(folder, relpath)
 
-    def read(self, storage: Any, ref: Ref) -> bytes:
+    def has_locality(self) -> bool:
+        return self.inner.has_locality()
+
+    def locality_key(self, folder: str, relpath: str) -> LocalityKey | None:
+        return self.inner.locality_key(folder, relpath)
+
+    def resident(self, ref: Ref) -> bool:
+        return self.inner.resident(ref)
+
+    def disk_cache(self) -> DiskCache | None:
+        return self.cache
+
+    def stats(self) -> SourceStats:
+        return {**self.inner.stats(), "cache": self.cache.stats()}
+
+    def read(self, storage: Storage, ref: Ref) -> bytes:
         return self.read_many(storage, [ref])[0]
 
-    def read_many(self, storage: Any, refs: Sequence[Ref]) -> List[bytes]:
-        out: List[Optional[bytes]] = [self.cache.get(ref.key) for ref in refs]
+    def read_many(self, storage: Storage, refs: Sequence[Ref]) -> list[bytes]:
+        out: list[bytes | None] = [self.cache.get(ref.key) for ref in refs]
         missing = [i for i, data in enumerate(out) if data is None]
         if missing:
             fetched = self.inner.read_many(storage, [refs[i] for i in missing])
-            for i, data in zip(missing, fetched):
+            for i, data in zip(missing, fetched):  # noqa: B905 - same length; strict= needs 3.10
                 self.cache.put(refs[i].key, data)
                 out[i] = data
         return [b if b is not None else b"" for b in out]
 
 
-def build_source(storage: Any, shard_index: Optional[str] = None, cache_dir: Optional[os.PathLike | str] = None,
-                 cache_max_bytes: Optional[int] = None, block_bytes: int = 0) -> SampleSource:
+def build_source(storage: Storage, shard_index: str | None = None, cache_dir: os.PathLike | str | None = None,
+                 cache_max_bytes: int | None = None, block_bytes: int = 0) -> SampleSource:
     """The source a dataset's remote reads go through, from its keywords.
 
     The shard index is loaded here (once, in the main process) so a missing

@@ -5,7 +5,8 @@ Registered in our ``BUILDER`` and in mmengine's ``FUNCTIONS`` so a config's
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from mmengine.registry import FUNCTIONS
@@ -15,8 +16,8 @@ from blip3o_storage.training.registry import BUILDER
 DEFAULT_PAD_TOKEN_INDEX = 0  # xtuner's DEFAULT_PAD_TOKEN_INDEX
 
 
-def blip3o_collate(instances: Sequence[Dict[str, Any]], pad_index: int = DEFAULT_PAD_TOKEN_INDEX,
-                   padding_side: str = "right") -> Dict[str, Any]:
+def blip3o_collate(instances: Sequence[dict[str, Any]], pad_index: int = DEFAULT_PAD_TOKEN_INDEX,
+                   padding_side: str = "right") -> dict[str, Any]:
     """Pad ``input_ids`` (with an ``attention_mask``), stack ``pixel_values``
     and/or ``image_latents``; returns ``{'data': ..., 'data_samples': None}``
     like OpenUni so its models take the batch unchanged. ``image_file`` is
@@ -30,14 +31,14 @@ def blip3o_collate(instances: Sequence[Dict[str, Any]], pad_index: int = DEFAULT
     width = max(lengths)
     input_ids = torch.full((len(ids), width), pad_index, dtype=torch.long)
     attention_mask = torch.zeros((len(ids), width), dtype=torch.bool)
-    for row, (t, n) in enumerate(zip(ids, lengths)):
+    for row, (t, n) in enumerate(zip(ids, lengths)):  # noqa: B905 - same length; strict= needs 3.10
         if n == 0:
             continue
         if padding_side == "right":
             input_ids[row, :n], attention_mask[row, :n] = t, True
         else:
             input_ids[row, -n:], attention_mask[row, -n:] = t, True
-    data: Dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+    data: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
     for key in ("pixel_values", "image_latents", "image_tokens"):
         present = [key in x for x in instances]
         if any(present):

@@ -36,6 +36,7 @@ worker is written (logger ``blip3o_storage.training.dataset``).
 from __future__ import annotations
 
 import collections
+import functools
 import glob
 import io
 import json
@@ -43,25 +44,35 @@ import logging
 import os
 import random
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any
 
 import torch
 from botocore.exceptions import NoCredentialsError
 from mmengine.registry import DATASETS
 from torch.utils.data import Dataset
 
+from blip3o_storage.errors import (
+    AccessDeniedError,
+    BucketNotFoundError,
+    ConfigError,
+    CorruptDataError,
+    InvalidPathError,
+    ObjectNotFoundError,
+    StorageError,
+    TransientStorageError,
+)
 from blip3o_storage.reading.bounded_json import loads_bounded
-from blip3o_storage.errors import (AccessDeniedError, BucketNotFoundError, ConfigError, CorruptDataError, InvalidPathError,
-                     ObjectNotFoundError, StorageError, TransientStorageError)
-from blip3o_storage.training.image_ops import ImageRejectedError, load_pixel_values
-from blip3o_storage.storage.local_backend import PathTooLongError
 from blip3o_storage.reading.prefetch import Prefetcher
-from blip3o_storage.training.registry import BUILDER, build_component
-from blip3o_storage.reading.sources import ObjectSource, SampleSource, build_source
+from blip3o_storage.reading.sources import LocalityKey, ObjectSource, SampleSource, build_source
 from blip3o_storage.storage.facade import ConfigLike, Storage
-from blip3o_storage.training.tokenizers import prompt_input_ids
+from blip3o_storage.storage.local_backend import PathTooLongError
+from blip3o_storage.storage.process_state import ProcessLocal
 from blip3o_storage.storage.uri import check_relpath, is_s3_uri, join_uri, parse_uri
+from blip3o_storage.training.image_ops import ImageRejectedError, load_pixel_values
+from blip3o_storage.training.registry import BUILDER, build_component
+from blip3o_storage.training.tokenizers import prompt_input_ids
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +121,7 @@ class BadSample:
     message: str
 
 
-def classify_bad_sample(exc: BaseException) -> Optional[str]:
+def classify_bad_sample(exc: BaseException) -> str | None:
     """The counter name for a sample-level failure, or None when ``exc`` is a
     setup problem (bad config, bad folder URI, a bug) that must propagate."""
     if isinstance(exc, ImageRejectedError):
@@ -152,7 +163,7 @@ def _should_fall_back(exc: BaseException) -> bool:
 
 
 # -- data.json ------------------------------------------------------------
-def _parse_data_file(data: bytes, source: str) -> List[Dict[str, str]]:
+def _parse_data_file(data: bytes, source: str) -> list[dict[str, str]]:
     try:
         entries = loads_bounded(data.decode("utf-8-sig"))  # -sig: a leading BOM is dropped, not an error
     except UnicodeDecodeError as exc:
@@ -165,7 +176,7 @@ def _parse_data_file(data: bytes, source: str) -> List[Dict[str, str]]:
     if not isinstance(entries, list):
         raise CorruptDataError(f"data file {source}: expected a JSON list of {{'image', 'annotation'}} "
                                f"entries, got a {type(entries).__name__}")
-    out: List[Dict[str, str]] = []
+    out: list[dict[str, str]] = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise CorruptDataError(f"data file {source}: entry {i} is a {type(entry).__name__}, not an object")
@@ -182,7 +193,7 @@ def _parse_data_file(data: bytes, source: str) -> List[Dict[str, str]]:
     return out
 
 
-def load_data_list(data_path: str, storage: Storage) -> List[Dict[str, str]]:
+def load_data_list(data_path: str, storage: Storage) -> list[dict[str, str]]:
     """Entries of ``data_path``: one ``.json`` file, or every ``*.json`` in a
     folder (sorted, so every rank sees the same order), local or S3."""
     if not isinstance(data_path, (str, os.PathLike)) or not os.fspath(data_path):
@@ -201,7 +212,7 @@ def load_data_list(data_path: str, storage: Storage) -> List[Dict[str, str]]:
         files = sorted(glob.glob(os.path.join(glob.escape(data_path), "*.json")))
     if not files:
         raise ObjectNotFoundError(f"data_path {data_path}: no .json file there; pass data.json or a folder of them")
-    entries: List[Dict[str, str]] = []
+    entries: list[dict[str, str]] = []
     for path in sorted(files):
         try:
             raw = storage.get(path)
@@ -225,7 +236,7 @@ def _missing_bucket(uri: str, option: str, value: str) -> BucketNotFoundError:
 
 # -- the datasets ---------------------------------------------------------
 @BUILDER.register_module(force=True)
-class CaptionDataset(Dataset):
+class CaptionDataset(Dataset, ProcessLocal):
     """Image + ``.json`` caption (``annotation[cap_source]``) -> OpenUni sample.
 
     Keywords match OpenUni's; those after ``unconditional`` are ours:
@@ -250,25 +261,29 @@ class CaptionDataset(Dataset):
     ``image_processor`` is built and kept (as OpenUni does) but not applied.
     """
 
+    #: Per process (rebuilt in a forked worker or an unpickled copy): the Storage with its clients,
+    #: the time until which the store counts as down, whether the first fallback was logged.
+    _process_state = ("_storage", "_remote_down_until", "_fallback_logged")
+
     def __init__(self,
                  data_path: str,
-                 image_folder: Optional[str] = None,
+                 image_folder: str | None = None,
                  debug: bool = False,
                  image_processor: Any = None,
-                 ceph_folder: Optional[str] = None,
-                 latents_ceph_folder: Optional[str] = None,
+                 ceph_folder: str | None = None,
+                 latents_ceph_folder: str | None = None,
                  ceph_config: ConfigLike = None,
                  tokenizer: Any = None,
-                 prompt_template: Optional[Mapping[str, Any]] = None,
+                 prompt_template: Mapping[str, Any] | None = None,
                  max_length: int = 128,
                  min_image_size: int = 80,
                  image_size: int = 256,
                  image_length: int = 256,
-                 image_tokens_folder: Optional[str] = None,
-                 image_latents_folder: Optional[str] = None,
-                 cap_folder: Optional[str] = None,
+                 image_tokens_folder: str | None = None,
+                 image_latents_folder: str | None = None,
+                 cap_folder: str | None = None,
                  cap_source: str = "caption",
-                 tokenizer_kwargs: Optional[Mapping[str, Any]] = None,
+                 tokenizer_kwargs: Mapping[str, Any] | None = None,
                  unconditional: float = 0.1,
                  *,
                  max_retries: int = 10,
@@ -278,9 +293,9 @@ class CaptionDataset(Dataset):
                  local_fallback: bool = True,
                  fallback_cooldown: float = 60.0,
                  bad_samples_log_size: int = 1000,
-                 shard_index: Optional[str] = None,
-                 cache_dir: Optional[str] = None,
-                 cache_max_bytes: Optional[int] = None,
+                 shard_index: str | None = None,
+                 cache_dir: str | None = None,
+                 cache_max_bytes: int | None = None,
                  prefetch: int = 0,
                  prefetch_threads: int = 4,
                  inline_captions: bool = True,
@@ -300,7 +315,7 @@ class CaptionDataset(Dataset):
             raise ConfigError(f"cache_max_bytes must be > 0, not {cache_max_bytes}")
         if crop not in ("center", "random"):
             raise ConfigError(f"crop must be 'center' or 'random', not {crop!r}")
-        for name, folder in (("image_folder", image_folder), ("cap_folder", cap_folder),
+        for _name, folder in (("image_folder", image_folder), ("cap_folder", cap_folder),
                              ("ceph_folder", ceph_folder), ("latents_ceph_folder", latents_ceph_folder),
                              ("image_latents_folder", image_latents_folder),
                              ("image_tokens_folder", image_tokens_folder)):
@@ -351,10 +366,7 @@ class CaptionDataset(Dataset):
         #: Reads per source: remote, local, fallback_local, in this process.
         self.read_counts: collections.Counter = collections.Counter()
         #: The most recent bad samples (BadSample records), in this process.
-        self.bad_samples_log: Deque[BadSample] = collections.deque(maxlen=bad_samples_log_size)
-        self._storage: Optional[Storage] = None
-        self._fallback_logged_pid: Optional[int] = None
-        self._remote_down_until = 0.0  # monotonic time; per process, reset by pickling
+        self.bad_samples_log: collections.deque[BadSample] = collections.deque(maxlen=bad_samples_log_size)
 
         # One throwaway Storage for the set-up reads (data.json, shard index): the dataset itself
         # holds no client until the first sample (DataLoader workers fork).
@@ -364,11 +376,15 @@ class CaptionDataset(Dataset):
         #: How ceph_folder reads happen (ObjectSource / ShardSource, maybe inside a CachedSource).
         self.sample_source: SampleSource = build_source(setup_storage, shard_index, cache_dir, cache_max_bytes,
                                                         block_bytes=shard_block_bytes)
-        self._prefetcher: Optional[Prefetcher] = (Prefetcher(prefetch, prefetch_threads)
+        self._prefetcher: Prefetcher | None = (Prefetcher(prefetch, prefetch_threads)
                                                   if prefetch > 0 and ceph_folder is not None else None)
 
     # -- plumbing ---------------------------------------------------------
-    def _load_data(self, data_path: str, storage: Optional[Storage] = None) -> None:
+    def _init_process_state(self) -> None:
+        self._storage: Storage | None = None
+        self._remote_down_until = 0.0  # monotonic time
+        self._fallback_logged = False
+    def _load_data(self, data_path: str, storage: Storage | None = None) -> None:
         """Read data.json with a throwaway Storage (``storage``, else a new one): the
         dataset itself holds no client until the first sample (DataLoader workers fork)."""
         self.data_list = load_data_list(data_path, storage if storage is not None else Storage(self.ceph_config))
@@ -377,16 +393,10 @@ class CaptionDataset(Dataset):
     @property
     def storage(self) -> Storage:
         """This process's Storage, made on first use (clients are per pid inside)."""
+        self._check_process()
         if self._storage is None:
             self._storage = Storage(self.ceph_config)
         return self._storage
-
-    def __getstate__(self) -> Dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_storage"] = None
-        state["_fallback_logged_pid"] = None
-        state["_remote_down_until"] = 0.0
-        return state
 
     def __len__(self) -> int:
         return len(self.data_list)
@@ -402,40 +412,35 @@ class CaptionDataset(Dataset):
         """:meth:`set_sampler` with an explicit index order (e.g. ``list(sampler)``)."""
         self.set_sampler([int(i) for i in indices], batch_size, drop_last)
 
-    def stats(self) -> Dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
         """A snapshot of this process's counters (plus per-cluster S3 retries)."""
         out = {"bad_samples": dict(self.bad_sample_counts), "reads": dict(self.read_counts),
                "storage_retries": self.storage.retry_stats() if self._storage is not None else {}}
         if self._prefetcher is not None:
             out["prefetch"] = self._prefetcher.stats()
-        cache = getattr(self.sample_source, "cache", None)
-        if cache is not None:
-            out["cache"] = cache.stats()
-        blocks = getattr(getattr(self.sample_source, "inner", self.sample_source), "blocks", None)  # shard mode
-        if blocks is not None:
-            out["blocks"] = blocks.stats()
+        out.update(self.sample_source.stats())  # "cache" with cache_dir, "blocks" with block reads
         return out
 
-    def locality_groups(self) -> Optional[List[List[int]]]:
+    def locality_groups(self) -> list[list[int]] | None:
         """Sample indices grouped by where their bytes live, groups in storage order:
         in shard mode one group per (tar, aligned block), i.e. per block-read GET.
         None when reads have no locality to speak of (one object per file, local
         files). :class:`~blip3o_storage.training.locality_sampler.LocalitySampler` uses it."""
-        source = getattr(self.sample_source, "inner", self.sample_source)  # behind a CachedSource
-        folder = self.ceph_folder
-        if folder is None or not hasattr(source, "locality_key"):
+        source, folder = self.sample_source, self.ceph_folder
+        if folder is None or not source.has_locality():
             return None
-        groups: Dict[Any, List[int]] = {}
+        groups: dict[tuple[int, LocalityKey | int | None], list[int]] = {}
         for i, sample in enumerate(self.data_list):
             relpaths = self._remote_relpaths(sample) or [sample["image"]]
+            key: tuple[int, LocalityKey | int | None]
             try:
-                key: Any = (0, source.locality_key(folder, relpaths[0]))
+                key = (0, source.locality_key(folder, relpaths[0]))
             except StorageError:
                 key = (1, i)  # not in the index: alone (its read reports the error)
             groups.setdefault(key, []).append(i)
         return [groups[key] for key in sorted(groups)]
 
-    def _remote_relpaths(self, sample: Mapping[str, str]) -> List[str]:
+    def _remote_relpaths(self, sample: Mapping[str, str]) -> list[str]:
         """The relpaths of ``sample`` that are read from ``ceph_folder``."""
         reads_pixels = (self.image_tokens_folder is None and self.latents_ceph_folder is None
                         and self.image_latents_folder is None)
@@ -451,29 +456,28 @@ class CaptionDataset(Dataset):
         if prefetcher is None or folder is None or time.monotonic() < self._remote_down_until:
             return
         storage = self.storage  # made here, not raced for by the threads
-        resident = getattr(source, "resident", None)  # block reads: members of held blocks need no thread
         for j in [idx] + prefetcher.plan_new(idx, len(self)):
             try:
                 refs = [source.locate(folder, rel) for rel in self._remote_relpaths(self.data_list[j])]
             except StorageError:
                 continue  # e.g. not in the shard index: the synchronous read reports it
-            if resident is not None and all(resident(r) for r in refs):
+            if all(source.resident(r) for r in refs):  # block reads: members of held blocks need no thread
                 continue
-            prefetcher.submit([r.key for r in refs], lambda refs=refs: source.read_many(storage, refs))
+            prefetcher.submit([r.key for r in refs], functools.partial(source.read_many, storage, refs))
 
-    def _fetch(self, source: SampleSource, folder: str, relpath: str, trace: List[str]) -> bytes:
+    def _fetch(self, source: SampleSource, folder: str, relpath: str, trace: list[str]) -> bytes:
         """Locate and read ``relpath`` (prefetched bytes first); ``trace[-1]`` becomes its label."""
         ref = source.locate(folder, relpath)
         trace[-1] = ref.label
         if self._prefetcher is not None and source is self.sample_source:
-            resident = getattr(source, "resident", None)  # held blocks were not prefetched: not a miss
-            data = self._prefetcher.take(ref.key, count_miss=not (resident and resident(ref)))
+            # held blocks were not prefetched: not a miss
+            data = self._prefetcher.take(ref.key, count_miss=not source.resident(ref))
             if data is not None:
                 return data
         return source.read(self.storage, ref)
 
-    def _read(self, remote_folder: Optional[str], local_folder: Optional[str], relpath: str,
-              trace: List[str], source: Optional[SampleSource] = None) -> bytes:
+    def _read(self, remote_folder: str | None, local_folder: str | None, relpath: str,
+              trace: list[str], source: SampleSource | None = None) -> bytes:
         """Bytes of ``relpath``: from ``remote_folder`` when set, through ``source``
         (default: one object per file), falling back to ``local_folder``; else
         from ``local_folder``."""
@@ -507,7 +511,7 @@ class CaptionDataset(Dataset):
         return data
 
     def _raise_missing_bucket(self, exc: BucketNotFoundError, uri: str, remote_folder: str,
-                              local_folder: Optional[str], relpath: str) -> None:
+                              local_folder: str | None, relpath: str) -> None:
         """No sample of ``remote_folder`` can be read: one error naming the bucket and the option
         (not ``max_retries`` + 1 samples counted as "missing"). With a local copy configured the
         other files still come from it, so there this one file is a missing sample."""
@@ -517,29 +521,30 @@ class CaptionDataset(Dataset):
         option = "ceph_folder" if remote_folder == self.ceph_folder else "latents_ceph_folder"
         raise _missing_bucket(uri, option, remote_folder) from exc
 
-    def _local_copy(self, local_folder: Optional[str], relpath: str) -> Optional[str]:
+    def _local_copy(self, local_folder: str | None, relpath: str) -> str | None:
         """The local file that may stand in for a remote one, if fallback is on and it exists."""
         if not self.local_fallback or local_folder is None:
             return None
         local = join_uri(local_folder, relpath)
         return local if not is_s3_uri(local) and os.path.isfile(local) else None
 
-    def _read_fallback(self, local: str, trace: List[str]) -> bytes:
+    def _read_fallback(self, local: str, trace: list[str]) -> bytes:
         trace.append(local)
         data = self.storage.get(local)
         self.read_counts["fallback_local"] += 1
         return data
 
     def _note_fallback(self, uri: str, exc: BaseException) -> None:
-        pid = os.getpid()
-        if self._fallback_logged_pid != pid:
-            self._fallback_logged_pid = pid
+        self._check_process()
+        if not self._fallback_logged:
+            self._fallback_logged = True
             logger.warning("local fallback active in pid %d: %s failed (%s: %s); reading local copies "
                            "(count in read_counts['fallback_local']); store skipped for %.0fs when it is "
-                           "down or unconfigured", pid, uri, type(exc).__name__, exc, self.fallback_cooldown)
+                           "down or unconfigured", os.getpid(), uri, type(exc).__name__, exc,
+                           self.fallback_cooldown)
 
-    def _load_tensor(self, remote: Optional[str], local: Optional[str], relpath: str,
-                     trace: List[str]) -> Any:
+    def _load_tensor(self, remote: str | None, local: str | None, relpath: str,
+                     trace: list[str]) -> Any:
         data = self._read(remote, local, relpath, trace)
         try:
             # weights_only: a .pt from a shared bucket must not run code when loaded.
@@ -548,7 +553,7 @@ class CaptionDataset(Dataset):
             raise CorruptDataError(f"{trace[-1]}: cannot load tensor file ({type(exc).__name__}: {exc})") from exc
 
     # -- per-sample steps (overridable like OpenUni's) ---------------------
-    def _read_visual(self, sample: Mapping[str, str], trace: List[str]) -> Dict[str, Any]:
+    def _read_visual(self, sample: Mapping[str, str], trace: list[str]) -> dict[str, Any]:
         """Image tokens, latents or pixels, in OpenUni's order of precedence."""
         image = sample["image"]
         if self.image_tokens_folder is not None:
@@ -563,7 +568,7 @@ class CaptionDataset(Dataset):
                                    crop=self.crop)
         return {"pixel_values": pixels}
 
-    def _read_caption(self, sample: Mapping[str, str], trace: List[str]) -> str:
+    def _read_caption(self, sample: Mapping[str, str], trace: list[str]) -> str:
         """The caption: inline in data.json when ``tools/make_data_json.py --inline-captions``
         put it there (no request), else read from the annotation file."""
         if self.inline_captions and "caption" in sample:
@@ -584,12 +589,12 @@ class CaptionDataset(Dataset):
             raise BadCaptionError(f"{key}: {self.cap_source!r} is a {type(caption).__name__}, not a string")
         return caption
 
-    def _process_text(self, text: str) -> Dict[str, torch.Tensor]:
+    def _process_text(self, text: str) -> dict[str, torch.Tensor]:
         return {"input_ids": prompt_input_ids(text, self.tokenizer, unconditional_prob=self.unconditional,
                                               prompt_template=self.prompt_template, max_length=self.max_length,
                                               tokenizer_kwargs=self.tokenizer_kwargs)}
 
-    def _load_sample(self, idx: int, trace: List[str]) -> Dict[str, Any]:
+    def _load_sample(self, idx: int, trace: list[str]) -> dict[str, Any]:
         sample = self.data_list[idx]
         data = self._read_visual(sample, trace)
         caption = self._read_caption(sample, trace)
@@ -612,7 +617,7 @@ class CaptionDataset(Dataset):
             candidate = rng.randrange(n)
         return candidate
 
-    def _record_bad(self, idx: int, uri: str, reason: str, exc: BaseException, next_idx: Optional[int]) -> None:
+    def _record_bad(self, idx: int, uri: str, reason: str, exc: BaseException, next_idx: int | None) -> None:
         image = self.data_list[idx].get("image", "?")
         self.bad_sample_counts[reason] += 1
         self.bad_samples_log.append(BadSample(idx, image, uri, reason, str(exc)))
@@ -620,7 +625,7 @@ class CaptionDataset(Dataset):
         logger.warning("bad sample %s[%d] image=%s uri=%s reason=%s: %s; %s",
                        self.data_path, idx, image, uri, reason, exc, then)
 
-    def __getitem__(self, idx: int) -> Dict[str, Any]:
+    def __getitem__(self, idx: int) -> dict[str, Any]:
         idx = 0 if self.debug else int(idx)
         n = len(self)
         if not -n <= idx < n:
@@ -630,7 +635,7 @@ class CaptionDataset(Dataset):
             self._prefetch_from(idx)
         current, tried, failures = idx, [], []
         for attempt in range(self.max_retries + 1):
-            trace: List[str] = []
+            trace: list[str] = []
             try:
                 return self._load_sample(current, trace)
             except Exception as exc:  # noqa: BLE001 - classified; setup errors and bugs re-raised
@@ -671,7 +676,7 @@ from blip3o_storage.training import collate as _collate  # noqa: E402,F401 - reg
 from blip3o_storage.training import tokenizers as _tokenizers  # noqa: E402,F401 - registers ByteTokenizer
 
 
-def build_dataset_from_config(path_or_cfg: Union[str, os.PathLike, Mapping[str, Any]],
+def build_dataset_from_config(path_or_cfg: str | os.PathLike | Mapping[str, Any],
                               key: str = "dataset", **overrides: Any) -> CaptionDataset:
     """Build the dataset of an mmengine config file (or Config/dict).
 
@@ -693,8 +698,9 @@ def build_dataset_from_config(path_or_cfg: Union[str, os.PathLike, Mapping[str, 
     spec = node.to_dict() if hasattr(node, "to_dict") else dict(node)
     spec.update(overrides)
     dataset = build_component(spec)
-    if not isinstance(dataset, Dataset):
-        raise ConfigError(f"config {key!r} built a {type(dataset).__name__}, not a Dataset")
+    if not isinstance(dataset, CaptionDataset):
+        raise ConfigError(f"config {key!r} built a {type(dataset).__name__}, not a CaptionDataset or "
+                          "BLIP3oDataset (this helper builds the datasets of this package)")
     return dataset
 
 

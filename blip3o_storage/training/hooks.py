@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 def wire_prefetch(dataloader: Any) -> bool:
     """Give ``dataloader.dataset`` its sampler; True if the dataset takes one."""
     dataset = getattr(dataloader, "dataset", None)
-    if not hasattr(dataset, "set_sampler"):
+    if dataset is None or not hasattr(dataset, "set_sampler"):  # any Dataset may be configured: duck-typed
         return False
     dataset.set_sampler(dataloader.sampler, dataloader.batch_size or 1, bool(dataloader.drop_last))
     return True

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import random
 import warnings
-from typing import Optional
 
 import numpy as np
 import torch
@@ -18,6 +17,8 @@ from PIL import Image, UnidentifiedImageError
 
 from blip3o_storage.errors import CorruptDataError, StorageError
 
+#: Pillow >= 9.1 names its filters in ``Image.Resampling``; 9.0 only at module level.
+_BICUBIC = getattr(Image, "Resampling", Image).BICUBIC
 
 class ImageRejectedError(StorageError):
     """A decodable image that fails the size/aspect rules; ``reason`` is
@@ -94,7 +95,7 @@ def check_image(image: Image.Image, key: str, min_image_size: int = 80, max_aspe
                                  f"({1 / max_aspect_ratio:.3g}, {max_aspect_ratio:.3g})", reason="bad_aspect")
 
 
-def crop_to_square(image: Image.Image, mode: str = "center", rng: Optional[random.Random] = None) -> Image.Image:
+def crop_to_square(image: Image.Image, mode: str = "center", rng: random.Random | None = None) -> Image.Image:
     """Crop the longer side down to the shorter one.
 
     ``center`` is deterministic (same tensor from S3 and local copy);
@@ -105,18 +106,18 @@ def crop_to_square(image: Image.Image, mode: str = "center", rng: Optional[rando
     if mode == "center":
         x0, y0 = (width - side) // 2, (height - side) // 2
     elif mode == "random":
-        rng = rng or random
-        x0, y0 = rng.randint(0, width - side), rng.randint(0, height - side)
+        randint = rng.randint if rng is not None else random.randint
+        x0, y0 = randint(0, width - side), randint(0, height - side)
     else:
         raise ValueError(f"crop mode must be 'center' or 'random', not {mode!r}")
     return image.crop((x0, y0, x0 + side, y0 + side))
 
 
 def to_pixel_values(image: Image.Image, image_size: int, crop: str = "center",
-                    rng: Optional[random.Random] = None) -> torch.Tensor:
+                    rng: random.Random | None = None) -> torch.Tensor:
     """Square crop, BICUBIC resize to ``image_size``, float CHW in ``[-1, 1]``."""
     square = crop_to_square(_to_rgb(image), crop, rng)
-    resized = square.resize((image_size, image_size), resample=Image.BICUBIC)
+    resized = square.resize((image_size, image_size), resample=_BICUBIC)
     array = np.asarray(resized, dtype=np.uint8)
     pixels = torch.from_numpy(array.copy()).float().div_(255.0).mul_(2.0).sub_(1.0)
     return pixels.permute(2, 0, 1).contiguous()
@@ -124,7 +125,7 @@ def to_pixel_values(image: Image.Image, image_size: int, crop: str = "center",
 
 def load_pixel_values(data: bytes, key: str, *, image_size: int, min_image_size: int = 80,
                       max_aspect_ratio: float = 10.0, crop: str = "center",
-                      rng: Optional[random.Random] = None) -> torch.Tensor:
+                      rng: random.Random | None = None) -> torch.Tensor:
     """Bytes of an image file -> checked ``(3, image_size, image_size)`` tensor."""
     image = decode_image(data, key)
     check_image(image, key, min_image_size, max_aspect_ratio)

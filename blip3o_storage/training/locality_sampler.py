@@ -33,7 +33,8 @@ from __future__ import annotations
 import collections
 import math
 import random
-from typing import Any, Deque, Iterator, List, Optional, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from mmengine.dist import get_dist_info, sync_random_seed
@@ -47,7 +48,7 @@ FALLBACK_GROUP = 32
 
 
 def deal_batches(groups: Sequence[Sequence[int]], batch_size: int, num_workers: int, mix: int = 1,
-                 rng: Optional[random.Random] = None) -> List[int]:
+                 rng: random.Random | None = None) -> list[int]:
     """Flatten ``groups`` so that batch ``k`` (of ``batch_size``) comes from slot
     ``k % num_workers``, each slot taking the next whole group when one of its own runs out.
 
@@ -60,11 +61,11 @@ def deal_batches(groups: Sequence[Sequence[int]], batch_size: int, num_workers: 
     slots = max(1, num_workers)
     mix = max(1, mix)
     rng = rng or random.Random(0)
-    queue: Deque[Sequence[int]] = collections.deque(groups)
-    open_groups: List[List[Deque[int]]] = [[] for _ in range(slots)]
-    out: List[int] = []
+    queue: collections.deque[Sequence[int]] = collections.deque(groups)
+    open_groups: list[list[collections.deque[int]]] = [[] for _ in range(slots)]
+    out: list[int] = []
 
-    def draw(mine: List[Deque[int]]) -> Optional[int]:
+    def draw(mine: list[collections.deque[int]]) -> int | None:
         mine[:] = [g for g in mine if g]
         while len(mine) < mix and queue:
             mine.append(collections.deque(queue.popleft()))
@@ -102,8 +103,8 @@ class LocalitySampler(Sampler):
     """
 
     def __init__(self, dataset: Any, batch_size: int = 1, num_workers: int = 0, shuffle: bool = True,
-                 seed: Optional[int] = None, round_up: bool = True, rank: Optional[int] = None,
-                 world_size: Optional[int] = None, mix: int = 1) -> None:
+                 seed: int | None = None, round_up: bool = True, rank: int | None = None,
+                 world_size: int | None = None, mix: int = 1) -> None:
         if batch_size < 1 or num_workers < 0 or mix < 1:
             raise ValueError(f"batch_size and mix must be >= 1 and num_workers >= 0 "
                              f"(got {batch_size}, {mix}, {num_workers})")
@@ -124,7 +125,7 @@ class LocalitySampler(Sampler):
         if groups is None:
             n = len(dataset)
             groups = [list(range(i, min(i + FALLBACK_GROUP, n))) for i in range(0, n, FALLBACK_GROUP)]
-        self.groups: List[List[int]] = [list(map(int, g)) for g in groups if len(g)]
+        self.groups: list[list[int]] = [list(map(int, g)) for g in groups if len(g)]
         total = sum(len(g) for g in self.groups)
         if total != len(dataset):
             raise ValueError(f"{type(dataset).__name__}.locality_groups() covers {total} indices, "
@@ -142,7 +143,7 @@ class LocalitySampler(Sampler):
         """A new shuffle per epoch (mmengine's DistSamplerSeedHook calls this)."""
         self.epoch = epoch
 
-    def _rank_groups(self) -> List[List[int]]:
+    def _rank_groups(self) -> list[list[int]]:
         """This rank's contiguous run of the (shuffled) groups, cut where ranks meet."""
         groups = self.groups  # never changed below: shuffling and cutting make new lists
         if self.shuffle:

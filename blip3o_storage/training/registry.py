@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from mmengine.registry import Registry
 
@@ -46,7 +47,7 @@ def resolve_type(type_: Any, registry: Registry = BUILDER) -> Callable[..., Any]
                       f"and is not an importable dotted path; import the module that registers it")
 
 
-def build_component(spec: Any, registry: Registry = BUILDER) -> Optional[Any]:
+def build_component(spec: Any, registry: Registry = BUILDER) -> Any | None:
     """Build ``spec`` into an object.
 
     * ``None`` -> ``None``;

@@ -8,7 +8,8 @@ no vocabulary file.
 from __future__ import annotations
 
 import random
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -43,8 +44,8 @@ class ByteTokenizer:
     def __len__(self) -> int:
         return self.vocab_size
 
-    def encode(self, text: str, add_special_tokens: bool = True, return_tensors: Optional[str] = None,
-               **_: Any) -> Union[List[int], torch.Tensor]:
+    def encode(self, text: str, add_special_tokens: bool = True, return_tensors: str | None = None,
+               **_: Any) -> list[int] | torch.Tensor:
         """Ids of ``text``; ``return_tensors='pt'`` gives a (1, n) LongTensor like HF."""
         if not isinstance(text, str):
             raise TypeError(f"ByteTokenizer.encode expects str, got {type(text).__name__}")
@@ -57,8 +58,8 @@ class ByteTokenizer:
             raise ValueError(f"ByteTokenizer supports return_tensors=None or 'pt', not {return_tensors!r}")
         return ids
 
-    def __call__(self, text: Union[str, Sequence[str]], add_special_tokens: bool = True,
-                 return_tensors: Optional[str] = None, **kwargs: Any) -> Dict[str, Any]:
+    def __call__(self, text: str | Sequence[str], add_special_tokens: bool = True,
+                 return_tensors: str | None = None, **kwargs: Any) -> dict[str, Any]:
         """HF-style ``{'input_ids', 'attention_mask'}`` for one text (or a list, unpadded)."""
         if isinstance(text, str):
             ids = self.encode(text, add_special_tokens=add_special_tokens, return_tensors=return_tensors)
@@ -69,7 +70,7 @@ class ByteTokenizer:
         batch = [self.encode(t, add_special_tokens=add_special_tokens) for t in text]
         return {"input_ids": batch, "attention_mask": [[1] * len(ids) for ids in batch]}
 
-    def decode(self, ids: Union[Sequence[int], torch.Tensor], skip_special_tokens: bool = True) -> str:
+    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
         if isinstance(ids, torch.Tensor):
             ids = ids.flatten().tolist()
         out = bytearray()
@@ -82,7 +83,7 @@ class ByteTokenizer:
         return out.decode("utf-8", errors="replace")
 
 
-def build_prompt(caption: str, *, unconditional: bool, prompt_template: Optional[Mapping[str, Any]]) -> str:
+def build_prompt(caption: str, *, unconditional: bool, prompt_template: Mapping[str, Any] | None) -> str:
     """OpenUni's generation prompt for ``caption``.
 
     ``CFG`` / ``GENERATION`` keys of the template override the default
@@ -101,7 +102,7 @@ def build_prompt(caption: str, *, unconditional: bool, prompt_template: Optional
     return prompt
 
 
-def encode_text(tokenizer: Any, text: str, tokenizer_kwargs: Optional[Mapping[str, Any]] = None) -> torch.Tensor:
+def encode_text(tokenizer: Any, text: str, tokenizer_kwargs: Mapping[str, Any] | None = None) -> torch.Tensor:
     """1-D LongTensor of ids from an HF-like tokenizer (``.encode(text,
     **tokenizer_kwargs)``) or a plain callable ``f(text)`` returning ids, a
     tensor or ``{'input_ids': ...}`` (HF kwargs mean nothing to it)."""
@@ -122,8 +123,8 @@ def encode_text(tokenizer: Any, text: str, tokenizer_kwargs: Optional[Mapping[st
 
 
 def prompt_input_ids(caption: str, tokenizer: Any, *, unconditional_prob: float,
-                     prompt_template: Optional[Mapping[str, Any]], max_length: int,
-                     tokenizer_kwargs: Optional[Mapping[str, Any]] = None,
+                     prompt_template: Mapping[str, Any] | None, max_length: int,
+                     tokenizer_kwargs: Mapping[str, Any] | None = None,
                      rng: Any = random) -> torch.Tensor:
     """Caption -> prompt -> ids truncated to ``max_length`` (OpenUni's ``_process_text``).
 
