@@ -1,12 +1,12 @@
 # Two commands on a fresh machine (each installs what it needs):
 #   make demo   # the main job end to end on a local S3 server
-#   make test   # the whole test suite, including the real Ceph RGW
+#   make test   # lint (mypy + ruff), then the whole test suite, including the real Ceph RGW
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench ceph-up ceph-down clean
+.PHONY: install demo lint test test-fast bench ceph-up ceph-down clean
 
 install: $(STAMP)
 
@@ -21,7 +21,14 @@ $(STAMP): setup.cfg setup.py pyproject.toml blip3o_petrel.pth
 demo: $(STAMP)
 	$(PY) tools/demo.py $(DEMO_ARGS)
 
-test: $(STAMP)
+# Type check and lint; zero findings is the bar (settings and the reasons for them: pyproject.toml).
+# These paths are also mypy's `files` in pyproject.toml, so a bare `mypy` checks the same set.
+LINT_PATHS := blip3o_storage blip3o_petrel_hook.py setup.py tools benchmarks tests configs
+
+lint: $(STAMP)
+	status=0; $(PY) -m mypy $(LINT_PATHS) || status=1; $(PY) -m ruff check $(LINT_PATHS) || status=1; exit $$status
+
+test: $(STAMP) lint
 	PYTHON=$(PY) bash tools/run_tests.sh $(PYTEST_ARGS)
 
 test-fast: $(STAMP)

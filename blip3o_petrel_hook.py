@@ -15,8 +15,21 @@ beyond this file (no boto3, no torch): blip3o_storage is loaded only when
 * ``ours``: ours even where a real one is installed (the finder goes first);
 * ``off``: no fallback (``import petrel_client`` fails without the real one).
 """
+from __future__ import annotations
+
 import os
 import sys
+from importlib.machinery import ModuleSpec  # loaded at start-up anyway, as are types and __future__
+from types import ModuleType
+
+# typing and importlib.abc are not loaded at start-up, and this module runs in every interpreter:
+# the checkers read them, the running code does not (annotations stay strings, the base is object).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from importlib.abc import Loader as _LoaderBase
+    from typing import Optional, Sequence
+else:
+    _LoaderBase = object
 
 ENV_VAR = "BLIP3O_PETREL_CLIENT"
 PACKAGE = "petrel_client"
@@ -24,36 +37,38 @@ MODULES = (PACKAGE, PACKAGE + ".client")
 _MODES = ("auto", "ours", "off")
 
 
-class _Loader:
+class _Loader(_LoaderBase):
     """Fills the shim modules; ``petrel_client.client`` re-exports our Client."""
 
-    @staticmethod
-    def create_module(spec):  # default module creation
+    def create_module(self, spec: ModuleSpec) -> Optional[ModuleType]:  # default module creation
         return None
 
-    @staticmethod
-    def exec_module(module) -> None:
-        module.__blip3o_drop_in__ = True
+    def exec_module(self, module: ModuleType) -> None:
+        names = vars(module)  # the module's namespace: names the type of ModuleType does not declare
+        names["__blip3o_drop_in__"] = True
         if module.__name__ == PACKAGE:
             module.__doc__ = "blip3o-storage's drop-in for the closed petrel_client (see blip3o_petrel_hook)."
             return
         from blip3o_storage.integrations.petrel_client import DEFAULT_CONF_PATH, Client
-        module.Client = Client
-        module.DEFAULT_CONF_PATH = DEFAULT_CONF_PATH
+
+        names.update(Client=Client, DEFAULT_CONF_PATH=DEFAULT_CONF_PATH)
         module.__doc__ = "petrel_client.client served by blip3o_storage.integrations.petrel_client."
+
+
+_LOADER = _Loader()
 
 
 class PetrelClientFinder:
     """A meta-path finder for ``petrel_client`` and ``petrel_client.client`` only."""
 
     @classmethod
-    def find_spec(cls, fullname, path=None, target=None):
+    def find_spec(cls, fullname: str, path: Optional[Sequence[str]] = None,
+                  target: Optional[ModuleType] = None) -> Optional[ModuleSpec]:
         if fullname not in MODULES:
             return None
         if fullname != PACKAGE and not is_drop_in(sys.modules.get(PACKAGE)):
             return None  # a real petrel_client package: its own submodules only
-        from importlib.machinery import ModuleSpec
-        return ModuleSpec(fullname, _Loader, origin="blip3o_storage.integrations.petrel_client",
+        return ModuleSpec(fullname, _LOADER, origin="blip3o_storage.integrations.petrel_client",
                           is_package=fullname == PACKAGE)
 
     @classmethod
@@ -66,7 +81,7 @@ def is_drop_in(module: object) -> bool:
     return bool(getattr(module, "__blip3o_drop_in__", False))
 
 
-def install(mode=None) -> bool:
+def install(mode: Optional[str] = None) -> bool:
     """Put the finder on ``sys.meta_path`` per ``mode`` (default: $BLIP3O_PETREL_CLIENT or
     ``auto``); True if it is installed."""
     mode = (mode if mode is not None else os.environ.get(ENV_VAR, "auto")).strip().lower() or "auto"

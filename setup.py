@@ -17,7 +17,7 @@ from setuptools.command.build_py import build_py
 PTH = "blip3o_petrel.pth"
 
 
-class build_py_with_pth(build_py):  # noqa: N801 - setuptools command naming
+class build_py_with_pth(build_py):  # lower case, as setuptools names its commands
     """build_py that also ships blip3o_petrel.pth (see the module docstring)."""
 
     def run(self) -> None:

@@ -8,46 +8,30 @@
 #   BLIP3O_DATA_ROOT    local data.json + raw/ copy     (default data/BLIP3o-60k)
 #   BLIP3O_CEPH_FOLDER  remote folder of images/captions (default s3://blip3o-60k/raw)
 #   BLIP3O_CEPH_CONFIG  petreloss.conf path              (default petreloss.conf)
+# Shared settings (image size, prompt, tokenizer, DataLoader): _base_/blip3o60k.py.
+_base_ = ['_base_/blip3o60k.py']
+
 custom_imports = dict(imports=['blip3o_storage.dataset', 'blip3o_storage.mmengine_backend',
-                               'blip3o_storage.hooks'],
-                      allow_failed_imports=False)
+                               'blip3o_storage.hooks'])
 # Prefetch: each worker reads the bytes of its next samples in background
 # threads while it decodes the current one. PrefetchSamplerHook gives the
 # dataset the sampler's order before the workers fork; workers are re-forked
-# every epoch (persistent_workers=False) so their copy of the sampler has the
-# epoch that DistSamplerSeedHook set.
+# every epoch (persistent_workers=False, from _base_) so their copy of the
+# sampler has the epoch that DistSamplerSeedHook set.
 custom_hooks = [dict(type='PrefetchSamplerHook')]
 
 data_root = '{{$BLIP3O_DATA_ROOT:data/BLIP3o-60k}}'
 ceph_folder = '{{$BLIP3O_CEPH_FOLDER:s3://blip3o-60k/raw}}'
 ceph_config = '{{$BLIP3O_CEPH_CONFIG:petreloss.conf}}'
-image_size = 512
-max_length = 128
-prompt_template = dict(INSTRUCTION='<|user|>\n{input}<|end|>\n<|assistant|>\n')
 
 dataset = dict(
-    type='BLIP3oDataset',
     data_path=data_root + '/data.json',
     image_folder=data_root + '/raw',
     cap_folder=data_root + '/raw',
     ceph_folder=ceph_folder,
     ceph_config=ceph_config,
-    image_size=image_size,
-    unconditional=0.1,
-    prompt_template=prompt_template,
-    tokenizer=dict(type='ByteTokenizer'),
-    max_length=max_length,
-    max_retries=10,
     prefetch=8,
     prefetch_threads=4,
 )
 
-train_dataloader = dict(
-    batch_size=4,
-    num_workers=4,
-    persistent_workers=False,
-    pin_memory=True,
-    dataset=dataset,
-    sampler=dict(type='DefaultSampler', shuffle=True),
-    collate_fn=dict(type='blip3o_collate', pad_index=0),
-)
+train_dataloader = dict(dataset=dataset)

@@ -13,33 +13,25 @@
 # Environment overrides (mmengine's {{$VAR:default}} syntax, no imports here):
 #   BLIP3O_SHARDS_FOLDER  folder of the tars, index.json, data.json (default s3://blip3o-60k/shards)
 #   BLIP3O_CEPH_CONFIG    petreloss.conf path                        (default petreloss.conf)
+# Shared settings (image size, prompt, tokenizer, DataLoader): _base_/blip3o60k.py.
+_base_ = ['_base_/blip3o60k.py']
+
 custom_imports = dict(imports=['blip3o_storage.dataset', 'blip3o_storage.mmengine_backend',
-                               'blip3o_storage.hooks', 'blip3o_storage.locality_sampler'],
-                      allow_failed_imports=False)
+                               'blip3o_storage.hooks', 'blip3o_storage.locality_sampler'])
 # Prefetch threads fetch the next block while the worker decodes the current one.
 custom_hooks = [dict(type='PrefetchSamplerHook')]
 
 shards_folder = '{{$BLIP3O_SHARDS_FOLDER:s3://blip3o-60k/shards}}'
 ceph_config = '{{$BLIP3O_CEPH_CONFIG:petreloss.conf}}'
-image_size = 512
-max_length = 128
 batch_size = 4
 num_workers = 4
-prompt_template = dict(INSTRUCTION='<|user|>\n{input}<|end|>\n<|assistant|>\n')
 
 dataset = dict(
-    type='BLIP3oDataset',
     data_path=shards_folder + '/data.json',
     ceph_folder=shards_folder,
     shard_index=shards_folder + '/index.json',
     shard_block_bytes=8 * 1024 * 1024,
     ceph_config=ceph_config,
-    image_size=image_size,
-    unconditional=0.1,
-    prompt_template=prompt_template,
-    tokenizer=dict(type='ByteTokenizer'),
-    max_length=max_length,
-    max_retries=10,
     prefetch=8,
     prefetch_threads=2,
 )
@@ -47,9 +39,8 @@ dataset = dict(
 train_dataloader = dict(
     batch_size=batch_size,
     num_workers=num_workers,
-    persistent_workers=False,
-    pin_memory=True,
     dataset=dataset,
-    sampler=dict(type='LocalitySampler', batch_size=batch_size, num_workers=num_workers, shuffle=True, mix=1),
-    collate_fn=dict(type='blip3o_collate', pad_index=0),
+    # _delete_: this sampler replaces the base's DefaultSampler instead of merging into it
+    sampler=dict(_delete_=True, type='LocalitySampler', batch_size=batch_size, num_workers=num_workers,
+                 shuffle=True, mix=1),
 )

@@ -21,11 +21,11 @@ import hashlib
 import io
 import logging
 import os
-from typing import Any, Dict, Iterator, Optional, Set, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple, Union
 
 from blip3o_storage.errors import BucketNotFoundError, InvalidPathError, ObjectNotFoundError
-from blip3o_storage.storage.s3_backend import S3Backend
 from blip3o_storage.storage.facade import Storage
+from blip3o_storage.storage.s3_backend import S3Backend
 from blip3o_storage.storage.uri import parse_uri
 
 logger = logging.getLogger(__name__)
@@ -110,12 +110,14 @@ class Client:
         return self._storage.stat(url).size
 
     # -- writes ---------------------------------------------------------------
-    def put_with_info(self, url: str, body: Body, enable_md5: bool = False, **kwargs: Any) -> Tuple[int, Dict[str, Any]]:
-        if isinstance(body, str):
-            body = body.encode("utf-8")
-        elif hasattr(body, "read"):
-            body = body.read()
-        data = bytes(body)
+    def put_with_info(self, url: str, body: Body, enable_md5: bool = False,
+                      **kwargs: Any) -> Tuple[int, Dict[str, Any]]:
+        raw: Any = body  # duck-typed as the closed client does: anything with read() is a file
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8")
+        elif hasattr(raw, "read"):
+            raw = raw.read()
+        data = bytes(raw)
         self._storage.put(url, data)
         info = {"md5": hashlib.md5(data, usedforsecurity=False).hexdigest()} if enable_md5 else {}
         return len(data), info
@@ -144,7 +146,8 @@ class Client:
         return self._s3(url).client.generate_presigned_url(
             client_method, Params={"Bucket": parsed.bucket, "Key": parsed.key}, ExpiresIn=int(expires_in))
 
-    def generate_presigned_post(self, url: str, fields: Optional[dict] = None, conditions: Optional[list] = None,
+    def generate_presigned_post(self, url: str, fields: Optional[Dict[str, Any]] = None,
+                                conditions: Optional[List[Any]] = None,
                                 expires_in: int = 3600) -> Dict[str, Any]:
         parsed = self._object_uri(url)
         return self._s3(url).client.generate_presigned_post(parsed.bucket, parsed.key, Fields=fields,

@@ -45,6 +45,7 @@ servers that check them (Ceph RGW).
 """
 from __future__ import annotations
 
+import functools
 import http.client
 import os
 import random
@@ -56,7 +57,7 @@ import time
 import weakref
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import BinaryIO, Callable, Dict, List, Optional, Set, Tuple
 from urllib.parse import urlparse
 
 SLOWDOWN_BODY = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
@@ -91,7 +92,7 @@ class _ProtocolError(Exception):
 
 
 # Every live proxy, so forked children can drop their copies of its sockets.
-_LIVE_PROXIES: "weakref.WeakSet[FaultProxy]" = weakref.WeakSet()
+_LIVE_PROXIES: weakref.WeakSet[FaultProxy] = weakref.WeakSet()
 
 
 def _close_in_child() -> None:
@@ -159,7 +160,7 @@ class FaultProxy:
         snap = self.snapshot()
         return sum(snap[name] for name in FAULTS)
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         proxy = self
 
         class Handler(socketserver.BaseRequestHandler):
@@ -188,7 +189,7 @@ class FaultProxy:
             _shutdown_quietly(sock)
         _LIVE_PROXIES.discard(self)
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -305,9 +306,10 @@ class FaultProxy:
                     _reset(sock)
                     return
                 has_body = method != "HEAD" and response.status not in (204, 304) and response.status >= 200
+                rewrite = self.rewrite_response
                 head = _response_head(response, len(payload) if has_body else None,
-                                      None if self.rewrite_response is None
-                                      else lambda h: self.rewrite_response(method, response.status, h))
+                                      None if rewrite is None
+                                      else functools.partial(rewrite, method, response.status))
                 if fault == "stall":
                     self.count("stall", method)
                     time.sleep(self.rates.stall_seconds)
@@ -371,16 +373,16 @@ def _reset(sock: socket.socket) -> None:
     sock.close()
 
 
-def _readline(reader) -> bytes:
+def _readline(reader: BinaryIO) -> bytes:
     line = reader.readline(_MAX_LINE)
     if len(line) >= _MAX_LINE:
         raise _ProtocolError("line too long")
     return line
 
 
-def _read_chunked(reader) -> bytes:
+def _read_chunked(reader: BinaryIO) -> bytes:
     """Decode a ``Transfer-Encoding: chunked`` body (trailers are dropped)."""
-    parts = []
+    parts: List[bytes] = []
     while True:
         size_line = _readline(reader)
         if not size_line:
@@ -400,7 +402,7 @@ def _read_chunked(reader) -> bytes:
         reader.read(2)  # CRLF after the chunk
 
 
-def _read_request(reader, sock: socket.socket) -> Optional[Tuple[str, str, list, bytes]]:
+def _read_request(reader: BinaryIO, sock: socket.socket) -> Optional[Tuple[str, str, list, bytes]]:
     line = _readline(reader)
     while line in (b"\r\n", b"\n"):  # tolerated between requests (RFC 9112 2.2)
         line = _readline(reader)

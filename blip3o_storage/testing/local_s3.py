@@ -59,7 +59,7 @@ class LocalS3Server:
                 self.process.wait()
         self.process = None
 
-    def __enter__(self) -> "LocalS3Server":
+    def __enter__(self) -> LocalS3Server:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -71,11 +71,11 @@ def start_moto_server(port: Optional[int] = None, timeout: float = 30.0,
     """Start ``moto.server`` on 127.0.0.1 and wait until it answers."""
     port = port or free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    process = subprocess.Popen(
-        [sys.executable, "-c", "from moto.server import main; main()", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log, stderr=log, env=env)
+    with open(log_path or os.devnull, "ab") as log:  # the server holds its own copy of the descriptor
+        process = subprocess.Popen(
+            [sys.executable, "-c", "from moto.server import main; main()", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log, stderr=log, env=env)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

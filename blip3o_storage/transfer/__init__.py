@@ -1,1 +1,2 @@
-"""Preparation and transfer: safe tar extraction, data.json building, tree walking, upload planning, upload and verify."""
+"""Preparation and transfer: safe tar extraction, data.json building, tree walking, upload planning,
+upload and verify."""

@@ -216,7 +216,7 @@ def _header_problem(block: bytes, tf: tarfile.TarFile) -> str:
     """Why tarfile could not read the header ``block`` ('bad checksum', ...)."""
     try:
         tarfile.TarInfo.frombuf(block, tf.encoding, tf.errors)
-    except Exception as exc:  # tarfile's HeaderError subclasses, or a ValueError from a field
+    except Exception as exc:  # noqa: BLE001 - HeaderError subclasses, a ValueError from a field: any is the answer
         return str(exc) or type(exc).__name__
     return "not a header tarfile can follow"
 
@@ -458,7 +458,7 @@ def extract_shard(
         raise StorageError(f"shard file {tar_path} does not exist or is not a file")
 
     try:
-        tf = tarfile.open(tar_path, mode="r:*")
+        tf = tarfile.open(tar_path, mode="r:*")  # noqa: SIM115 - closed by the `with tf:` below
     except (tarfile.TarError, EOFError) as e:
         raise CorruptDataError(
             f"shard {shard!r} ({tar_path}) is not a readable tar archive: {e}; re-download it"
@@ -594,11 +594,11 @@ def pair_shard(
         report.duplicate_captions.extend(caps[1:])
     for key, imgs in images.items():
         imgs.sort()
-        caps = captions.pop(key, None)
-        if caps is None:
+        key_caps = captions.pop(key, None)
+        if key_caps is None:
             report.orphan_images.extend(imgs)
             continue
-        entries.append({"image": imgs[0], "annotation": caps[0]})
+        entries.append({"image": imgs[0], "annotation": key_caps[0]})
         report.duplicate_images.extend(imgs[1:])
     for caps in captions.values():
         report.orphan_captions.append(caps[0])

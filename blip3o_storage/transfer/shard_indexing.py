@@ -14,8 +14,17 @@ from typing import Any, Dict, Iterable, List, Mapping, Tuple, Union
 from blip3o_storage.errors import CorruptDataError, InvalidPathError
 from blip3o_storage.reading.shard_index import INDEX_VERSION
 from blip3o_storage.storage.uri import check_relpath
-from blip3o_storage.transfer.safe_tar import (MARKER_NAME, DataJsonReport, add_candidate, check_member, finish_report,
-                                              image_caption_exts, pair_shard, scan_tar, shard_name)
+from blip3o_storage.transfer.safe_tar import (
+    MARKER_NAME,
+    DataJsonReport,
+    add_candidate,
+    check_member,
+    finish_report,
+    image_caption_exts,
+    pair_shard,
+    scan_tar,
+    shard_name,
+)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
