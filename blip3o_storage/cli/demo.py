@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The main job end to end, on an embedded BLIP3o-60k-shaped dataset.
 
 Usage::
@@ -19,10 +18,15 @@ exercises exactly what a user runs):
 7. read back                     -- ``configs/blip3o60k_ceph.py`` through a multi-worker
                                     DataLoader; every sample decoded and checked
 
-Exit status 0 only when every sample was read from S3 (no local fallback)
-and none was bad. Re-running is cheap: generation and extraction are skipped
-when done, and uploading to an existing endpoint skips objects already there.
-The local server is shut down on success, error and Ctrl-C.
+It runs from a checkout of the repository (``pip install -e .``): the steps
+are its ``tools/*.py`` and the read-back uses its ``configs/``.
+
+Exit status (see ``blip3o_storage.cli.common``): 0 only when every sample was
+read from S3 (no local fallback) and none was bad; 1 a step failed or a sample
+was bad; 2 bad usage; 130 interrupted (Ctrl-C or SIGTERM). Re-running is
+cheap: generation and extraction are skipped when done, and uploading to an
+existing endpoint skips objects already there. The local server is shut down
+on success, error and Ctrl-C.
 """
 from __future__ import annotations
 
@@ -36,20 +40,19 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-try:
-    import blip3o_storage  # noqa: F401
-except ImportError:  # run as `python tools/demo.py` without the package installed
-    sys.path.insert(0, str(REPO))
+from blip3o_storage.cli.common import EXIT_FAILED, EXIT_OK, interruptible
+
+#: The checkout this package runs from (an editable install or PYTHONPATH): tools/ and configs/.
+REPO = Path(__file__).resolve().parents[2]
 
 log = logging.getLogger("demo")
 
 CEPH_ENV_FILE = Path(os.environ.get("CEPH_DEV_DIR", "/tmp/blip3o-ceph")) / "env"
 CEPH_CONFIG = REPO / "configs" / "blip3o60k_ceph.py"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class StepFailed(RuntimeError):
@@ -61,7 +64,7 @@ def header(step: int, total: int, title: str) -> None:
     print(f"\n==> [{step}/{total}] {title}", flush=True)
 
 
-def run_tool(args: Sequence[str], what: str, env: Optional[Dict[str, str]] = None,
+def run_tool(args: Sequence[str], what: str, env: dict[str, str] | None = None,
              quiet: bool = False) -> float:
     """Run ``python <args>`` from the repo root; raise StepFailed on a non-zero exit.
 
@@ -81,7 +84,7 @@ def run_tool(args: Sequence[str], what: str, env: Optional[Dict[str, str]] = Non
     return elapsed
 
 
-def read_ceph_env(path: Path = CEPH_ENV_FILE) -> Dict[str, str]:
+def read_ceph_env(path: Path = CEPH_ENV_FILE) -> dict[str, str]:
     """Endpoint and keys of the dev RGW written by ``tools/ceph_dev.sh up``."""
     if not path.is_file():
         raise StepFailed(f"{path} does not exist; start the dev cluster with `tools/ceph_dev.sh up` "
@@ -134,7 +137,7 @@ class StatsCollate:
     def __init__(self, collate: Any) -> None:
         self.collate = collate
 
-    def __call__(self, instances: List[Dict[str, Any]]) -> Dict[str, Any]:
+    def __call__(self, instances: list[dict[str, Any]]) -> dict[str, Any]:
         from torch.utils.data import get_worker_info
 
         batch = self.collate(instances)
@@ -157,10 +160,10 @@ def build_collate(spec: Any) -> Any:
     return functools.partial(fn, **spec) if spec else fn
 
 
-def merge_worker_stats(per_worker: Dict[int, Dict[str, Any]]) -> Dict[str, Any]:
+def merge_worker_stats(per_worker: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Sum the latest counters of every worker."""
-    bad: Dict[str, int] = {}
-    reads: Dict[str, int] = {}
+    bad: dict[str, int] = {}
+    reads: dict[str, int] = {}
     retries = {"calls": 0, "retries": 0, "botocore_retries": 0, "failures": 0}
     for stats in per_worker.values():
         if not stats:
@@ -172,7 +175,7 @@ def merge_worker_stats(per_worker: Dict[int, Dict[str, Any]]) -> Dict[str, Any]:
         for cluster in stats["storage_retries"].values():
             for k in retries:
                 retries[k] += int(cluster.get(k, 0))
-    extra: Dict[str, Dict[str, Any]] = {}  # e.g. prefetch / cache counters, when the config turns them on
+    extra: dict[str, dict[str, Any]] = {}  # e.g. prefetch / cache counters, when the config turns them on
     for stats in per_worker.values():
         for section, values in (stats or {}).items():
             if section in ("bad_samples", "reads", "storage_retries") or not isinstance(values, dict):
@@ -185,7 +188,7 @@ def merge_worker_stats(per_worker: Dict[int, Dict[str, Any]]) -> Dict[str, Any]:
 
 
 def read_through_dataloader(dataset: Any, *, batch_size: int, workers: int, collate: Any,
-                            progress: Optional[bool] = None, desc: str = "read") -> Dict[str, Any]:
+                            progress: bool | None = None, desc: str = "read") -> dict[str, Any]:
     """Iterate ``dataset`` once; check every sample; return counts and timings."""
     import torch
     from torch.utils.data import DataLoader
@@ -195,9 +198,9 @@ def read_through_dataloader(dataset: Any, *, batch_size: int, workers: int, coll
                         collate_fn=StatsCollate(collate), drop_last=False,
                         prefetch_factor=4 if workers > 0 else None)
     n = len(dataset)
-    seen: List[str] = []
-    undecodable: List[str] = []
-    per_worker: Dict[int, Dict[str, Any]] = {}
+    seen: list[str] = []
+    undecodable: list[str] = []
+    per_worker: dict[int, dict[str, Any]] = {}
     t0 = time.monotonic()
     first_batch_s = None
     with tqdm(total=n, unit="sample", desc=desc, disable=None if progress is None else not progress) as bar:
@@ -230,7 +233,7 @@ def read_through_dataloader(dataset: Any, *, batch_size: int, workers: int, coll
             "samples_per_s": len(seen) / elapsed if elapsed > 0 else 0.0, **merged}
 
 
-def sample_bytes(data_root: Path) -> Dict[str, int]:
+def sample_bytes(data_root: Path) -> dict[str, int]:
     """image relpath -> bytes of image + caption, from data.json and the local copy."""
     raw = data_root / "raw"
     entries = json.loads((data_root / "data.json").read_text())
@@ -252,10 +255,12 @@ def build_ceph_dataset(data_root: Path, ceph_folder: str, conf: Path, image_size
 
 
 # -- the job ---------------------------------------------------------------
-def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work-dir", type=Path, default=Path("demo-work"), help="everything goes here (default %(default)s)")
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=next(p for p in __doc__.split("\n\n") if p.startswith("Exit status")))
+    ap.add_argument("--work-dir", type=Path, default=Path("demo-work"),
+                    help="everything goes here (default %(default)s)")
     ap.add_argument("--samples-per-shard", type=int, default=40, help="default %(default)s -> 440 samples")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--source-image-size", type=int, default=1024,
@@ -268,9 +273,12 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                     help="moto: a moto server on 127.0.0.1 (default); ceph: the RGW of tools/ceph_dev.sh")
     ap.add_argument("--endpoint-url", default=None, help="use this existing S3 endpoint instead of a local server")
     ap.add_argument("--config", type=Path, default=None,
-                    help="petreloss.conf for an existing endpoint (its host_base is replaced by --endpoint-url if given)")
-    ap.add_argument("--access-key", default=None, help="with --endpoint-url and no --config (default $AWS_ACCESS_KEY_ID)")
-    ap.add_argument("--secret-key", default=None, help="with --endpoint-url and no --config (default $AWS_SECRET_ACCESS_KEY)")
+                    help="petreloss.conf for an existing endpoint "
+                         "(its host_base is replaced by --endpoint-url if given)")
+    ap.add_argument("--access-key", default=None,
+                    help="with --endpoint-url and no --config (default $AWS_ACCESS_KEY_ID)")
+    ap.add_argument("--secret-key", default=None,
+                    help="with --endpoint-url and no --config (default $AWS_SECRET_ACCESS_KEY)")
     ap.add_argument("--bucket", default="blip3o-60k-demo", help="default %(default)s")
     ap.add_argument("--prefix", default="", help="key prefix inside the bucket (default: none)")
     ap.add_argument("--upload-workers", type=int, default=16)
@@ -310,18 +318,22 @@ def endpoint_conf(args: argparse.Namespace, work: Path) -> tuple:
     server = start_moto_server(log_path=str(work / "moto-server.log"))
     server.write_petreloss_conf(str(conf), cluster="demo")
     os.chmod(conf, 0o600)
-    return conf, f"moto server at {server.endpoint_url} (pid {server.process.pid}, log {work / 'moto-server.log'})", server
+    where = f"moto server at {server.endpoint_url} (pid {server.process.pid}, log {work / 'moto-server.log'})"
+    return conf, where, server
 
 
 def run_demo(args: argparse.Namespace) -> int:
     t_start = time.monotonic()
+    if not (REPO / "tools").is_dir() or not CEPH_CONFIG.is_file():
+        raise StepFailed(f"the demo runs from a checkout of the repository (tools/ and configs/), not from "
+                         f"{REPO}: clone it and `pip install -e .` there (or run `make demo`)")
     work = args.work_dir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     tars = work / "tars"
     data_root = work / "data" / "BLIP3o-60k"
     raw = data_root / "raw"
     total = 7
-    timings: Dict[str, float] = {}
+    timings: dict[str, float] = {}
     print(f"BLIP3o-60k storage demo: work dir {work}, {args.samples_per_shard} samples x 11 shards, "
           f"{args.workers} DataLoader worker(s)", flush=True)
 
@@ -391,9 +403,11 @@ def run_demo(args: argparse.Namespace) -> int:
     print("\n==> result", flush=True)
     print(f"read {result['samples']}/{len(sizes)} samples ({result['unique']} distinct) in {result['seconds']:.2f} s: "
           f"{result['samples_per_s']:.1f} samples/s, {nbytes / 1e6:.1f} MB "
-          f"({nbytes / 1e6 / max(result['seconds'], 1e-9):.1f} MB/s); first batch after {result['first_batch_s']:.2f} s",
+          f"({nbytes / 1e6 / max(result['seconds'], 1e-9):.1f} MB/s); "
+          f"first batch after {result['first_batch_s']:.2f} s",
           flush=True)
-    print(f"bad samples: {bad}{' ' + str(result['bad_samples']) if bad else ''}; undecodable: {len(result['undecodable'])}; "
+    print(f"bad samples: {bad}{' ' + str(result['bad_samples']) if bad else ''}; "
+          f"undecodable: {len(result['undecodable'])}; "
           f"reads: remote {remote}, local fallback {fallback}; S3 calls {retries['calls']}, "
           f"retries {retries['retries']} (+{retries['botocore_retries']} by botocore), failures {retries['failures']}",
           flush=True)
@@ -424,23 +438,25 @@ def _sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the process exit status."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "torch"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     signal.signal(signal.SIGTERM, _sigterm)
+    return interruptible(lambda: _checked(args), "\ninterrupted; cleaned up. Re-run the same command to continue "
+                                                 "(finished steps are skipped)")
+
+
+def _checked(args: argparse.Namespace) -> int:
     try:
         return run_demo(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted; cleaned up. Re-run the same command to continue (finished steps are skipped)",
-              flush=True)
-        return EXIT_INTERRUPTED
     except StepFailed as exc:
         print(f"\nDEMO FAILED: {exc}", flush=True)
         return EXIT_FAILED
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Extract BLIP3o-60k WebDataset shards into ``data/BLIP3o-60k/raw/<shard>/``.
 
 Usage::
@@ -14,31 +13,34 @@ but the other shards still finish. A damaged or truncated tar fails naming the
 byte offset of the damage (nothing of it is extracted); a member name repeated
 in a tar keeps its last copy, as ``tar -x`` does, and is counted in the summary.
 
-Exit status: 0 every shard extracted or already done; 1 any shard failed
-(hostile, damaged or truncated tar, disk full, a folder without a marker);
-2 bad usage (no such --src or shard).
+Ctrl-C stops every worker: a shard in progress removes its temp dir, shards
+not started are not started, finished shards stay; re-running finishes the rest.
+
+Exit status (see ``blip3o_storage.cli.common``): 0 every shard extracted or
+already done; 1 any shard failed (hostile, damaged or truncated tar, disk full,
+a folder without a marker); 2 bad usage (no such --src or shard); 130
+interrupted (Ctrl-C).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import os
 import queue as queue_mod
-import sys
+import signal
 import time
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from multiprocessing import Manager
 from pathlib import Path
-from typing import Any, Optional
-
-try:
-    from blip3o_storage.transfer.safe_tar import ExtractResult, extract_shard, shard_name
-except ImportError:  # run as `python tools/extract.py` without the package installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from blip3o_storage.transfer.safe_tar import ExtractResult, extract_shard, shard_name
+from typing import Any
 
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
+
+from blip3o_storage.cli.common import EXIT_FAILED, EXIT_OK, ignore_sigint, interruptible
+from blip3o_storage.transfer.safe_tar import ExtractResult, extract_shard, shard_name
 
 log = logging.getLogger("extract")
 
@@ -50,8 +52,29 @@ BLIP3O_SHARDS = (
 _PROGRESS_CHUNK = 8 << 20  # batch progress messages so the queue stays cheap
 
 
-def _worker(tar_path: str, dest: str, overwrite: bool, q: Any) -> ExtractResult:
-    """Extract one shard in a worker process, streaming byte counts to ``q``."""
+def _interrupt_task(signum: int, frame: Any) -> None:
+    """SIGINT while a worker extracts: stop that shard (extract_shard removes its temp dir).
+    Only the first one counts: Ctrl-C reaches the worker, then the parent forwards it too."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _worker(tar_path: str, dest: str, overwrite: bool, q: Any, stop: Any) -> ExtractResult | None:
+    """Extract one shard in a worker process, streaming byte counts to ``q``; None when the
+    run was interrupted (``stop`` set) before this shard started.
+
+    Workers ignore SIGINT (:func:`~blip3o_storage.cli.common.ignore_sigint`) except while
+    they extract, so an idle worker never prints a traceback on Ctrl-C."""
+    if stop.is_set():
+        return None
+    signal.signal(signal.SIGINT, _interrupt_task)
+    try:
+        return _extract(tar_path, dest, overwrite, q)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _extract(tar_path: str, dest: str, overwrite: bool, q: Any) -> ExtractResult:
     shard = shard_name(tar_path)
     pending = 0
 
@@ -102,9 +125,24 @@ def _drain(q: Any, bar: tqdm, done_bytes: dict[str, int]) -> None:
         bar.update(n)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def _stop_workers(stop: Any, pending: set) -> None:
+    """Ctrl-C in the parent: no new shard starts, and the workers' running shards stop (the
+    SIGINT is forwarded, for when it was sent to this process alone rather than the group)."""
+    stop.set()
+    for fut in pending:
+        fut.cancel()
+    for child in multiprocessing.active_children():  # the pool's workers (the Manager ignores SIGINT)
+        try:
+            os.kill(child.pid, signal.SIGINT)  # type: ignore[arg-type]
+        except (OSError, TypeError):
+            pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the process exit status."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=next(p for p in __doc__.split("\n\n") if p.startswith("Exit status")))
     ap.add_argument("--src", required=True, type=Path, help="directory holding the *.tar shards")
     ap.add_argument("--dest", required=True, type=Path, help="e.g. data/BLIP3o-60k/raw")
     ap.add_argument("--workers", type=int, default=None,
@@ -119,7 +157,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.workers is not None and args.workers < 1:
         ap.error("--workers must be >= 1")
+    return interruptible(lambda: _run(ap, args))
 
+
+def _run(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Everything after argument parsing."""
     try:
         tars = _resolve_shards(args.src, args.shards)
         names = {str(t): shard_name(t) for t in tars}
@@ -136,48 +178,55 @@ def main(argv: Optional[list[str]] = None) -> int:
     done_bytes: dict[str, int] = {}
 
     with Manager() as mgr, logging_redirect_tqdm():
-        q = mgr.Queue()
+        q, stop = mgr.Queue(), mgr.Event()
         bar = tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, unit_divisor=1024,
-                   desc="shards 0/%d" % len(tars), disable=None)
-        with bar, ProcessPoolExecutor(max_workers=workers) as pool:
+                   desc=f"shards 0/{len(tars)}", disable=None)
+        with bar, ProcessPoolExecutor(max_workers=workers, initializer=ignore_sigint) as pool:
             futs: dict[Future, str] = {
-                pool.submit(_worker, str(t), str(args.dest), args.overwrite, q): str(t)
+                pool.submit(_worker, str(t), str(args.dest), args.overwrite, q, stop): str(t)
                 for t in tars
             }
             pending = set(futs)
             n_done = 0
-            while pending:
-                finished, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
-                _drain(q, bar, done_bytes)
-                for fut in finished:
-                    tar = futs[fut]
-                    shard = names[tar]
-                    n_done += 1
-                    try:
-                        res = fut.result()
-                    except Exception as e:  # one shard's failure must not stop the rest
-                        failures.append((shard, f"{type(e).__name__}: {e}"))
-                        log.error("shard %s FAILED: %s: %s", shard, type(e).__name__, e)
-                    else:
-                        results.append(res)
-                        if res.skipped_already_done:
-                            log.info("shard %s already extracted, skipped", shard)
-                        else:
-                            log.info("shard %s: %d files, %.1f MB", shard, res.files,
-                                     res.bytes / 1e6)
-                        if res.duplicates:
-                            log.warning("shard %s: %d repeated member name(s), the last copy of "
-                                        "each extracted: %s%s", shard, len(res.duplicates),
-                                        ", ".join(res.duplicates[:20]),
-                                        f" (+{len(res.duplicates) - 20} more)"
-                                        if len(res.duplicates) > 20 else "")
-                    # top the bar up to the tar size (headers, skipped or failed shards)
+            try:
+                while pending:
+                    finished, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
                     _drain(q, bar, done_bytes)
-                    rest = sizes[tar] - done_bytes.get(shard, 0)
-                    if rest > 0:
-                        bar.update(rest)
-                        done_bytes[shard] = sizes[tar]
-                    bar.set_description("shards %d/%d" % (n_done, len(tars)))
+                    for fut in finished:
+                        tar = futs[fut]
+                        shard = names[tar]
+                        n_done += 1
+                        try:
+                            res = fut.result()
+                        except Exception as e:  # one shard's failure must not stop the rest
+                            failures.append((shard, f"{type(e).__name__}: {e}"))
+                            log.error("shard %s FAILED: %s: %s", shard, type(e).__name__, e)
+                        else:
+                            if res is None:  # not started: the run is being interrupted
+                                continue
+                            results.append(res)
+                            if res.skipped_already_done:
+                                log.info("shard %s already extracted, skipped", shard)
+                            else:
+                                log.info("shard %s: %d files, %.1f MB", shard, res.files,
+                                         res.bytes / 1e6)
+                            if res.duplicates:
+                                log.warning("shard %s: %d repeated member name(s), the last copy of "
+                                            "each extracted: %s%s", shard, len(res.duplicates),
+                                            ", ".join(res.duplicates[:20]),
+                                            f" (+{len(res.duplicates) - 20} more)"
+                                            if len(res.duplicates) > 20 else "")
+                        # top the bar up to the tar size (headers, skipped or failed shards)
+                        _drain(q, bar, done_bytes)
+                        rest = sizes[tar] - done_bytes.get(shard, 0)
+                        if rest > 0:
+                            bar.update(rest)
+                            done_bytes[shard] = sizes[tar]
+                        bar.set_description(f"shards {n_done}/{len(tars)}")
+            except KeyboardInterrupt:  # a worker's shard interrupted raises here too
+                _stop_workers(stop, pending)
+                log.warning("interrupted: stopping the shard(s) in progress (finished shards stay)")
+                raise
 
     elapsed = time.monotonic() - t0
     extracted = [r for r in results if not r.skipped_already_done]
@@ -191,8 +240,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     for shard, reason in failures:
         log.error("failed shard %s: %s", shard, reason)
-    return 1 if failures else 0
+    return EXIT_FAILED if failures else EXIT_OK
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Build ``data/BLIP3o-60k/data.json`` from the extracted shards.
 
 Usage::
@@ -18,26 +17,22 @@ counted), symlinked files and folders are followed; a folder that cannot be
 listed, a dangling symlink or a symlink loop is an error (exit 2, nothing
 written), never a silently smaller data.json.
 
-Exit status: 0 written; 1 no pairs, --strict with unpaired files, or a caption
-that cannot be inlined; 2 the raw folder is missing or cannot be walked.
+Exit status (see ``blip3o_storage.cli.common``): 0 written; 1 no pairs,
+--strict with unpaired files, or a caption that cannot be inlined; 2 the raw
+folder is missing or cannot be walked; 130 interrupted (Ctrl-C; nothing is
+written).
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
 
-# This checkout's package first, even when another copy is installed (an editable install of
-# another worktree would otherwise run code that is not the code next to this script).
-_REPO = Path(__file__).resolve().parents[1]
-if (_REPO / "blip3o_storage").is_dir() and str(_REPO) not in sys.path:
-    sys.path.insert(0, str(_REPO))
-
-from blip3o_storage.errors import StorageError  # noqa: E402
-from blip3o_storage.transfer.safe_tar import build_data_json, data_json_text, fsync_dir, log_unpaired  # noqa: E402
+from blip3o_storage.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, interruptible
+from blip3o_storage.errors import StorageError
+from blip3o_storage.transfer.safe_tar import build_data_json, data_json_text, fsync_dir, log_unpaired
 
 log = logging.getLogger("make_data_json")
 
@@ -69,9 +64,11 @@ def inline_captions(entries: list[dict[str, str]], raw: Path) -> None:
                                      f"{path} is not UTF-8 text") from None
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the process exit status."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=next(p for p in __doc__.split("\n\n") if p.startswith("Exit status")))
     ap.add_argument("--raw", required=True, type=Path, help="e.g. data/BLIP3o-60k/raw")
     ap.add_argument("--out", required=True, type=Path, help="e.g. data/BLIP3o-60k/data.json")
     ap.add_argument("--strict", action="store_true",
@@ -83,12 +80,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return interruptible(lambda: _run(args))
 
+
+def _run(args: argparse.Namespace) -> int:
+    """Everything after argument parsing."""
     try:
         entries, report = build_data_json(args.raw)
     except StorageError as e:
         log.error("%s", e)
-        return 2
+        return EXIT_USAGE
 
     log.info("shards: %s", ", ".join(report.shards) or "(none)")
     if report.unmarked_shards:
@@ -105,20 +106,20 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     if not entries:
         log.error("no image/caption pairs under %s; run tools/extract.py first", args.raw)
-        return 1
+        return EXIT_FAILED
     if args.strict and report.has_orphans:
         log.error("--strict: unpaired files found, %s not written", args.out)
-        return 1
+        return EXIT_FAILED
     if args.inline_captions:
         try:
             inline_captions(entries, args.raw)
         except (OSError, UnicodeDecodeError) as exc:
             log.error("cannot inline captions: %s; fix or remove that file, or run without --inline-captions", exc)
-            return 1
+            return EXIT_FAILED
     write_json_atomic(entries, args.out)
     log.info("wrote %d entries to %s", len(entries), args.out)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Generate a small BLIP3o-60k-shaped dataset: 11 WebDataset shard tars.
 
 Usage::
@@ -14,6 +13,9 @@ pure function of ``--samples-per-shard``, ``--seed`` and ``--image-size``: the
 same arguments give byte-identical tars on any machine and any ``--workers``.
 Re-running with the same arguments skips the work (``--force`` regenerates).
 Tars are written to a temp name and renamed, so a crash leaves no half shard.
+
+Exit status (see ``blip3o_storage.cli.common``): 0 generated or already there;
+2 bad usage; 130 interrupted (Ctrl-C; finished shards stay, no half shard).
 """
 from __future__ import annotations
 
@@ -23,16 +25,17 @@ import io
 import json
 import logging
 import os
-import sys
 import tarfile
 import time
+from collections.abc import Iterator, Sequence
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
+
+from blip3o_storage.cli.common import EXIT_OK, ignore_sigint, interruptible
 
 log = logging.getLogger("make_demo_data")
 
@@ -69,7 +72,7 @@ def _rng(seed: int, shard: str, index: int) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def image_dims(rng: np.random.Generator, image_size: int) -> Tuple[int, int]:
+def image_dims(rng: np.random.Generator, image_size: int) -> tuple[int, int]:
     w, h = BASE_SIZES[int(rng.integers(len(BASE_SIZES)))]
     scale = image_size / 1024
     return max(16, int(round(w * scale))), max(16, int(round(h * scale)))
@@ -109,7 +112,7 @@ def make_caption(rng: np.random.Generator) -> str:
     return text + "\n"
 
 
-def make_sample(task: Tuple[int, str, int, int]) -> Tuple[str, int, bytes, bytes]:
+def make_sample(task: tuple[int, str, int, int]) -> tuple[str, int, bytes, bytes]:
     """(seed, shard, index, image_size) -> (key, index, jpeg, caption utf-8)."""
     seed, shard, index, image_size = task
     rng = _rng(seed, shard, index)
@@ -147,18 +150,18 @@ def already_generated(out: Path, params: dict) -> bool:
                for s in params["shards"])
 
 
-def _results(tasks: List[Tuple[int, str, int, int]], workers: int) -> Iterator[Tuple[str, int, bytes, bytes]]:
+def _results(tasks: list[tuple[int, str, int, int]], workers: int) -> Iterator[tuple[str, int, bytes, bytes]]:
     if workers <= 1:
         yield from map(make_sample, tasks)
         return
     # fork is cheap and the workers only need numpy/PIL; results come back in order.
-    with get_context("fork").Pool(workers) as pool:
+    with get_context("fork").Pool(workers, initializer=ignore_sigint) as pool:  # Ctrl-C: the parent stops them
         yield from pool.imap(make_sample, tasks, chunksize=4)
 
 
 def generate(out: Path, samples_per_shard: int = 40, seed: int = 0, image_size: int = 1024,
-             shards: Sequence[str] = SHARDS, workers: Optional[int] = None, force: bool = False,
-             progress: Optional[bool] = None) -> dict:
+             shards: Sequence[str] = SHARDS, workers: int | None = None, force: bool = False,
+             progress: bool | None = None) -> dict:
     """Write the shard tars into ``out``; returns the manifest (sizes per shard)."""
     out.mkdir(parents=True, exist_ok=True)
     params = _params(samples_per_shard, seed, image_size, shards)
@@ -174,7 +177,8 @@ def generate(out: Path, samples_per_shard: int = 40, seed: int = 0, image_size: 
     t0 = time.monotonic()
     sizes, image_bytes = {}, 0
     results = _results(tasks, workers)
-    with tqdm(total=len(tasks), unit="sample", desc="generate", disable=None if progress is None else not progress) as bar:
+    disable = None if progress is None else not progress
+    with tqdm(total=len(tasks), unit="sample", desc="generate", disable=disable) as bar:
         for shard in shards:
             final = out / f"{shard}.tar"
             tmp = out / f".{shard}.tar.tmp-{os.getpid()}"
@@ -204,8 +208,11 @@ def generate(out: Path, samples_per_shard: int = 40, seed: int = 0, image_size: 
     return manifest
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the process exit status."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=next(p for p in __doc__.split("\n\n") if p.startswith("Exit status")))
     ap.add_argument("--out", type=Path, default=Path("demo-work/tars"), help="folder for the *.tar shards "
                     "(default %(default)s)")
     ap.add_argument("--samples-per-shard", type=int, default=40, help="image+caption pairs per shard "
@@ -224,10 +231,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         ap.error("--image-size must be >= 32")
     if args.workers is not None and args.workers < 1:
         ap.error("--workers must be >= 1")
-    generate(args.out, args.samples_per_shard, args.seed, args.image_size, workers=args.workers,
-             force=args.force)
-    return 0
+
+    def run() -> int:
+        generate(args.out, args.samples_per_shard, args.seed, args.image_size, workers=args.workers,
+                 force=args.force)
+        return EXIT_OK
+
+    return interruptible(run, "interrupted; finished shards stay, re-run the same command to finish")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

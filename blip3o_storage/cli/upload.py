@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Upload an extracted dataset folder (images, captions, data.json) to S3 / Ceph RGW.
 
 Usage::
@@ -33,24 +32,37 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
-
-# This checkout's package first, even when another copy is installed (an editable install of
-# another worktree would otherwise run code that is not the code next to this script).
-_REPO = Path(__file__).resolve().parents[1]
-if (_REPO / "blip3o_storage").is_dir() and str(_REPO) not in sys.path:
-    sys.path.insert(0, str(_REPO))
 
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from blip3o_storage.cli.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    add_connection_options,
+    add_transfer_options,
+    connect,
+    create_bucket,
+    list_target,
+    log_failures,
+    parser_from_doc,
+    report_verify,
+    run_cli,
+    verify_after_upload,
+)
 from blip3o_storage.errors import ConfigError, InvalidPathError, StorageError
-from blip3o_storage.transfer.upload import MiB, UploadInterrupted, UploadPlan, normalise_prefix, plan_upload, upload_all, verify
-from blip3o_storage.cli.common import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, add_connection_options,
-                                       add_transfer_options, connect, create_bucket, list_target, log_failures,
-                                       parser_from_doc, report_verify, run_cli, verify_after_upload)
+from blip3o_storage.transfer.upload import (
+    MiB,
+    UploadInterrupted,
+    UploadPlan,
+    normalise_prefix,
+    plan_upload,
+    upload_all,
+    verify,
+)
 
 log = logging.getLogger("upload")
 
@@ -74,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _usage_error(args: argparse.Namespace) -> Optional[str]:
+def _usage_error(args: argparse.Namespace) -> str | None:
     """What is wrong with this tool's own arguments (run_cli checks the shared ones first)."""
     if not args.src.is_dir():
         return f"SRC {args.src} does not exist or is not a folder"
@@ -163,10 +175,10 @@ def run(args: argparse.Namespace) -> int:
     return status if passed else EXIT_FAILED
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the process exit status."""
     return run_cli(build_parser(), argv, log, run, _usage_error)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

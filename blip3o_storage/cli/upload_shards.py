@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Upload BLIP3o tar shards as they are, plus index.json (and data.json), for shard mode.
 
 Usage::
@@ -35,24 +34,40 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional
 
-try:
-    import blip3o_storage  # noqa: F401
-except ImportError:  # run as `python tools/upload_shards.py` without the package installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from blip3o_storage.cli.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_connection_options,
+    add_transfer_options,
+    connect,
+    create_bucket,
+    list_target,
+    log_failures,
+    parser_from_doc,
+    report_verify,
+    run_cli,
+    verify_after_upload,
+)
 from blip3o_storage.errors import ConfigError, CorruptDataError, StorageError
 from blip3o_storage.transfer.safe_tar import data_json_text, log_unpaired
 from blip3o_storage.transfer.shard_indexing import build_index, data_json_from_index
-from blip3o_storage.transfer.upload import (MiB, UploadInterrupted, UploadItem, UploadReport, content_type_for,
-                                   normalise_prefix, upload_all, validate_keys, verify)
-from blip3o_storage.cli.common import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, add_connection_options,
-                                       add_transfer_options, connect, create_bucket, list_target, log_failures,
-                                       parser_from_doc, report_verify, run_cli, verify_after_upload)
+from blip3o_storage.transfer.upload import (
+    MiB,
+    UploadInterrupted,
+    UploadItem,
+    UploadReport,
+    content_type_for,
+    normalise_prefix,
+    upload_all,
+    validate_keys,
+    verify,
+)
 
 log = logging.getLogger("upload_shards")
 INDEX_NAME, DATA_JSON_NAME = "index.json", "data.json"
@@ -77,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _usage_error(args: argparse.Namespace) -> Optional[str]:
+def _usage_error(args: argparse.Namespace) -> str | None:
     """What is wrong with this tool's own arguments (run_cli checks the shared ones first)."""
     for src in args.sources:
         if not src.exists():
@@ -85,9 +100,9 @@ def _usage_error(args: argparse.Namespace) -> Optional[str]:
     return None
 
 
-def find_tars(sources: List[Path]) -> List[Path]:
+def find_tars(sources: list[Path]) -> list[Path]:
     """The .tar files named, or found (not recursively) in the folders named."""
-    tars: List[Path] = []
+    tars: list[Path] = []
     for src in sources:
         found = sorted(p for p in src.iterdir() if p.name.endswith(".tar") and p.is_file()) if src.is_dir() else [src]
         if src.is_dir() and not found:
@@ -100,7 +115,7 @@ def find_tars(sources: List[Path]) -> List[Path]:
     return tars
 
 
-def write_metadata(index: dict, entries: Optional[list], folder: Path) -> List[Path]:
+def write_metadata(index: dict, entries: list | None, folder: Path) -> list[Path]:
     """index.json (and data.json, as :func:`~blip3o_storage.transfer.safe_tar.data_json_text`) in ``folder``;
     deterministic bytes, so a re-run finds them unchanged and skips them."""
     out = [folder / INDEX_NAME]
@@ -112,7 +127,7 @@ def write_metadata(index: dict, entries: Optional[list], folder: Path) -> List[P
     return out
 
 
-def _items(paths: List[Path], prefix: str) -> List[UploadItem]:
+def _items(paths: list[Path], prefix: str) -> list[UploadItem]:
     items = [UploadItem(local_path=p, key=prefix + p.name, size=p.stat().st_size, content_type=content_type_for(p))
              for p in paths]
     validate_keys(item.key for item in items)
@@ -199,11 +214,11 @@ def _merge(total: UploadReport, part: UploadReport) -> None:
     total.etags.update(part.etags)
 
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the process exit status."""
     return run_cli(build_parser(), argv, log, run, _usage_error,
                    extra_errors={Unpaired: EXIT_FAILED, CorruptDataError: EXIT_USAGE})
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,0 +1,6 @@
+#!/usr/bin/env python3
+"""The console script ``blip3o-make-demo-data`` as a file: code and --help in blip3o_storage/cli/make_demo_data.py."""
+from blip3o_storage.cli.make_demo_data import main
+
+if __name__ == "__main__":  # worker processes that re-import this file (spawn, forkserver) must not run it
+    raise SystemExit(main())
