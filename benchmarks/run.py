@@ -46,6 +46,7 @@ from cpu_split import ceph_pids, split_cpus  # benchmarks/cpu_split.py, next to 
 from blip3o_storage.cli import demo  # the demo's helpers (tools/demo.py)
 from blip3o_storage.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from blip3o_storage.cli.demo import StepFailed
+from blip3o_storage.storage.s3_backend import S3Backend
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -132,7 +133,7 @@ class RawReadDataset:
 
     def __init__(self, entries: list[dict[str, str]], folder: str, conf: str | None) -> None:
         self.entries, self.folder, self.conf = entries, folder, conf
-        self._storage = None
+        self._storage: Any = None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -150,7 +151,8 @@ def raw_read(entries: list[dict[str, str]], folder: str, conf: str | None, worke
              batch_size: int) -> dict[str, float]:
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(RawReadDataset(entries, folder, conf), batch_size=batch_size, num_workers=workers,
+    dataset: Any = RawReadDataset(entries, folder, conf)  # map-style: __len__ and __getitem__
+    loader: Any = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                         collate_fn=sum, prefetch_factor=4 if workers else None)
     t0 = time.monotonic()
     nbytes = sum(loader)
@@ -170,7 +172,7 @@ def dataloader_pass(kind: str, data_root: Path, ceph_folder: str, conf: Path,
         dataset = build_dataset_from_config(cfg, key="train_dataloader.dataset", image_size=args.image_size)
     else:
         cfg, dataset = demo.build_ceph_dataset(data_root, ceph_folder, conf, args.image_size)
-    best = None
+    best: dict[str, Any] | None = None
     for _ in range(args.repeat):
         result = demo.read_through_dataloader(dataset, batch_size=args.batch_size, workers=args.workers,
                                               collate=demo.build_collate(cfg.train_dataloader.collate_fn),
@@ -183,6 +185,7 @@ def dataloader_pass(kind: str, data_root: Path, ceph_folder: str, conf: Path,
             raise StepFailed(f"S3 DataLoader pass read local copies: {result['reads']}")
         if best is None or result["seconds"] < best["seconds"]:
             best = result
+    assert best is not None  # --repeat >= 1
     return best
 
 
@@ -410,10 +413,13 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         note("== S3 endpoint")
         ep = Endpoint(args, work)
         storage = ep.storage()
-        created_bucket = storage.backend_for(f"s3://{args.bucket}/x").ensure_bucket(args.bucket)
+        backend = storage.backend_for(f"s3://{args.bucket}/x")
+        assert isinstance(backend, S3Backend)
+        created_bucket = backend.ensure_bucket(args.bucket)
         up = Uploaders(ep, work, args.concurrency)
         if args.split_cpus:
-            server_pids = ceph_pids() if args.target == "ceph" else [ep.server.process.pid] if ep.server else []
+            moto = ep.server.process if ep.server else None
+            server_pids = ceph_pids() if args.target == "ceph" else [moto.pid] if moto else []
             split = stack.enter_context(split_cpus(server_pids))
             note(f"== CPU split: {split}")
 

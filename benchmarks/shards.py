@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader
 
 from blip3o_storage import Storage
 from blip3o_storage.cli.common import EXIT_FAILED, EXIT_OK, interruptible
+from blip3o_storage.storage.s3_backend import S3Backend
 from blip3o_storage.testing.local_s3 import start_moto_server
 from blip3o_storage.training.collate import blip3o_collate
 from blip3o_storage.training.dataset import BLIP3oDataset
@@ -142,7 +143,9 @@ def _drop_bucket(storage: Storage, bucket: str) -> None:
     try:
         for info in list(storage.list(f"s3://{bucket}/")):
             storage.delete(f"s3://{bucket}/{info.key}")
-        storage.backend_for(f"s3://{bucket}/x").client.delete_bucket(Bucket=bucket)
+        backend = storage.backend_for(f"s3://{bucket}/x")
+        assert isinstance(backend, S3Backend)
+        backend.client.delete_bucket(Bucket=bucket)
     except Exception as exc:  # noqa: BLE001 - cleanup must not hide the results
         print(f"could not remove bucket {bucket}: {exc}", file=sys.stderr)
 
@@ -193,9 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         conf = write_conf(settings, work / "petreloss.conf")
         bucket = f"bench-shards-{uuid.uuid4().hex[:8]}"
         storage = Storage(dict(settings))
-        storage.backend_for(f"s3://{bucket}/x").ensure_bucket(bucket)
+        backend = storage.backend_for(f"s3://{bucket}/x")
+        assert isinstance(backend, S3Backend)
+        backend.ensure_bucket(bucket)
         if args.split_cpus:  # before any loader forks its workers: they inherit the client CPUs
-            split = stack.enter_context(split_cpus(ceph_pids() if server is None else [server.process.pid]))
+            moto = server.process if server is not None else None
+            split = stack.enter_context(split_cpus(ceph_pids() if moto is None else [moto.pid]))
             print(f"CPU split: {split}", file=sys.stderr, flush=True)
 
         print("uploading ...", file=sys.stderr, flush=True)
@@ -237,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         # Every loader warms up for one epoch (workers, clients, the cache fills), then the modes take
         # turns for --rounds epochs each (taking turns spreads other load on a shared machine over all
         # modes alike); the median epoch decides, the best is shown too.
-        loaders = []
+        loaders: list[Any] = []
         for name, kw, prefetch, locality, note in modes:
             print(f"warming up {name} ...", file=sys.stderr, flush=True)
             ds = BLIP3oDataset(**kw)

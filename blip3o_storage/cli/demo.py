@@ -142,7 +142,7 @@ class StatsCollate:
 
         batch = self.collate(instances)
         info = get_worker_info()
-        dataset = info.dataset if info is not None else None
+        dataset: Any = info.dataset if info is not None else None
         batch["worker_stats"] = (info.id if info is not None else -1,
                                  dataset.stats() if dataset is not None else None)
         return batch
@@ -318,7 +318,8 @@ def endpoint_conf(args: argparse.Namespace, work: Path) -> tuple:
     server = start_moto_server(log_path=str(work / "moto-server.log"))
     server.write_petreloss_conf(str(conf), cluster="demo")
     os.chmod(conf, 0o600)
-    where = f"moto server at {server.endpoint_url} (pid {server.process.pid}, log {work / 'moto-server.log'})"
+    pid = server.process.pid if server.process is not None else "?"
+    where = f"moto server at {server.endpoint_url} (pid {pid}, log {work / 'moto-server.log'})"
     return conf, where, server
 
 

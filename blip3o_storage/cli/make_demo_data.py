@@ -27,7 +27,7 @@ import logging
 import os
 import tarfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -94,7 +94,7 @@ def make_jpeg(rng: np.random.Generator, width: int, height: int) -> bytes:
         (draw.ellipse if rng.integers(2) else draw.rectangle)((x0, y0, x1, y1), fill=colour)
     cell = 10
     tex = rng.normal(128, 16, (max(1, height // cell), max(1, width // cell), 3))
-    tex_img = Image.fromarray(np.clip(tex, 0, 255).astype(np.uint8)).resize((width, height), Image.BILINEAR)
+    tex_img = Image.fromarray(np.clip(tex, 0, 255).astype(np.uint8)).resize((width, height), Image.BILINEAR)  # type: ignore[attr-defined]
     out = np.asarray(img, dtype=np.int16) + np.asarray(tex_img, dtype=np.int16) - 128
     buf = io.BytesIO()
     Image.fromarray(np.clip(out, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=JPEG_QUALITY)
@@ -150,7 +150,8 @@ def already_generated(out: Path, params: dict) -> bool:
                for s in params["shards"])
 
 
-def _results(tasks: list[tuple[int, str, int, int]], workers: int) -> Iterator[tuple[str, int, bytes, bytes]]:
+def _results(tasks: list[tuple[int, str, int, int]],
+             workers: int) -> Generator[tuple[str, int, bytes, bytes], None, None]:
     if workers <= 1:
         yield from map(make_sample, tasks)
         return

@@ -127,13 +127,13 @@ def run(args: argparse.Namespace) -> int:
     log.info("%d objects already under s3://%s/%s", len(existing), args.bucket, prefix)
 
     if args.verify_only:
-        report = verify(plan.items, backend, args.bucket, prefix, part_size=part_size, workers=args.workers,
-                        remote=existing)
-        report_verify(log, report)
+        check = verify(plan.items, backend, args.bucket, prefix, part_size=part_size, workers=args.workers,
+                       remote=existing)
+        report_verify(log, check)
         log_failures(log, "failed", plan.failed)
         unusable = f", {len(plan.failed)} referenced files not uploadable (missing locally, hidden or unsafe)"
-        print(report.summary() + (unusable if plan.failed else ""))
-        return EXIT_OK if report.passed and not plan.failed else EXIT_FAILED
+        print(check.summary() + (unusable if plan.failed else ""))
+        return EXIT_OK if check.passed and not plan.failed else EXIT_FAILED
 
     # The bar counts bytes that need sending: files whose size already matches are most likely skipped.
     to_send = sum(i.size for i in plan.items if existing.get(i.key, (-1,))[0] != i.size)
