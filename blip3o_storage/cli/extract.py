@@ -128,7 +128,10 @@ def _drain(q: Any, bar: tqdm, done_bytes: dict[str, int]) -> None:
 def _stop_workers(stop: Any, pending: set) -> None:
     """Ctrl-C in the parent: no new shard starts, and the workers' running shards stop (the
     SIGINT is forwarded, for when it was sent to this process alone rather than the group)."""
-    stop.set()
+    try:
+        stop.set()
+    except Exception as exc:  # noqa: BLE001 - the interrupt may have cut a call to the Manager short
+        log.debug("could not tell the workers to stop: %s", exc)
     for fut in pending:
         fut.cancel()
     for child in multiprocessing.active_children():  # the pool's workers (the Manager ignores SIGINT)
