@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Set
 
 
-def _tasks(pid: int) -> List[int]:
+def _tasks(pid: int) -> list[int]:
     try:
         return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
     except FileNotFoundError:
         return []
 
 
-def _set(pids: Iterable[int], cpus: Set[int]) -> Dict[int, Set[int]]:
-    before: Dict[int, Set[int]] = {}
+def _set(pids: Iterable[int], cpus: set[int]) -> dict[int, set[int]]:
+    before: dict[int, set[int]] = {}
     for pid in pids:
         for tid in _tasks(pid):
             try:
@@ -36,8 +36,10 @@ def _set(pids: Iterable[int], cpus: Set[int]) -> Dict[int, Set[int]]:
     return before
 
 
-def ceph_pids(ceph_dir: Path = Path(os.environ.get("CEPH_DEV_DIR", "/tmp/blip3o-ceph"))) -> List[int]:
-    """PIDs that tools/ceph_dev.sh recorded for its daemons."""
+def ceph_pids(ceph_dir: Path | None = None) -> list[int]:
+    """PIDs that tools/ceph_dev.sh recorded for its daemons (default dir: $CEPH_DEV_DIR or /tmp/blip3o-ceph)."""
+    if ceph_dir is None:
+        ceph_dir = Path(os.environ.get("CEPH_DEV_DIR", "/tmp/blip3o-ceph"))
     return [int(p.read_text().strip()) for p in sorted((ceph_dir / "run").glob("*.pid"))]
 
 

@@ -36,20 +36,19 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
+
+from cpu_split import ceph_pids, split_cpus  # benchmarks/cpu_split.py, next to this script
+
+from blip3o_storage.cli import demo  # the demo's helpers (tools/demo.py)
+from blip3o_storage.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from blip3o_storage.cli.demo import StepFailed
+from blip3o_storage.storage.s3_backend import S3Backend
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-try:
-    import blip3o_storage  # noqa: F401
-except ImportError:  # run without the package installed
-    sys.path.insert(0, str(REPO))
-
-import demo  # noqa: E402  (tools/demo.py: shared helpers)
-from cpu_split import ceph_pids, split_cpus  # noqa: E402  (benchmarks/cpu_split.py)
-from demo import StepFailed  # noqa: E402
 
 READ_TARGET = 0.9  # S3 DataLoader samples/s >= 0.9x local
 UPLOAD_TARGET = 2.0  # tools/upload.py >= 2x aws s3 sync
@@ -59,7 +58,7 @@ def note(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def find_tool(name: str) -> Optional[str]:
+def find_tool(name: str) -> str | None:
     """``name`` next to this Python first (a venv's awscli), then on PATH."""
     local = Path(sys.executable).parent / name
     if local.is_file() and os.access(local, os.X_OK):
@@ -67,7 +66,7 @@ def find_tool(name: str) -> Optional[str]:
     return shutil.which(name)
 
 
-def tool_version(cmd: Sequence[str]) -> Optional[str]:
+def tool_version(cmd: Sequence[str]) -> str | None:
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
@@ -76,7 +75,7 @@ def tool_version(cmd: Sequence[str]) -> Optional[str]:
     return text[0].strip() if text else None
 
 
-def timed(cmd: Sequence[str], env: Optional[Dict[str, str]] = None) -> Tuple[float, int, str]:
+def timed(cmd: Sequence[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
     """(wall seconds, exit status, output tail) of a command."""
     t0 = time.monotonic()
     proc = subprocess.run(list(map(str, cmd)), cwd=REPO, env=env, capture_output=True, text=True)
@@ -93,14 +92,16 @@ class Endpoint:
         self.conf = work / "petreloss.conf"
         if args.target == "ceph":
             env = demo.read_ceph_env()
-            self.url, self.access, self.secret = env["CEPH_S3_ENDPOINT"], env["CEPH_S3_ACCESS_KEY"], env["CEPH_S3_SECRET_KEY"]
+            self.url, self.access, self.secret = (env["CEPH_S3_ENDPOINT"], env["CEPH_S3_ACCESS_KEY"],
+                                                  env["CEPH_S3_SECRET_KEY"])
             self.kind = f"Ceph RGW from tools/ceph_dev.sh at {self.url}"
             self.rclone_provider = "Ceph"
         elif args.endpoint_url:
             access = args.access_key or os.environ.get("AWS_ACCESS_KEY_ID")
             secret = args.secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY")
             if not access or not secret:
-                raise StepFailed("--endpoint-url needs --access-key/--secret-key (or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
+                raise StepFailed("--endpoint-url needs --access-key/--secret-key "
+                                 "(or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
             self.url, self.access, self.secret = args.endpoint_url.rstrip("/"), access, secret
             self.kind = f"S3 endpoint {self.url}"
             self.rclone_provider = "Other"
@@ -109,8 +110,8 @@ class Endpoint:
 
             from blip3o_storage.testing.local_s3 import start_moto_server
 
-            self.server = start_moto_server(log_path=str(work / "moto-server.log"))
-            self.url, self.access, self.secret = self.server.endpoint_url, self.server.access_key, self.server.secret_key
+            self.server = server = start_moto_server(log_path=str(work / "moto-server.log"))
+            self.url, self.access, self.secret = server.endpoint_url, server.access_key, server.secret_key
             self.kind = (f"moto {moto.__version__} server on 127.0.0.1 (one Python process, sharing the "
                          f"machine's cores with the client)")
             self.rclone_provider = "Other"
@@ -130,9 +131,9 @@ class Endpoint:
 class RawReadDataset:
     """Bytes of each sample's image + caption, no decoding (a ``torch`` map-style dataset)."""
 
-    def __init__(self, entries: List[Dict[str, str]], folder: str, conf: Optional[str]) -> None:
+    def __init__(self, entries: list[dict[str, str]], folder: str, conf: str | None) -> None:
         self.entries, self.folder, self.conf = entries, folder, conf
-        self._storage = None
+        self._storage: Any = None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -146,11 +147,12 @@ class RawReadDataset:
         return sum(len(self._storage.get(join_uri(self.folder, e[k]))) for k in ("image", "annotation"))
 
 
-def raw_read(entries: List[Dict[str, str]], folder: str, conf: Optional[str], workers: int,
-             batch_size: int) -> Dict[str, float]:
+def raw_read(entries: list[dict[str, str]], folder: str, conf: str | None, workers: int,
+             batch_size: int) -> dict[str, float]:
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(RawReadDataset(entries, folder, conf), batch_size=batch_size, num_workers=workers,
+    dataset: Any = RawReadDataset(entries, folder, conf)  # map-style: __len__ and __getitem__
+    loader: Any = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                         collate_fn=sum, prefetch_factor=4 if workers else None)
     t0 = time.monotonic()
     nbytes = sum(loader)
@@ -158,7 +160,8 @@ def raw_read(entries: List[Dict[str, str]], folder: str, conf: Optional[str], wo
     return {"seconds": elapsed, "samples": len(entries), "bytes": nbytes}
 
 
-def dataloader_pass(kind: str, data_root: Path, ceph_folder: str, conf: Path, args: argparse.Namespace) -> Dict[str, Any]:
+def dataloader_pass(kind: str, data_root: Path, ceph_folder: str, conf: Path,
+                    args: argparse.Namespace) -> dict[str, Any]:
     from mmengine.config import Config
 
     from blip3o_storage.training.dataset import build_dataset_from_config
@@ -169,7 +172,7 @@ def dataloader_pass(kind: str, data_root: Path, ceph_folder: str, conf: Path, ar
         dataset = build_dataset_from_config(cfg, key="train_dataloader.dataset", image_size=args.image_size)
     else:
         cfg, dataset = demo.build_ceph_dataset(data_root, ceph_folder, conf, args.image_size)
-    best = None
+    best: dict[str, Any] | None = None
     for _ in range(args.repeat):
         result = demo.read_through_dataloader(dataset, batch_size=args.batch_size, workers=args.workers,
                                               collate=demo.build_collate(cfg.train_dataloader.collate_fn),
@@ -182,10 +185,11 @@ def dataloader_pass(kind: str, data_root: Path, ceph_folder: str, conf: Path, ar
             raise StepFailed(f"S3 DataLoader pass read local copies: {result['reads']}")
         if best is None or result["seconds"] < best["seconds"]:
             best = result
+    assert best is not None  # --repeat >= 1
     return best
 
 
-def raw_get(storage: Any, uris: List[str], threads: int) -> Dict[str, float]:
+def raw_get(storage: Any, uris: list[str], threads: int) -> dict[str, float]:
     t0 = time.monotonic()
     if threads <= 1:
         nbytes = sum(len(storage.get(u)) for u in uris)
@@ -196,7 +200,7 @@ def raw_get(storage: Any, uris: List[str], threads: int) -> Dict[str, float]:
     return {"seconds": elapsed, "objects": len(uris), "bytes": nbytes}
 
 
-def count_prefix(storage: Any, bucket: str, prefix: str) -> Tuple[int, int]:
+def count_prefix(storage: Any, bucket: str, prefix: str) -> tuple[int, int]:
     objects = [o for o in storage.list(f"s3://{bucket}/{prefix}") if not o.is_dir]
     return len(objects), sum(o.size for o in objects)
 
@@ -230,10 +234,11 @@ class Uploaders:
                         RCLONE_CONFIG_BENCH_ACCESS_KEY_ID=ep.access, RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY=ep.secret,
                         RCLONE_CONFIG_BENCH_ENDPOINT=ep.url, RCLONE_CONFIG_BENCH_REGION="us-east-1",
                         RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE="true")
-        for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "BLIP3O_CEPH_CONFIG"):
+        for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+                    "BLIP3O_CEPH_CONFIG"):
             self.env.pop(var, None)
 
-    def command(self, tool: str, src: Path, bucket: str, prefix: str) -> Optional[List[str]]:
+    def command(self, tool: str, src: Path, bucket: str, prefix: str) -> list[str] | None:
         dest = f"s3://{bucket}/{prefix}"
         if tool == "ours":
             return [sys.executable, "tools/upload.py", str(src), "--bucket", bucket, "--prefix", prefix,
@@ -250,7 +255,7 @@ class Uploaders:
                                                  str(self.concurrency), "--checksum", "--s3-no-check-bucket", "-q"]
         raise ValueError(tool)
 
-    def run(self, tool: str, src: Path, bucket: str, prefix: str) -> Tuple[Optional[float], str]:
+    def run(self, tool: str, src: Path, bucket: str, prefix: str) -> tuple[float | None, str]:
         cmd = self.command(tool, src, bucket, prefix)
         if cmd is None:
             return None, "not installed"
@@ -269,7 +274,7 @@ class Uploaders:
         return elapsed, "ok"
 
 
-def mirror_without_hidden(src: Path, dest: Path) -> Tuple[int, int]:
+def mirror_without_hidden(src: Path, dest: Path) -> tuple[int, int]:
     """Hard-link (or copy) every non-hidden file of ``src`` into ``dest``: the
     one input tree every upload tool gets (no dot-file filters needed)."""
     if dest.exists():
@@ -293,17 +298,17 @@ def mirror_without_hidden(src: Path, dest: Path) -> Tuple[int, int]:
 
 
 # -- the table ---------------------------------------------------------------
-def fmt(value: Optional[float], digits: int = 1, suffix: str = "") -> str:
+def fmt(value: float | None, digits: int = 1, suffix: str = "") -> str:
     return "n/a" if value is None else f"{value:.{digits}f}{suffix}"
 
 
-def verdict(ratio: Optional[float], target: float) -> str:
+def verdict(ratio: float | None, target: float) -> str:
     if ratio is None:
         return "n/a"
     return "PASS" if ratio >= target else "FAIL"
 
 
-def render(header_lines: List[str], rows: List[Dict[str, Any]], footnotes: List[str]) -> str:
+def render(header_lines: list[str], rows: list[dict[str, Any]], footnotes: list[str]) -> str:
     out = [f"- {line}" for line in header_lines] + [""]
     cols = ("#", "measurement", "time (s)", "rate", "MB/s", "vs baseline", "target", "result")
     out.append("| " + " | ".join(cols) + " |")
@@ -321,14 +326,16 @@ def render(header_lines: List[str], rows: List[Dict[str, Any]], footnotes: List[
     return "\n".join(out)
 
 
-def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work-dir", type=Path, default=Path("demo-work/bench"), help="default %(default)s (gitignored)")
     ap.add_argument("--samples-per-shard", type=int, default=None, help="default 40 (440 samples); 3 with --quick")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers for both configs (default %(default)s)")
     ap.add_argument("--batch-size", type=int, default=4, help="both configs (default %(default)s, the configs' value)")
-    ap.add_argument("--image-size", type=int, default=256, help="dataset image_size for both configs (default %(default)s)")
+    ap.add_argument("--image-size", type=int, default=256,
+                    help="dataset image_size for both configs (default %(default)s)")
     ap.add_argument("--repeat", type=int, default=1, help="DataLoader passes per config; the best is kept")
     ap.add_argument("--threads", type=int, default=16, help="raw GET thread pool size (default %(default)s)")
     ap.add_argument("--concurrency", type=int, default=16,
@@ -353,12 +360,13 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         args.samples_per_shard = 3 if args.quick else 40
     if args.target == "ceph" and args.endpoint_url:
         ap.error("--target ceph and --endpoint-url are exclusive")
-    if min(args.samples_per_shard, args.batch_size, args.repeat, args.threads, args.concurrency) < 1 or args.workers < 0:
+    counts = (args.samples_per_shard, args.batch_size, args.repeat, args.threads, args.concurrency)
+    if min(counts) < 1 or args.workers < 0:
         ap.error("sizes must be >= 1 (--workers >= 0)")
     return args
 
 
-def run_bench(args: argparse.Namespace) -> Dict[str, Any]:
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     import boto3
     import botocore
     import torch
@@ -390,7 +398,7 @@ def run_bench(args: argparse.Namespace) -> Dict[str, Any]:
     note(f"   {len(entries)} samples, {n_files} files, {mb:.1f} MB")
 
     run_id = f"bench-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    rows: List[Dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
     tools = ("ours", "aws", "s5cmd", "rclone")
     labels = {"ours": f"tools/upload.py --workers {args.concurrency}",
               "aws": f"aws s3 sync (max_concurrent_requests={args.concurrency})",
@@ -405,16 +413,19 @@ def run_bench(args: argparse.Namespace) -> Dict[str, Any]:
         note("== S3 endpoint")
         ep = Endpoint(args, work)
         storage = ep.storage()
-        created_bucket = storage.backend_for(f"s3://{args.bucket}/x").ensure_bucket(args.bucket)
+        backend = storage.backend_for(f"s3://{args.bucket}/x")
+        assert isinstance(backend, S3Backend)
+        created_bucket = backend.ensure_bucket(args.bucket)
         up = Uploaders(ep, work, args.concurrency)
         if args.split_cpus:
-            server_pids = ceph_pids() if args.target == "ceph" else [ep.server.process.pid] if ep.server else []
+            moto = ep.server.process if ep.server else None
+            server_pids = ceph_pids() if args.target == "ceph" else [moto.pid] if moto else []
             split = stack.enter_context(split_cpus(server_pids))
             note(f"== CPU split: {split}")
 
         # uploads: each tool into its own fresh prefix, then the same again (no-op)
-        first: Dict[str, Optional[float]] = {}
-        status: Dict[str, str] = {}
+        first: dict[str, float | None] = {}
+        status: dict[str, str] = {}
         for tool in tools:
             note(f"== upload: {labels[tool]}")
             first[tool], status[tool] = up.run(tool, src, args.bucket, f"{run_id}/{tool}/")
@@ -423,7 +434,7 @@ def run_bench(args: argparse.Namespace) -> Dict[str, Any]:
                 if (count, size) != (n_files, n_bytes):
                     status[tool] = f"uploaded {count} files / {size} B, expected {n_files} / {n_bytes}"
                     note(f"   {tool}: {status[tool]}")
-        again: Dict[str, Optional[float]] = {}
+        again: dict[str, float | None] = {}
         for tool in tools:
             if first[tool] is None:
                 again[tool] = None
@@ -436,7 +447,7 @@ def run_bench(args: argparse.Namespace) -> Dict[str, Any]:
         aws_s = first["aws"]
         for tool in tools:
             secs = first[tool]
-            row: Dict[str, Any] = {"id": f"upload_{tool}", "measurement": f"upload, {labels[tool]}",
+            row: dict[str, Any] = {"id": f"upload_{tool}", "measurement": f"upload, {labels[tool]}",
                                    "seconds": secs, "files": n_files, "bytes": n_bytes}
             if secs is None:
                 row["rate_text"] = status[tool]
@@ -453,7 +464,8 @@ def run_bench(args: argparse.Namespace) -> Dict[str, Any]:
         aws_again = again["aws"]
         for tool in tools:
             secs = again[tool]
-            row = {"id": f"noop_{tool}", "measurement": f"no-op re-upload, {labels[tool].split(' (')[0].split(' --')[0]}",
+            short = labels[tool].split(' (')[0].split(' --')[0]
+            row = {"id": f"noop_{tool}", "measurement": f"no-op re-upload, {short}",
                    "seconds": secs}
             if secs is None:
                 row["rate_text"] = status.get(tool + "_noop") or ("not installed" if status[tool] == "not installed"
@@ -563,7 +575,7 @@ def run_bench(args: argparse.Namespace) -> Dict[str, Any]:
             "args": {k: str(v) for k, v in vars(args).items()}, "table": table}
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import logging
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -572,16 +584,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             result = run_bench(args)
     except KeyboardInterrupt:
         note("interrupted; servers stopped")
-        return 130
+        return EXIT_INTERRUPTED
     except StepFailed as exc:
         note(f"BENCH FAILED: {exc}")
-        return 1
+        return EXIT_FAILED
     print(result["table"], flush=True)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1, default=str))
         note(f"wrote {args.json}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

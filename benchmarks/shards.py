@@ -42,23 +42,21 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
+
+from cpu_split import ceph_pids, split_cpus  # benchmarks/cpu_split.py, next to this script
+from mmengine.dataset import DefaultSampler
+from torch.utils.data import DataLoader
+
+from blip3o_storage import Storage
+from blip3o_storage.cli.common import EXIT_FAILED, EXIT_OK, interruptible
+from blip3o_storage.storage.s3_backend import S3Backend
+from blip3o_storage.testing.local_s3 import start_moto_server
+from blip3o_storage.training.collate import blip3o_collate
+from blip3o_storage.training.dataset import BLIP3oDataset
+from blip3o_storage.training.locality_sampler import LocalitySampler
 
 REPO = Path(__file__).resolve().parents[1]
-try:
-    import blip3o_storage  # noqa: F401
-except ImportError:  # run without the package installed
-    sys.path.insert(0, str(REPO))
-
-from mmengine.dataset import DefaultSampler  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-from blip3o_storage import Storage  # noqa: E402
-from blip3o_storage.training.collate import blip3o_collate  # noqa: E402
-from blip3o_storage.training.dataset import BLIP3oDataset  # noqa: E402
-from blip3o_storage.testing.local_s3 import start_moto_server  # noqa: E402
-from blip3o_storage.training.locality_sampler import LocalitySampler  # noqa: E402
-from cpu_split import ceph_pids, split_cpus  # noqa: E402  (benchmarks/cpu_split.py)
 
 SHARDS = ("dalle3", "geneval_train", "human_gestures", "journeyDB", "mscoco_human",
           "object_1", "object_2", "occupation_1", "occupation_2", "text_1", "text_2")
@@ -100,7 +98,7 @@ def generate_shards(out: Path, samples_per_shard: int, image_size: int) -> None:
                     tf.addfile(info, io.BytesIO(data))
 
 
-def ceph_settings() -> Optional[Dict[str, str]]:
+def ceph_settings() -> dict[str, str] | None:
     """The running dev Ceph's endpoint and keys, or None when it is not up (never started here)."""
     status = subprocess.run(["bash", str(REPO / "tools" / "ceph_dev.sh"), "status"], capture_output=True)
     env = Path(os.environ.get("CEPH_DEV_DIR", "/tmp/blip3o-ceph")) / "env"
@@ -113,7 +111,7 @@ def ceph_settings() -> Optional[Dict[str, str]]:
             "secret_key": values["CEPH_S3_SECRET_KEY"]}
 
 
-def write_conf(settings: Dict[str, str], path: Path) -> Path:
+def write_conf(settings: dict[str, str], path: Path) -> Path:
     path.write_text(f"[DEFAULT]\ndefault_cluster = bench\n\n[bench]\naccess_key = {settings['access_key']}\n"
                     f"secret_key = {settings['secret_key']}\nhost_base = {settings['endpoint_url']}\n")
     path.chmod(0o600)
@@ -127,7 +125,7 @@ def make_loader(ds: BLIP3oDataset, args: argparse.Namespace, prefetch: bool, loc
                else DefaultSampler(ds, shuffle=True, seed=0))
     if prefetch:
         ds.set_sampler(sampler, batch_size=args.batch_size)
-    kw: Dict[str, Any] = dict(persistent_workers=True) if args.workers > 0 else {}
+    kw: dict[str, Any] = dict(persistent_workers=True) if args.workers > 0 else {}
     return DataLoader(ds, sampler=sampler, batch_size=args.batch_size, num_workers=args.workers,
                       collate_fn=blip3o_collate, **kw)
 
@@ -145,12 +143,14 @@ def _drop_bucket(storage: Storage, bucket: str) -> None:
     try:
         for info in list(storage.list(f"s3://{bucket}/")):
             storage.delete(f"s3://{bucket}/{info.key}")
-        storage.backend_for(f"s3://{bucket}/x").client.delete_bucket(Bucket=bucket)
+        backend = storage.backend_for(f"s3://{bucket}/x")
+        assert isinstance(backend, S3Backend)
+        backend.client.delete_bucket(Bucket=bucket)
     except Exception as exc:  # noqa: BLE001 - cleanup must not hide the results
         print(f"could not remove bucket {bucket}: {exc}", file=sys.stderr)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples-per-shard", type=int, default=20, help="default %(default)s (x 11 shards)")
     ap.add_argument("--image-size", type=int, default=768, help="largest generated image edge (default %(default)s)")
@@ -175,7 +175,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     tars, root = work / "tars", work / "BLIP3o-60k"
     server = None
-    storage: Optional[Storage] = None
+    storage: Storage | None = None
     bucket = ""
     print(f"work dir {work}; generating {11 * args.samples_per_shard} samples ...", file=sys.stderr, flush=True)
     stack = contextlib.ExitStack()
@@ -196,9 +196,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         conf = write_conf(settings, work / "petreloss.conf")
         bucket = f"bench-shards-{uuid.uuid4().hex[:8]}"
         storage = Storage(dict(settings))
-        storage.backend_for(f"s3://{bucket}/x").ensure_bucket(bucket)
+        backend = storage.backend_for(f"s3://{bucket}/x")
+        assert isinstance(backend, S3Backend)
+        backend.ensure_bucket(bucket)
         if args.split_cpus:  # before any loader forks its workers: they inherit the client CPUs
-            split = stack.enter_context(split_cpus(ceph_pids() if server is None else [server.process.pid]))
+            moto = server.process if server is not None else None
+            split = stack.enter_context(split_cpus(ceph_pids() if moto is None else [moto.pid]))
             print(f"CPU split: {split}", file=sys.stderr, flush=True)
 
         print("uploading ...", file=sys.stderr, flush=True)
@@ -240,7 +243,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         # Every loader warms up for one epoch (workers, clients, the cache fills), then the modes take
         # turns for --rounds epochs each (taking turns spreads other load on a shared machine over all
         # modes alike); the median epoch decides, the best is shown too.
-        loaders = []
+        loaders: list[Any] = []
         for name, kw, prefetch, locality, note in modes:
             print(f"warming up {name} ...", file=sys.stderr, flush=True)
             ds = BLIP3oDataset(**kw)
@@ -251,7 +254,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"round {r + 1}/{args.rounds} ...", file=sys.stderr, flush=True)
             for _name, loader, _note, rates in loaders:
                 rates.append(epoch_rate(loader))
-        results: List[Tuple[str, float, float, str]] = [
+        results: list[tuple[str, float, float, str]] = [
             (name, max(rates), sorted(rates)[len(rates) // 2], note) for name, loader, note, rates in loaders]
         del loaders
     finally:
@@ -287,7 +290,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     for name in shard_rows:
         print(f"- {name}: {rates[name] / bar:.2f}x {'PASS' if rates[name] >= bar else 'FAIL'}")
     print(f"best: {best}, {rates[best] / bar:.2f}x")
-    return 0 if rates[best] >= bar else 1
+    return EXIT_OK if rates[best] >= bar else EXIT_FAILED
+
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(interruptible(main))

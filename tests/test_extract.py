@@ -18,21 +18,12 @@ from typing import Optional
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-try:
-    from blip3o_storage.transfer.safe_tar import (
-        MARKER_NAME,
-        build_data_json,
-        check_member,
-        extract_shard,
-    )
-except ImportError:  # plain `pytest` without the package installed
-    sys.path.insert(0, str(REPO))
-    from blip3o_storage.transfer.safe_tar import (
-        MARKER_NAME,
-        build_data_json,
-        check_member,
-        extract_shard,
-    )
+from blip3o_storage.transfer.safe_tar import (
+    MARKER_NAME,
+    build_data_json,
+    check_member,
+    extract_shard,
+)
 from blip3o_storage.errors import CorruptDataError, InvalidPathError, StorageError
 
 MTIME = 1_700_000_000

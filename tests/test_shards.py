@@ -5,7 +5,6 @@ import io
 import json
 import multiprocessing
 import pickle
-import sys
 import tarfile
 import threading
 import time
@@ -30,9 +29,9 @@ from blip3o_storage.reading.sources import CachedSource, ObjectSource, ShardSour
 
 from helpers import jpeg as _jpeg
 
+from blip3o_storage.cli import upload_shards
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tools"))
-import upload_shards  # noqa: E402
 
 SIZE = 32
 TEMPLATE = {"INSTRUCTION": "<|user|>\n{input}<|end|>\n<|assistant|>\n"}

@@ -90,11 +90,9 @@ def test_runner_trains_one_epoch_from_the_object_store(moto_endpoint, tmp_path, 
 def test_runner_trains_one_epoch_from_shards_with_block_reads(moto_endpoint, tmp_path, monkeypatch):
     """configs/blip3o60k_shards.py: tars uploaded by tools/upload_shards.py, read in blocks,
     LocalitySampler built by the Runner; every sample once, far fewer GETs than samples."""
-    import sys
     import tarfile
 
-    sys.path.insert(0, str(REPO_ROOT / "tools"))
-    import upload_shards
+    from blip3o_storage.cli import upload_shards
 
     storage, bucket = new_bucket(moto_endpoint)
     rng = np.random.default_rng(1)

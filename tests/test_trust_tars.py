@@ -21,8 +21,6 @@ from typing import Callable, Dict, List, Tuple
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tools"))
 
 from blip3o_storage.errors import CorruptDataError  # noqa: E402
 from blip3o_storage.transfer.safe_tar import MARKER_NAME, extract_shard  # noqa: E402
@@ -30,7 +28,7 @@ from blip3o_storage.reading.shard_index import ShardIndex
 from blip3o_storage.transfer.shard_indexing import build_shard_index, data_json_from_index  # noqa: E402
 from blip3o_storage.reading.sources import ShardSource  # noqa: E402
 
-import upload_shards  # noqa: E402
+from blip3o_storage.cli import upload_shards  # noqa: E402
 
 BLOCK = 512
 A, B, C = os.urandom(3000), os.urandom(5000), b"a caption\n" * 70

@@ -1,6 +1,13 @@
-"""Command-line plumbing shared by ``tools/upload.py`` and ``tools/upload_shards.py``.
+"""Command-line plumbing shared by the tools (``blip3o_storage.cli.*``, run as console scripts
+``blip3o-*`` or as ``python tools/<name>.py``).
 
-The option groups both tools take, logging set-up, failure and verify
+Every tool returns one exit-status scheme: :data:`EXIT_OK` (0) all good,
+:data:`EXIT_FAILED` (1) some work failed, :data:`EXIT_USAGE` (2) bad usage or
+config (argparse's own errors are 2 as well), :data:`EXIT_INTERRUPTED` (130)
+Ctrl-C, said in one line, without a traceback (:func:`interruptible`).
+
+For ``tools/upload.py`` and ``tools/upload_shards.py`` this module also holds
+the option groups both tools take, logging set-up, failure and verify
 reports, ``--create-bucket`` (:func:`create_bucket`), the after-upload verify
 step and :func:`run_cli`, which maps what escapes a tool's ``run`` to the exit
 status, the same for both tools:
@@ -24,16 +31,34 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import signal
 import sys
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
+from collections.abc import Callable, Mapping, Sequence
 
+from blip3o_storage.errors import (
+    AccessDeniedError,
+    BucketNotFoundError,
+    ConfigError,
+    InvalidPathError,
+    StorageError,
+    TransientStorageError,
+)
 from blip3o_storage.storage.config import load_config
-from blip3o_storage.errors import (AccessDeniedError, BucketNotFoundError, ConfigError, InvalidPathError, StorageError,
-                     TransientStorageError)
-from blip3o_storage.storage.s3_backend import S3Backend
 from blip3o_storage.storage.facade import Storage
-from blip3o_storage.transfer.upload import (DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, MIN_PART_SIZE, MiB, Signature, UploadItem,
-                     VerifyReport, is_unreachable, list_existing, unreachable_message, verify)
+from blip3o_storage.storage.s3_backend import S3Backend
+from blip3o_storage.transfer.upload import (
+    DEFAULT_MULTIPART_THRESHOLD,
+    DEFAULT_PART_SIZE,
+    MIN_PART_SIZE,
+    MiB,
+    Signature,
+    UploadItem,
+    VerifyReport,
+    is_unreachable,
+    list_existing,
+    unreachable_message,
+    verify,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 SHOW = 50  # failures listed by name before "... and N more"
@@ -46,7 +71,28 @@ S3_BUCKET_RULE = ("S3 bucket names are 3-63 characters of lower-case letters, di
                   "starting and ending with a letter or digit")
 _S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 #: Errors that mean bad usage, config, credentials or key names: nothing was (or could be) sent.
-USAGE_ERRORS: Tuple[Type[StorageError], ...] = (ConfigError, InvalidPathError, AccessDeniedError)
+USAGE_ERRORS: tuple[type[StorageError], ...] = (ConfigError, InvalidPathError, AccessDeniedError)
+
+
+INTERRUPTED_MESSAGE = "interrupted; re-run the same command to finish"
+
+
+# -- exit statuses -----------------------------------------------------------
+def interruptible(body: Callable[[], int], message: str = INTERRUPTED_MESSAGE) -> int:
+    """``body()``'s exit status; Ctrl-C (KeyboardInterrupt) anywhere in it prints ``message``
+    and gives :data:`EXIT_INTERRUPTED` instead of a traceback. Every tool's ``main`` runs its work
+    through this, so all of them stop the same way."""
+    try:
+        return body()
+    except KeyboardInterrupt:
+        print(message, flush=True)
+        return EXIT_INTERRUPTED
+
+
+def ignore_sigint() -> None:
+    """Initializer for worker processes: Ctrl-C goes to the whole process group, and the parent
+    alone decides what an interrupt does (workers would otherwise each print a traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # -- options -----------------------------------------------------------------
@@ -81,7 +127,7 @@ def add_transfer_options(ap: argparse.ArgumentParser, *, workers: int, workers_h
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging (never shows secrets)")
 
 
-def common_usage_error(args: argparse.Namespace) -> Optional[str]:
+def common_usage_error(args: argparse.Namespace) -> str | None:
     """What is wrong with the options of :func:`add_connection_options` / :func:`add_transfer_options`."""
     if args.workers < 1:
         return "--workers must be >= 1"
@@ -98,7 +144,7 @@ def common_usage_error(args: argparse.Namespace) -> Optional[str]:
     return None
 
 
-def bucket_name_problem(name: str) -> Optional[str]:
+def bucket_name_problem(name: str) -> str | None:
     """Why S3 would refuse to create a bucket called ``name``, or None. Existing buckets on
     relaxed servers (old RGW, legacy AWS) may break the rule, so this only explains, never refuses."""
     if not _S3_BUCKET_RE.match(name) or ".." in name or re.fullmatch(r"\d+\.\d+\.\d+\.\d+", name):
@@ -115,7 +161,7 @@ def configure_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def log_failures(log: logging.Logger, what: str, failures: Sequence[Tuple[str, str]]) -> None:
+def log_failures(log: logging.Logger, what: str, failures: Sequence[tuple[str, str]]) -> None:
     """``<what> <key>: <reason>`` for the first :data:`SHOW`, then ``... and N more <what>``."""
     for key, reason in failures[:SHOW]:
         log.error("%s %s: %s", what, key, reason)
@@ -145,8 +191,9 @@ def connect(args: argparse.Namespace, prefix: str) -> S3Backend:
     pool = max(args.workers, 10)
     overrides = {"max_pool_connections": pool} if any(
         s.max_pool_connections < pool for s in config.clusters.values()) else {}
-    storage = Storage(config, **overrides)
-    return storage.backend_for(f"s3://{args.bucket}/{prefix}")
+    backend = Storage(config, **overrides).backend_for(f"s3://{args.bucket}/{prefix}")
+    assert isinstance(backend, S3Backend)  # an s3:// URI
+    return backend
 
 
 def create_bucket(log: logging.Logger, backend: S3Backend, args: argparse.Namespace) -> None:
@@ -163,13 +210,15 @@ def create_bucket(log: logging.Logger, backend: S3Backend, args: argparse.Namesp
     try:
         if backend.ensure_bucket(args.bucket):
             log.info("created bucket %s", args.bucket)
-    except (TransientStorageError, *USAGE_ERRORS):
+    except TransientStorageError:
+        raise
+    except USAGE_ERRORS:
         raise
     except StorageError as exc:
         raise ConfigError(f"cannot create bucket {args.bucket!r}: {exc}") from None
 
 
-def list_target(backend: S3Backend, args: argparse.Namespace, prefix: str) -> Dict[str, Tuple[int, Optional[str]]]:
+def list_target(backend: S3Backend, args: argparse.Namespace, prefix: str) -> dict[str, tuple[int, str | None]]:
     """:func:`list_existing` of the target; a missing bucket is empty for ``--dry-run --create-bucket``.
     A store that does not answer raises TransientStorageError naming its endpoint."""
     try:
@@ -184,9 +233,9 @@ def list_target(backend: S3Backend, args: argparse.Namespace, prefix: str) -> Di
         raise
 
 
-def verify_after_upload(log: logging.Logger, items: List[UploadItem], backend: S3Backend,
+def verify_after_upload(log: logging.Logger, items: list[UploadItem], backend: S3Backend,
                         args: argparse.Namespace, prefix: str, *, part_size: int,
-                        known_etags: Dict[str, str], known_stats: Optional[Dict[str, Signature]] = None) -> bool:
+                        known_etags: dict[str, str], known_stats: dict[str, Signature] | None = None) -> bool:
     """One more LIST: every item present with its size and ETag. Logs problems, prints the
     summary; True if all passed."""
     try:
@@ -202,10 +251,10 @@ def verify_after_upload(log: logging.Logger, items: List[UploadItem], backend: S
 
 
 # -- main --------------------------------------------------------------------
-def run_cli(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], log: logging.Logger,
+def run_cli(parser: argparse.ArgumentParser, argv: Sequence[str] | None, log: logging.Logger,
             run: Callable[[argparse.Namespace], int],
-            usage_error: Callable[[argparse.Namespace], Optional[str]], *,
-            extra_errors: Optional[Mapping[Type[StorageError], int]] = None) -> int:
+            usage_error: Callable[[argparse.Namespace], str | None], *,
+            extra_errors: Mapping[type[StorageError], int] | None = None) -> int:
     """Parse ``argv``, check usage (:func:`common_usage_error`, then the tool's ``usage_error``),
     call ``run(args)`` and map what escapes it to an exit status.
 
@@ -221,10 +270,7 @@ def run_cli(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], log:
         log.error("%s", problem)
         return EXIT_USAGE
     try:
-        return run(args)
-    except KeyboardInterrupt:
-        print("interrupted; re-run the same command to finish", flush=True)
-        return EXIT_INTERRUPTED
+        return interruptible(lambda: run(args))
     except BucketNotFoundError:
         why = bucket_name_problem(args.bucket)
         log.error("bucket %r does not exist at %s; %s", args.bucket, args.endpoint_url or "the configured endpoint",

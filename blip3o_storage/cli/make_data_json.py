@@ -1,0 +1,125 @@
+"""Build ``data/BLIP3o-60k/data.json`` from the extracted shards.
+
+Usage::
+
+    python tools/make_data_json.py --raw data/BLIP3o-60k/raw \
+        --out data/BLIP3o-60k/data.json [--strict]
+
+Pairs ``{key}.jpg`` with ``{key}.txt`` (see
+``blip3o_storage.transfer.safe_tar.build_data_json``), logs how many pairs, orphan
+images and orphan captions there are, and writes the file atomically (temp
+file + ``os.replace``) so a reader never sees half a file. ``--strict`` exits
+non-zero, without writing, when anything could not be paired.
+
+The folder is walked by the rule ``tools/upload.py`` uses
+(``blip3o_storage.transfer.tree_walk``): dot-files and dot-folders are skipped (and
+counted), symlinked files and folders are followed; a folder that cannot be
+listed, a dangling symlink or a symlink loop is an error (exit 2, nothing
+written), never a silently smaller data.json.
+
+Exit status (see ``blip3o_storage.cli.common``): 0 written; 1 no pairs,
+--strict with unpaired files, or a caption that cannot be inlined; 2 the raw
+folder is missing or cannot be walked; 130 interrupted (Ctrl-C; nothing is
+written).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from blip3o_storage.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, interruptible
+from blip3o_storage.errors import StorageError
+from blip3o_storage.transfer.safe_tar import build_data_json, data_json_text, fsync_dir, log_unpaired
+
+log = logging.getLogger("make_data_json")
+
+
+def write_json_atomic(entries: list[dict[str, str]], out: Path) -> None:
+    """Write one entry per line (diff-friendly, still plain JSON) via temp + rename."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(data_json_text(entries))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(out.parent)  # persist the rename (best effort)
+
+
+def inline_captions(entries: list[dict[str, str]], raw: Path) -> None:
+    """Add ``caption`` (the stripped UTF-8 text of ``annotation``) to every entry."""
+    for entry in entries:
+        path = raw / entry["annotation"]
+        try:
+            entry["caption"] = path.read_bytes().decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            raise UnicodeDecodeError(exc.encoding, exc.object, exc.start, exc.end,
+                                     f"{path} is not UTF-8 text") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the process exit status."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=next(p for p in __doc__.split("\n\n") if p.startswith("Exit status")))
+    ap.add_argument("--raw", required=True, type=Path, help="e.g. data/BLIP3o-60k/raw")
+    ap.add_argument("--out", required=True, type=Path, help="e.g. data/BLIP3o-60k/data.json")
+    ap.add_argument("--strict", action="store_true",
+                    help="fail (and write nothing) if any image or caption is unpaired")
+    ap.add_argument("--inline-captions", action="store_true",
+                    help="also store each caption's text in its entry ('caption'): the dataset then needs no "
+                         "caption GET per sample (one request per sample instead of two on an object store)")
+    ap.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return interruptible(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Everything after argument parsing."""
+    try:
+        entries, report = build_data_json(args.raw)
+    except StorageError as e:
+        log.error("%s", e)
+        return EXIT_USAGE
+
+    log.info("shards: %s", ", ".join(report.shards) or "(none)")
+    if report.unmarked_shards:
+        log.warning("shard folders without a done-marker (not made by tools/extract.py, "
+                    "or incomplete): %s", ", ".join(report.unmarked_shards))
+    if report.other_files:
+        log.info("%d other file(s) ignored (neither image nor caption), e.g. %s",
+                 len(report.other_files), ", ".join(report.other_files[:5]))
+    if report.hidden:
+        log.info("%d hidden entr%s (dot-files/folders) skipped, as tools/upload.py skips them: %s%s",
+                 len(report.hidden), "y" if len(report.hidden) == 1 else "ies", ", ".join(report.hidden[:5]),
+                 f" (+{len(report.hidden) - 5} more)" if len(report.hidden) > 5 else "")
+    log_unpaired(log, report)  # the same lines as tools/upload_shards.py
+
+    if not entries:
+        log.error("no image/caption pairs under %s; run tools/extract.py first", args.raw)
+        return EXIT_FAILED
+    if args.strict and report.has_orphans:
+        log.error("--strict: unpaired files found, %s not written", args.out)
+        return EXIT_FAILED
+    if args.inline_captions:
+        try:
+            inline_captions(entries, args.raw)
+        except (OSError, UnicodeDecodeError) as exc:
+            log.error("cannot inline captions: %s; fix or remove that file, or run without --inline-captions", exc)
+            return EXIT_FAILED
+    write_json_atomic(entries, args.out)
+    log.info("wrote %d entries to %s", len(entries), args.out)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
