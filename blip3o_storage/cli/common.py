@@ -146,7 +146,7 @@ def connect(args: argparse.Namespace, prefix: str) -> S3Backend:
     overrides = {"max_pool_connections": pool} if any(
         s.max_pool_connections < pool for s in config.clusters.values()) else {}
     storage = Storage(config, **overrides)
-    return storage.backend_for(f"s3://{args.bucket}/{prefix}")
+    return storage.s3_backend(f"s3://{args.bucket}/{prefix}")
 
 
 def create_bucket(log: logging.Logger, backend: S3Backend, args: argparse.Namespace) -> None:
@@ -163,7 +163,9 @@ def create_bucket(log: logging.Logger, backend: S3Backend, args: argparse.Namesp
     try:
         if backend.ensure_bucket(args.bucket):
             log.info("created bucket %s", args.bucket)
-    except (TransientStorageError, *USAGE_ERRORS):
+    except TransientStorageError:
+        raise
+    except USAGE_ERRORS:
         raise
     except StorageError as exc:
         raise ConfigError(f"cannot create bucket {args.bucket!r}: {exc}") from None
