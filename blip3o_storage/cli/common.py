@@ -27,13 +27,30 @@ import re
 import sys
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
+from blip3o_storage.errors import (
+    AccessDeniedError,
+    BucketNotFoundError,
+    ConfigError,
+    InvalidPathError,
+    StorageError,
+    TransientStorageError,
+)
 from blip3o_storage.storage.config import load_config
-from blip3o_storage.errors import (AccessDeniedError, BucketNotFoundError, ConfigError, InvalidPathError, StorageError,
-                     TransientStorageError)
-from blip3o_storage.storage.s3_backend import S3Backend
 from blip3o_storage.storage.facade import Storage
-from blip3o_storage.transfer.upload import (DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, MIN_PART_SIZE, MiB, Signature, UploadItem,
-                     VerifyReport, is_unreachable, list_existing, unreachable_message, verify)
+from blip3o_storage.storage.s3_backend import S3Backend
+from blip3o_storage.transfer.upload import (
+    DEFAULT_MULTIPART_THRESHOLD,
+    DEFAULT_PART_SIZE,
+    MIN_PART_SIZE,
+    MiB,
+    Signature,
+    UploadItem,
+    VerifyReport,
+    is_unreachable,
+    list_existing,
+    unreachable_message,
+    verify,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 SHOW = 50  # failures listed by name before "... and N more"

@@ -4,10 +4,11 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from types import TracebackType
 from typing import Iterator, Literal, Optional
 
-from blip3o_storage.storage.backend import ObjectInfo, StorageBackend
 from blip3o_storage.errors import AccessDeniedError, InvalidPathError, ObjectNotFoundError, StorageError
+from blip3o_storage.storage.backend import ObjectInfo, StorageBackend
 from blip3o_storage.storage.uri import parse_uri
 
 
@@ -50,7 +51,8 @@ class _mapped_os_errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
+    def __exit__(self, exc_type: Optional[type], exc: Optional[BaseException], tb: Optional[TracebackType]
+                 ) -> Literal[False]:
         if exc is None or isinstance(exc, StorageError) or not isinstance(exc, OSError):
             return False
         if isinstance(exc, (FileNotFoundError, NotADirectoryError)):

@@ -30,11 +30,19 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
 from botocore.exceptions import (
-    BotoCoreError, ClientError, ConnectionClosedError, ConnectionError as BotoConnectionError,
-    IncompleteReadError, ReadTimeoutError, ResponseStreamingError, SSLError as BotoSSLError)
-from urllib3.exceptions import (ConnectTimeoutError, HTTPError as Urllib3HTTPError, IncompleteRead,
-                                NewConnectionError, ProtocolError, ReadTimeoutError as Urllib3ReadTimeout,
-                                SSLError as Urllib3SSLError)
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    IncompleteReadError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import SSLError as BotoSSLError
+from urllib3.exceptions import ConnectTimeoutError, IncompleteRead, NewConnectionError, ProtocolError
+from urllib3.exceptions import HTTPError as Urllib3HTTPError
+from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeout
+from urllib3.exceptions import SSLError as Urllib3SSLError
 
 from blip3o_storage.storage.stats import Counters
 
@@ -156,7 +164,7 @@ class OperationClock:
         return self.remaining() <= 0
 
     @contextmanager
-    def active(self) -> Iterator["OperationClock"]:
+    def active(self) -> Iterator[OperationClock]:
         previous = getattr(_CURRENT, "clock", None)
         _CURRENT.clock = self
         try:
@@ -247,7 +255,7 @@ def call_with_retries(fn: Callable[[], T], *, what: str, attempts: int, stats: R
         for attempt in range(1, attempts + 1):
             try:
                 return fn()
-            except Exception as exc:  # noqa: BLE001 - filtered by retry_reason
+            except Exception as exc:
                 reason = retry_reason(exc)
                 if reason is not None and _request_phase(exc):
                     request_rounds += 1

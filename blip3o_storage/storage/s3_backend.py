@@ -22,14 +22,28 @@ import botocore.utils
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, IncompleteReadError, NoCredentialsError
 
+from blip3o_storage.errors import (
+    AccessDeniedError,
+    BucketNotFoundError,
+    CorruptDataError,
+    InvalidPathError,
+    ObjectNotFoundError,
+    StorageError,
+    TransientStorageError,
+)
 from blip3o_storage.storage.backend import ObjectInfo, StorageBackend
-from blip3o_storage.storage.process_state import ProcessLocal
 from blip3o_storage.storage.config import S3Settings
-from blip3o_storage.errors import (AccessDeniedError, BucketNotFoundError, CorruptDataError, InvalidPathError, ObjectNotFoundError,
-                     StorageError, TransientStorageError)
+from blip3o_storage.storage.process_state import ProcessLocal
+from blip3o_storage.storage.retry import (
+    DeadlineExceeded,
+    OperationClock,
+    RetryStats,
+    call_with_retries,
+    install_deadline_hooks,
+    retry_reason,
+    tls_verify_failure,
+)
 from blip3o_storage.storage.signed_http import SignedHTTP, UnexpectedResponse, range_problem
-from blip3o_storage.storage.retry import (DeadlineExceeded, OperationClock, RetryStats, call_with_retries, install_deadline_hooks,
-                    retry_reason, tls_verify_failure)
 from blip3o_storage.storage.uri import StorageURI, parse_uri
 
 logger = logging.getLogger(__name__)
@@ -292,7 +306,7 @@ class S3Backend(ProcessLocal, StorageBackend):
         try:
             return call_with_retries(counted, what=uri, attempts=self.settings.max_attempts, stats=self.stats,
                                      clock=clock)
-        except Exception as exc:  # noqa: BLE001 - mapped and re-raised
+        except Exception as exc:
             where = (f"endpoint {endpoint_label(self.settings)}: {clock.requests} request(s) in "
                      f"{clock.elapsed():.1f}s (deadline {self.settings.deadline:g}s, "
                      f"read_timeout {self.settings.read_timeout:g}s)")

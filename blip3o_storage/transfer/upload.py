@@ -41,8 +41,8 @@ from s3transfer.utils import ChunksizeAdjuster
 from blip3o_storage.errors import InvalidPathError, StorageError, TransientStorageError
 from blip3o_storage.storage.retry import retry_reason
 from blip3o_storage.storage.s3_backend import S3Backend
-from blip3o_storage.transfer.tree_walk import is_hidden, walk_tree
 from blip3o_storage.storage.uri import check_relpath
+from blip3o_storage.transfer.tree_walk import is_hidden, walk_tree
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class UploadReport:
     #: key -> local ETag (MD5 hex or multipart ETag) computed on the way; lets verify skip re-hashing.
     etags: Dict[str, str] = field(default_factory=dict)
     #: key -> :func:`file_signature` of the file those bytes were read from (verify re-hashes a changed file).
-    stats: Dict[str, "Signature"] = field(default_factory=dict)
+    stats: Dict[str, Signature] = field(default_factory=dict)
     #: Set when the run stopped because the store could not be reached: the one message to show.
     store_down: Optional[str] = None
     #: Keys that failed because the store could not be reached (logged as one line, not one each).
@@ -682,7 +682,7 @@ def first_part_size(backend: S3Backend, bucket: str, key: str, size: int) -> Opt
     part = backend.stat_part(f"s3://{bucket}/{key}", 1)
     if part.parts_count is None and part.size >= size:
         return None
-    return part.size if 0 < part.size else None
+    return part.size if part.size > 0 else None
 
 
 class _PartHasher:
