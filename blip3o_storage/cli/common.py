@@ -27,30 +27,13 @@ import re
 import sys
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
-from blip3o_storage.errors import (
-    AccessDeniedError,
-    BucketNotFoundError,
-    ConfigError,
-    InvalidPathError,
-    StorageError,
-    TransientStorageError,
-)
 from blip3o_storage.storage.config import load_config
-from blip3o_storage.storage.facade import Storage
+from blip3o_storage.errors import (AccessDeniedError, BucketNotFoundError, ConfigError, InvalidPathError, StorageError,
+                     TransientStorageError)
 from blip3o_storage.storage.s3_backend import S3Backend
-from blip3o_storage.transfer.upload import (
-    DEFAULT_MULTIPART_THRESHOLD,
-    DEFAULT_PART_SIZE,
-    MIN_PART_SIZE,
-    MiB,
-    Signature,
-    UploadItem,
-    VerifyReport,
-    is_unreachable,
-    list_existing,
-    unreachable_message,
-    verify,
-)
+from blip3o_storage.storage.facade import Storage
+from blip3o_storage.transfer.upload import (DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, MIN_PART_SIZE, MiB, Signature, UploadItem,
+                     VerifyReport, is_unreachable, list_existing, unreachable_message, verify)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 SHOW = 50  # failures listed by name before "... and N more"
@@ -163,7 +146,7 @@ def connect(args: argparse.Namespace, prefix: str) -> S3Backend:
     overrides = {"max_pool_connections": pool} if any(
         s.max_pool_connections < pool for s in config.clusters.values()) else {}
     storage = Storage(config, **overrides)
-    return storage.s3_backend(f"s3://{args.bucket}/{prefix}")
+    return storage.backend_for(f"s3://{args.bucket}/{prefix}")
 
 
 def create_bucket(log: logging.Logger, backend: S3Backend, args: argparse.Namespace) -> None:
@@ -180,9 +163,7 @@ def create_bucket(log: logging.Logger, backend: S3Backend, args: argparse.Namesp
     try:
         if backend.ensure_bucket(args.bucket):
             log.info("created bucket %s", args.bucket)
-    except TransientStorageError:
-        raise
-    except USAGE_ERRORS:
+    except (TransientStorageError, *USAGE_ERRORS):
         raise
     except StorageError as exc:
         raise ConfigError(f"cannot create bucket {args.bucket!r}: {exc}") from None

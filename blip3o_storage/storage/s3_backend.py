@@ -1,8 +1,14 @@
 """S3 backend over boto3, for Ceph RGW, MinIO and AWS S3.
 
-The boto3 client is created lazily and once per process id: DataLoader
-workers fork, and a client (with its urllib3 pool) shared across fork has been
-seen to hand one worker another worker's response. Pickling drops the client.
+The boto3 client is created lazily and once per process: DataLoader workers
+fork, and a client (with its urllib3 pool) shared across fork has been seen to
+hand one worker another worker's response. The client, the signed-HTTP pool and
+their lock are :class:`~blip3o_storage.storage.process_state.ProcessLocal`
+state: dropped in a forked child and on pickling, rebuilt on first use.
+
+:meth:`S3Backend.call` is the one gateway to the store (our retries, the
+operation deadline, error mapping); the multipart and bucket calls that uploads
+need are methods on top of it, so the boto3 client stays inside this module.
 """
 from __future__ import annotations
 
