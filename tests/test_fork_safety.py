@@ -61,7 +61,9 @@ def test_dataloader_workers_build_their_own_clients(moto_endpoint):
 
 
 def _child_read(backend: S3Backend, uri: str, queue) -> None:
-    queue.put((os.getpid(), backend._client_pid, backend.get(uri)))
+    before = backend._client_pid
+    data = backend.get(uri)
+    queue.put((os.getpid(), before, data, backend._client_pid))
 
 
 def test_forked_child_gets_new_client_even_if_parent_had_one(moto_endpoint):
@@ -74,12 +76,17 @@ def test_forked_child_gets_new_client_even_if_parent_had_one(moto_endpoint):
     queue = ctx.Queue()
     proc = ctx.Process(target=_child_read, args=(backend, uri, queue))
     proc.start()
-    child_pid, client_pid_before, data = queue.get(timeout=60)
+    child_pid, client_pid_before, data, client_pid_after = queue.get(timeout=60)
     proc.join(timeout=60)
     assert proc.exitcode == 0
     assert data == b"from-parent"
-    assert client_pid_before == os.getpid()  # inherited state, then replaced on use
+    # The parent's client is dropped in the child at fork (ProcessLocal's fork hook), before any use;
+    # the child builds its own on first use. (The pid guard for forks that bypass the hook is in
+    # test_storage_contracts.py.)
+    assert client_pid_before is None
+    assert client_pid_after == child_pid
     assert child_pid != os.getpid()
+    assert backend._client_pid == os.getpid()  # the parent's is untouched
 
 
 def test_pickled_backend_carries_no_client(moto_endpoint):

@@ -275,7 +275,8 @@ def load_petreloss_conf(path: Union[str, os.PathLike]) -> StorageConfig:
         line = getattr(exc, "lineno", None)
         raise ConfigError(
             f"ceph_config {path!r} is not a valid INI file ({type(exc).__name__}"
-            f"{f' at line {line}' if line else ''}); expected [DEFAULT] default_cluster and [cluster] sections") from None
+            f"{f' at line {line}' if line else ''}); expected [DEFAULT] default_cluster and [cluster] sections"
+        ) from None
     inherited = set(parser.defaults())
     skipped = [name for name in parser.sections()
                if _closed_client_section(name, set(parser.options(name)) - inherited)]

@@ -10,22 +10,28 @@ import os
 import threading
 from typing import Any, Dict, Iterator, Mapping, Optional, Union
 
-from blip3o_storage.storage.process_state import DropsLocksOnPickle
+from blip3o_storage.errors import InvalidPathError
 from blip3o_storage.storage.backend import ObjectInfo, StorageBackend
 from blip3o_storage.storage.config import S3Settings, StorageConfig, load_config
 from blip3o_storage.storage.local_backend import LocalBackend
+from blip3o_storage.storage.process_state import ProcessLocal
 from blip3o_storage.storage.s3_backend import S3Backend
 from blip3o_storage.storage.uri import PathLike, join_uri, parse_uri
 
 ConfigLike = Union[None, str, os.PathLike, Mapping[str, Any], StorageConfig, S3Settings]
 
 
-class Storage(DropsLocksOnPickle):
+class Storage(ProcessLocal):
     """Route reads and writes for local paths and ``[cluster:]s3://`` URIs.
 
     The config is loaded lazily too, so a Storage for local-only work never
-    needs credentials, and pickling (DataLoader workers) carries no client.
+    needs credentials. The per-process clients live in the backends (each a
+    :class:`~blip3o_storage.storage.process_state.ProcessLocal`), so pickling
+    (DataLoader workers) carries no client; the facade's own per-process state
+    is the lock that guards adding a backend.
     """
+
+    _process_state = ("_lock",)
 
     def __init__(self, ceph_config: ConfigLike = None, **overrides: Any) -> None:
         self._config_source = ceph_config
@@ -33,6 +39,9 @@ class Storage(DropsLocksOnPickle):
         self._config: Optional[StorageConfig] = None
         self._s3: Dict[str, S3Backend] = {}
         self._local = LocalBackend()
+        super().__init__()
+
+    def _init_process_state(self) -> None:
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -49,10 +58,23 @@ class Storage(DropsLocksOnPickle):
         parsed = parse_uri(uri)
         if not parsed.is_s3:
             return self._local
-        name = parsed.cluster or self.config.default_cluster
+        return self._s3_backend(parsed.cluster)
+
+    def s3_backend(self, uri: PathLike) -> S3Backend:
+        """The S3 backend that serves the ``[cluster:]s3://`` URI ``uri``
+        (for S3-only work: uploads, multipart, bucket calls, presigned URLs);
+        InvalidPathError for a local path."""
+        parsed = parse_uri(uri)
+        if not parsed.is_s3:
+            raise InvalidPathError(f"{os.fspath(uri)!r} is not an S3 URI ([cluster:]s3://bucket/key)")
+        return self._s3_backend(parsed.cluster)
+
+    def _s3_backend(self, cluster: Optional[str]) -> S3Backend:
+        name = cluster or self.config.default_cluster
         backend = self._s3.get(name)
         if backend is None:
             settings = self.config.settings_for(name)
+            self._check_process()
             with self._lock:
                 backend = self._s3.setdefault(name, S3Backend(settings, cluster=name))
         return backend
@@ -80,6 +102,9 @@ class Storage(DropsLocksOnPickle):
 
     def isdir(self, uri: PathLike) -> bool:
         return self.backend_for(uri).isdir(os.fspath(uri))
+
+    def isfile(self, uri: PathLike) -> bool:
+        return self.backend_for(uri).isfile(os.fspath(uri))
 
     def stat(self, uri: PathLike) -> ObjectInfo:
         return self.backend_for(uri).stat(os.fspath(uri))

@@ -4,10 +4,11 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
-from typing import Iterator, Optional
+from types import TracebackType
+from typing import Iterator, Literal, Optional
 
-from blip3o_storage.storage.backend import ObjectInfo, decode_text
 from blip3o_storage.errors import AccessDeniedError, InvalidPathError, ObjectNotFoundError, StorageError
+from blip3o_storage.storage.backend import ObjectInfo, StorageBackend
 from blip3o_storage.storage.uri import parse_uri
 
 
@@ -50,7 +51,8 @@ class _mapped_os_errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: Optional[type], exc: Optional[BaseException], tb: Optional[TracebackType]
+                 ) -> Literal[False]:
         if exc is None or isinstance(exc, StorageError) or not isinstance(exc, OSError):
             return False
         if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
@@ -64,7 +66,7 @@ class _mapped_os_errors:
         raise StorageError(f"{self.path}: {self.action} failed: {exc.strerror or exc}") from exc
 
 
-class LocalBackend:
+class LocalBackend(StorageBackend):
     """Reads and writes plain files. ``put`` is atomic (temp file + rename)."""
 
     def get(self, uri: str) -> bytes:
@@ -72,19 +74,18 @@ class LocalBackend:
         with _mapped_os_errors(path, "read"), open(path, "rb") as fh:
             return fh.read()
 
-    def get_text(self, uri: str, encoding: str = "utf-8") -> str:
-        return decode_text(self.get(uri), uri, encoding)
-
-    def get_range(self, uri: str, start: int, length: int) -> bytes:
-        if start < 0 or length < 0:
-            raise InvalidPathError(f"{uri}: invalid range start={start} length={length}")
+    def _get_range(self, uri: str, start: int, length: int) -> bytes:
         path = _path(uri)
         with _mapped_os_errors(path, "ranged read"), open(path, "rb") as fh:
             fh.seek(start)
             return fh.read(length)
 
     def exists(self, uri: str) -> bool:
+        """One ``stat`` call (the default would make two)."""
         return os.path.exists(_path(uri))
+
+    def isfile(self, uri: str) -> bool:
+        return os.path.isfile(_path(uri))
 
     def isdir(self, uri: str) -> bool:
         return os.path.isdir(_path(uri))
@@ -96,6 +97,7 @@ class LocalBackend:
         return ObjectInfo(key=path, size=st.st_size, mtime=st.st_mtime, is_dir=os.path.isdir(path))
 
     def put(self, uri: str, data: bytes, content_type: Optional[str] = None) -> None:
+        """Write ``data`` through a temp file in the same folder, renamed into place; no ETag."""
         path = _path(uri)
         directory = os.path.dirname(os.path.abspath(path))
         with _mapped_os_errors(path, "write"):

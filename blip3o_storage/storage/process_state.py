@@ -82,27 +82,3 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class DropsLocksOnPickle:
-    """Being replaced by :class:`ProcessLocal` (issue #15); removed once no class uses it.
-
-    Pickle without the locks named in ``_pickle_locks``; the copy gets fresh, unlocked ones.
-    ``_pickle_resets`` (attribute -> value, copied per pickle) replaces per-process state.
-    """
-
-    _pickle_locks: ClassVar[Tuple[str, ...]] = ("_lock",)
-    _pickle_resets: ClassVar[Dict[str, Any]] = {}
-
-    def __getstate__(self) -> Dict[str, Any]:
-        import copy
-        state = self.__dict__.copy()
-        for name in self._pickle_locks:
-            state.pop(name, None)
-        state.update({name: copy.copy(value) for name, value in self._pickle_resets.items()})
-        return state
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        for name in self._pickle_locks:
-            setattr(self, name, threading.Lock())

@@ -27,17 +27,24 @@ import random
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, Optional, TypeVar
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 from botocore.exceptions import (
-    BotoCoreError, ClientError, ConnectionClosedError, ConnectionError as BotoConnectionError,
-    IncompleteReadError, ReadTimeoutError, ResponseStreamingError, SSLError as BotoSSLError)
-from urllib3.exceptions import (ConnectTimeoutError, HTTPError as Urllib3HTTPError, IncompleteRead,
-                                NewConnectionError, ProtocolError, ReadTimeoutError as Urllib3ReadTimeout,
-                                SSLError as Urllib3SSLError)
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    IncompleteReadError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import SSLError as BotoSSLError
+from urllib3.exceptions import ConnectTimeoutError, IncompleteRead, NewConnectionError, ProtocolError
+from urllib3.exceptions import HTTPError as Urllib3HTTPError
+from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeout
+from urllib3.exceptions import SSLError as Urllib3SSLError
 
-from blip3o_storage.storage.process_state import DropsLocksOnPickle
+from blip3o_storage.storage.stats import Counters
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,36 +54,22 @@ RETRYABLE_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTi
                    "RequestTimeTooSkewed", "Throttling", "ThrottlingException", "503", "500"}
 
 
-@dataclass
-class RetryStats(DropsLocksOnPickle):
-    """Counters a user can read: how often reads had to be retried.
+class RetryStats(Counters):
+    """Counters a user can read: how often reads had to be retried, per process.
 
-    ``botocore_retries`` are retries botocore did inside one call;
-    ``retries`` are the extra attempts made here on top of that.
+    ``calls`` are operations started; ``botocore_retries`` are retries botocore
+    did inside one call; ``retries`` are the extra attempts made here on top of
+    that (tallied ``by_reason``); ``failures`` are retryable failures that
+    outlasted every attempt. A forked or unpickled copy starts at zero
+    (:class:`~blip3o_storage.storage.stats.Counters`).
     """
 
-    calls: int = 0
-    retries: int = 0
-    botocore_retries: int = 0
-    failures: int = 0
-    by_reason: Dict[str, int] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    def __init__(self) -> None:
+        super().__init__(("calls", "retries", "botocore_retries", "failures"), tallies=("by_reason",))
 
     def record_retry(self, reason: str) -> None:
-        with self._lock:
-            self.retries += 1
-            self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
-
-    def add(self, *, calls: int = 0, botocore_retries: int = 0, failures: int = 0) -> None:
-        with self._lock:
-            self.calls += calls
-            self.botocore_retries += botocore_retries
-            self.failures += failures
-
-    def snapshot(self) -> Dict[str, object]:
-        with self._lock:
-            return {"calls": self.calls, "retries": self.retries, "botocore_retries": self.botocore_retries,
-                    "failures": self.failures, "by_reason": dict(self.by_reason)}
+        self.add(retries=1)
+        self.tally("by_reason", reason)
 
 
 def tls_verify_failure(exc: BaseException) -> Optional[str]:
@@ -171,7 +164,7 @@ class OperationClock:
         return self.remaining() <= 0
 
     @contextmanager
-    def active(self) -> Iterator["OperationClock"]:
+    def active(self) -> Iterator[OperationClock]:
         previous = getattr(_CURRENT, "clock", None)
         _CURRENT.clock = self
         try:
@@ -262,7 +255,7 @@ def call_with_retries(fn: Callable[[], T], *, what: str, attempts: int, stats: R
         for attempt in range(1, attempts + 1):
             try:
                 return fn()
-            except Exception as exc:  # noqa: BLE001 - filtered by retry_reason
+            except Exception as exc:
                 reason = retry_reason(exc)
                 if reason is not None and _request_phase(exc):
                     request_rounds += 1

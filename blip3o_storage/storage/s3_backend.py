@@ -1,8 +1,14 @@
 """S3 backend over boto3, for Ceph RGW, MinIO and AWS S3.
 
-The boto3 client is created lazily and once per process id: DataLoader
-workers fork, and a client (with its urllib3 pool) shared across fork has been
-seen to hand one worker another worker's response. Pickling drops the client.
+The boto3 client is created lazily and once per process: DataLoader workers
+fork, and a client (with its urllib3 pool) shared across fork has been seen to
+hand one worker another worker's response. The client, the signed-HTTP pool and
+their lock are :class:`~blip3o_storage.storage.process_state.ProcessLocal`
+state: dropped in a forked child and on pickling, rebuilt on first use.
+
+:meth:`S3Backend.call` is the one gateway to the store (our retries, the
+operation deadline, error mapping); the multipart and bucket calls that uploads
+need are methods on top of it, so the boto3 client stays inside this module.
 """
 from __future__ import annotations
 
@@ -12,7 +18,8 @@ import hashlib
 import logging
 import os
 import threading
-from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar
 from urllib.parse import urlsplit
 
 import boto3
@@ -21,14 +28,28 @@ import botocore.utils
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, IncompleteReadError, NoCredentialsError
 
-from blip3o_storage.storage.process_state import DropsLocksOnPickle
-from blip3o_storage.storage.backend import ObjectInfo, decode_text
+from blip3o_storage.errors import (
+    AccessDeniedError,
+    BucketNotFoundError,
+    CorruptDataError,
+    InvalidPathError,
+    ObjectNotFoundError,
+    StorageError,
+    TransientStorageError,
+)
+from blip3o_storage.storage.backend import ObjectInfo, StorageBackend
 from blip3o_storage.storage.config import S3Settings
-from blip3o_storage.errors import (AccessDeniedError, BucketNotFoundError, CorruptDataError, InvalidPathError, ObjectNotFoundError,
-                     StorageError, TransientStorageError)
+from blip3o_storage.storage.process_state import ProcessLocal
+from blip3o_storage.storage.retry import (
+    DeadlineExceeded,
+    OperationClock,
+    RetryStats,
+    call_with_retries,
+    install_deadline_hooks,
+    retry_reason,
+    tls_verify_failure,
+)
 from blip3o_storage.storage.signed_http import SignedHTTP, UnexpectedResponse, range_problem
-from blip3o_storage.storage.retry import (DeadlineExceeded, OperationClock, RetryStats, call_with_retries, install_deadline_hooks,
-                    retry_reason, tls_verify_failure)
 from blip3o_storage.storage.uri import StorageURI, parse_uri
 
 logger = logging.getLogger(__name__)
@@ -50,11 +71,14 @@ def botocore_config(settings: S3Settings) -> Config:
     if not settings.is_aws:
         extra = {"request_checksum_calculation": "when_required",
                  "response_checksum_validation": "when_required"}
+    # Both checked by S3Settings (path|virtual|auto; legacy|standard|adaptive); botocore's stubs want literals.
+    s3: Any = {"addressing_style": settings.effective_addressing_style}
+    retries: Any = {"mode": settings.retry_mode, "total_max_attempts": settings.max_attempts}
     return Config(
         region_name=settings.region or ("us-east-1" if not settings.is_aws else None),
         signature_version="s3v4",
-        s3={"addressing_style": settings.effective_addressing_style},
-        retries={"mode": settings.retry_mode, "total_max_attempts": settings.max_attempts},
+        s3=s3,
+        retries=retries,
         max_pool_connections=settings.max_pool_connections,
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
@@ -175,47 +199,92 @@ def map_error(exc: BaseException, uri: str, action: str, where: str = "") -> Sto
     return StorageError(f"{uri}: {action} failed ({type(exc).__name__}: {exc})")
 
 
-class S3Backend(DropsLocksOnPickle):
-    """Byte-level S3 access for one cluster's settings; safe across fork and pickle."""
+@dataclass(frozen=True)
+class PartInfo:
+    """One part of a multipart object, from ``HEAD ?partNumber=N``: its size, and the
+    object's part count (None where the server ignores ``partNumber``, as RGW 16.2 does,
+    and answers for the whole object)."""
 
-    # each process makes its own client and signed-HTTP pool
-    _pickle_resets = {"_client": None, "_http": None, "_client_pid": None}
+    size: int
+    parts_count: Optional[int]
+
+
+class S3Backend(ProcessLocal, StorageBackend):
+    """Byte-level S3 access for one cluster's settings; safe across fork and pickle.
+
+    The boto3 client, the signed-HTTP pool and the lock guarding them are per
+    process (:class:`~blip3o_storage.storage.process_state.ProcessLocal`): a
+    forked or unpickled copy builds its own on first use. Everything that goes
+    to the store goes through :meth:`call` (retries, the operation deadline,
+    error mapping); multipart uploads and bucket calls are methods here, so no
+    caller needs the client itself.
+    """
+
+    _process_state = ("_lock", "_client", "_http", "_client_pid")
 
     def __init__(self, settings: S3Settings, *, cluster: Optional[str] = None) -> None:
         self.settings = settings
         self.cluster = cluster
         self.stats = RetryStats()
+        super().__init__()
+
+    def _init_process_state(self) -> None:
+        self._lock = threading.Lock()
         self._client: Any = None
         self._http: Optional[SignedHTTP] = None
+        #: The pid that built ``_client`` (None until this process builds one).
         self._client_pid: Optional[int] = None
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"S3Backend({self.settings.describe()}, cluster={self.cluster!r})"
 
     @property
     def client(self) -> Any:
-        """The boto3 client of *this* process, created on first use."""
-        pid = os.getpid()
-        if self._client is None or self._client_pid != pid:
-            if self._client_pid not in (None, pid):
-                # Forked: the parent's lock may be held by a thread that no longer exists here.
-                self._lock = threading.Lock()
+        """The boto3 client of *this* process, created on first use (thread-safe).
+
+        For what this class does not wrap (presigned URLs, tests that hook its
+        events); operations on the store go through :meth:`call`.
+        """
+        self._check_process()
+        client = self._client
+        if client is None:
             with self._lock:
-                if self._client is None or self._client_pid != pid:
+                if self._client is None:
                     session = make_session(self.settings)
-                    self._client = make_client(self.settings, session)
+                    new_client = make_client(self.settings, session)
                     self._http = (SignedHTTP(self.settings, session.get_credentials)
                                   if self.settings.use_fast_path else None)
-                    self._client_pid = pid
-                    logger.debug("created S3 client in pid %d (%s)", pid, self.settings.describe())
-        return self._client
+                    self._client_pid = os.getpid()
+                    self._client = new_client  # last: a thread that sees it sees the rest
+                    logger.debug("created S3 client in pid %d (%s)", self._client_pid, self.settings.describe())
+                client = self._client
+        return client
 
     @property
     def http(self) -> Optional[SignedHTTP]:
         """This process's signed-HTTP path for object GET/PUT, or None (boto3 for everything)."""
         self.client  # noqa: B018 - creates both per process
         return self._http
+
+    def connect(self) -> None:
+        """Build this process's client and pool now (e.g. before a thread pool starts using them)."""
+        self.client  # noqa: B018
+
+    # -- the gateway -----------------------------------------------------
+    def call(self, uri: str, action: str, fn: Callable[[Any], T]) -> T:
+        """``fn(client)`` with this backend's retries, within ``settings.deadline``, counted
+        in :attr:`stats`; any final error mapped into the package hierarchy naming ``uri``
+        and ``action``. ``fn`` gets this process's boto3 client on every attempt."""
+        def op() -> T:
+            result = fn(self.client)
+            if isinstance(result, dict):
+                self._note_retries(result)
+            return result
+        return self._run(uri, action, op)
+
+    def _request(self, uri: str, action: str, operation: str, **params: Any) -> Any:
+        """:meth:`call` of the client method ``operation`` with ``params`` (one page of a listing)."""
+        return self.call(uri, action, lambda client: getattr(client, operation)(**params))
 
     # -- helpers ---------------------------------------------------------
     def _parse(self, uri: str, *, need_key: bool = True) -> StorageURI:
@@ -243,13 +312,13 @@ class S3Backend(DropsLocksOnPickle):
         try:
             return call_with_retries(counted, what=uri, attempts=self.settings.max_attempts, stats=self.stats,
                                      clock=clock)
-        except Exception as exc:  # noqa: BLE001 - mapped and re-raised
+        except Exception as exc:
             where = (f"endpoint {endpoint_label(self.settings)}: {clock.requests} request(s) in "
                      f"{clock.elapsed():.1f}s (deadline {self.settings.deadline:g}s, "
                      f"read_timeout {self.settings.read_timeout:g}s)")
             raise map_error(exc, uri, action, where) from exc
 
-    def _note_retries(self, response: dict) -> None:
+    def _note_retries(self, response: Mapping[str, Any]) -> None:
         attempts = response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
         if attempts:
             self.stats.add(botocore_retries=attempts)
@@ -277,14 +346,7 @@ class S3Backend(DropsLocksOnPickle):
             return self._read_body(self.client.get_object(Bucket=p.bucket, Key=p.key), uri)
         return self._run(uri, "get", op)
 
-    def get_text(self, uri: str, encoding: str = "utf-8") -> str:
-        return decode_text(self.get(uri), uri, encoding)
-
-    def get_range(self, uri: str, start: int, length: int) -> bytes:
-        if start < 0 or length < 0:
-            raise InvalidPathError(f"{uri}: invalid range start={start} length={length}")
-        if length == 0:
-            return b""
+    def _get_range(self, uri: str, start: int, length: int) -> bytes:
         p = self._parse(uri)
 
         def op() -> bytes:
@@ -315,8 +377,16 @@ class S3Backend(DropsLocksOnPickle):
                               mtime=r["LastModified"].timestamp() if r.get("LastModified") else None)
         return self._run(uri, "stat", op)
 
+    def isfile(self, uri: str) -> bool:
+        """True if the object exists; a bucket or a key ending in '/' names a folder, never a file."""
+        p = self._parse(uri, need_key=False)
+        if not p.key or p.key.endswith("/"):
+            return False
+        return super().isfile(uri)
+
     def exists(self, uri: str) -> bool:
-        """True if the object exists; a prefix with objects under it counts too."""
+        """True if the object exists; a prefix with objects under it counts too.
+        (The default's semantics, one request fewer for a missing bucket.)"""
         p = self._parse(uri, need_key=False)
         if p.key and not p.key.endswith("/"):
             try:
@@ -371,7 +441,7 @@ class S3Backend(DropsLocksOnPickle):
         token: Optional[str] = None
         while True:
             page_kwargs = dict(kwargs, ContinuationToken=token) if token else kwargs
-            page = self._run(uri, "list", lambda: self.client.list_objects_v2(**page_kwargs))
+            page = self._request(uri, "list", "list_objects_v2", **page_kwargs)
             entries = [ObjectInfo(key=o["Key"][len(prefix):], size=int(o["Size"]),
                                   etag=o.get("ETag", "").strip('"') or None,
                                   mtime=o["LastModified"].timestamp() if o.get("LastModified") else None)
@@ -386,20 +456,26 @@ class S3Backend(DropsLocksOnPickle):
             if not token:
                 raise StorageError(f"{uri}: list page truncated without a continuation token")
 
+    # -- buckets ---------------------------------------------------------
+    def bucket_exists(self, bucket: str) -> bool:
+        """True if ``bucket`` exists (and these credentials may see it); one HEAD."""
+        try:
+            self.call(f"s3://{bucket}", "head bucket", lambda client: client.head_bucket(Bucket=bucket))
+            return True
+        except ObjectNotFoundError:
+            return False
+
     def ensure_bucket(self, bucket: str) -> bool:
         """Create ``bucket`` if missing; True if it was created."""
         uri = f"s3://{bucket}"
-        try:
-            self._run(uri, "head bucket", lambda: self.client.head_bucket(Bucket=bucket))
+        if self.bucket_exists(bucket):
             return False
-        except ObjectNotFoundError:
-            pass
         kwargs: dict = {"Bucket": bucket}
         region = self.client.meta.region_name
         if self.settings.is_aws and region and region != "us-east-1":
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
         try:
-            self._run(uri, "create bucket", lambda: self.client.create_bucket(**kwargs))
+            self.call(uri, "create bucket", lambda client: client.create_bucket(**kwargs))
         except StorageError as exc:
             if "BucketAlreadyOwnedByYou" in str(exc.__cause__):
                 return False
@@ -409,3 +485,66 @@ class S3Backend(DropsLocksOnPickle):
     def delete(self, uri: str) -> None:
         p = self._parse(uri)
         self._run(uri, "delete", lambda: self.client.delete_object(Bucket=p.bucket, Key=p.key))
+
+    # -- multipart uploads -----------------------------------------------
+    def create_multipart_upload(self, uri: str, content_type: Optional[str] = None) -> str:
+        """Start a multipart upload of the object ``uri``; its upload id."""
+        p = self._parse(uri)
+        extra = {"ContentType": content_type} if content_type else {}
+        created = self.call(uri, "create multipart upload", lambda client: client.create_multipart_upload(
+            Bucket=p.bucket, Key=p.key, **extra))
+        return str(created["UploadId"])
+
+    def upload_part(self, uri: str, upload_id: str, number: int, data: bytes, *,
+                    md5_digest: Optional[bytes] = None) -> str:
+        """Send part ``number`` (1-based) with its Content-MD5 (the server rejects a damaged
+        body); the part's ETag as the server gave it. ``md5_digest`` saves re-hashing."""
+        p = self._parse(uri)
+        digest = md5_digest or hashlib.md5(data, usedforsecurity=False).digest()
+        md5 = base64.b64encode(digest).decode("ascii")
+        response = self.call(uri, f"upload part {number}", lambda client: client.upload_part(
+            Bucket=p.bucket, Key=p.key, UploadId=upload_id, PartNumber=number, Body=data, ContentMD5=md5))
+        return str(response["ETag"])
+
+    def complete_multipart_upload(self, uri: str, upload_id: str, parts: Sequence[Tuple[int, str]]) -> str:
+        """Join ``parts`` ((number, ETag) in order) into the object; its ETag without quotes.
+
+        Ceph RGW (seen on 16.2.15; Red Hat BZ 2266579) answers with an empty
+        ``<ETag/>`` while the object's own ETag is right: then it is read back with one HEAD.
+        """
+        p = self._parse(uri)
+        listed: List[Dict[str, Any]] = [{"PartNumber": number, "ETag": etag} for number, etag in parts]
+        done = self.call(uri, "complete multipart upload", lambda client: client.complete_multipart_upload(
+            Bucket=p.bucket, Key=p.key, UploadId=upload_id, MultipartUpload={"Parts": listed}))
+        etag = str(done.get("ETag", "")).strip('"')
+        return etag or (self.stat(uri).etag or "")
+
+    def abort_multipart_upload(self, uri: str, upload_id: str) -> None:
+        """Drop an unfinished multipart upload and the parts sent so far."""
+        p = self._parse(uri)
+        self.call(uri, "abort multipart upload", lambda client: client.abort_multipart_upload(
+            Bucket=p.bucket, Key=p.key, UploadId=upload_id))
+
+    def list_parts(self, uri: str, upload_id: str) -> List[Tuple[int, int, str]]:
+        """(number, size, ETag) of the parts of an unfinished multipart upload, in order."""
+        p = self._parse(uri)
+        parts: List[Tuple[int, int, str]] = []
+        marker = 0
+        while True:
+            kwargs = {"Bucket": p.bucket, "Key": p.key, "UploadId": upload_id, "PartNumberMarker": marker}
+            page = self._request(uri, "list parts", "list_parts", **kwargs)
+            parts += [(int(part["PartNumber"]), int(part["Size"]), str(part["ETag"]).strip('"'))
+                      for part in page.get("Parts", [])]
+            if not page.get("IsTruncated"):
+                return parts
+            marker = int(page.get("NextPartNumberMarker", 0))
+            if not marker:
+                raise StorageError(f"{uri}: list parts page truncated without a next marker")
+
+    def stat_part(self, uri: str, number: int) -> PartInfo:
+        """``HEAD ?partNumber=number`` of a multipart object (see :class:`PartInfo`)."""
+        p = self._parse(uri)
+        response = self.call(uri, f"head part {number}", lambda client: client.head_object(
+            Bucket=p.bucket, Key=p.key, PartNumber=number))
+        count = response.get("PartsCount")
+        return PartInfo(size=int(response.get("ContentLength", 0)), parts_count=None if count is None else int(count))

@@ -93,8 +93,9 @@ def client_error(status: int, body: bytes, operation: str, retries: int = 0) -> 
     message_match = _MESSAGE_RE.search(body or b"")
     code = code_match.group(1).decode("utf-8", "replace") if code_match else str(status)
     message = message_match.group(1).decode("utf-8", "replace") if message_match else ""
-    return ClientError({"Error": {"Code": code, "Message": message},
-                        "ResponseMetadata": {"HTTPStatusCode": status, "RetryAttempts": retries}}, operation)
+    response: Any = {"Error": {"Code": code, "Message": message},  # the fields botocore's error parser fills
+                     "ResponseMetadata": {"HTTPStatusCode": status, "RetryAttempts": retries}}
+    return ClientError(response, operation)
 
 
 class SignedHTTP:

@@ -23,7 +23,6 @@ needs:
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -35,13 +34,15 @@ import unicodedata
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
+
+from s3transfer.utils import ChunksizeAdjuster
 
 from blip3o_storage.errors import InvalidPathError, StorageError, TransientStorageError
 from blip3o_storage.storage.retry import retry_reason
 from blip3o_storage.storage.s3_backend import S3Backend
-from blip3o_storage.transfer.tree_walk import is_hidden, walk_tree
 from blip3o_storage.storage.uri import check_relpath
+from blip3o_storage.transfer.tree_walk import is_hidden, walk_tree
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ MiB = 1 << 20
 DEFAULT_MULTIPART_THRESHOLD = 64 * MiB
 DEFAULT_PART_SIZE = 16 * MiB
 MIN_PART_SIZE = 5 * MiB  # S3's minimum for every part but the last
+MAX_PART_SIZE = 5 * 1024 * MiB  # S3's maximum part size (5 GiB)
 MAX_PARTS = 10_000  # S3's maximum number of parts
 MAX_KEY_BYTES = 1024  # S3's maximum key length (UTF-8)
 _READ_CHUNK = 1 * MiB
@@ -120,7 +122,7 @@ class UploadReport:
     #: key -> local ETag (MD5 hex or multipart ETag) computed on the way; lets verify skip re-hashing.
     etags: Dict[str, str] = field(default_factory=dict)
     #: key -> :func:`file_signature` of the file those bytes were read from (verify re-hashes a changed file).
-    stats: Dict[str, "Signature"] = field(default_factory=dict)
+    stats: Dict[str, Signature] = field(default_factory=dict)
     #: Set when the run stopped because the store could not be reached: the one message to show.
     store_down: Optional[str] = None
     #: Keys that failed because the store could not be reached (logged as one line, not one each).
@@ -353,13 +355,15 @@ def plan_upload(src_dir: os.PathLike | str, prefix: str = "", only_referenced_by
 
 
 # -- hashing -----------------------------------------------------------------
+#: s3transfer's own sizing (what boto3's upload_file uses), with S3's limits spelled out.
+_PART_SIZER = ChunksizeAdjuster(max_size=MAX_PART_SIZE, min_size=MIN_PART_SIZE, max_parts=MAX_PARTS)
+
+
 def effective_part_size(size: int, part_size: int) -> int:
-    """The part size actually used for ``size`` bytes: at least 5 MiB and
-    doubled until there are at most 10,000 parts (as s3transfer's ChunksizeAdjuster)."""
-    part = max(part_size, MIN_PART_SIZE)
-    while (size + part - 1) // part > MAX_PARTS:
-        part *= 2
-    return part
+    """The part size actually used for ``size`` bytes, by s3transfer's ``ChunksizeAdjuster``:
+    ``part_size`` doubled until there are at most 10,000 parts, then kept within S3's
+    5 MiB..5 GiB. Upload and verify both size parts here, so their ETags agree."""
+    return int(_PART_SIZER.adjust_chunksize(part_size, size))
 
 
 def file_md5(path: Path) -> str:
@@ -410,10 +414,6 @@ def local_etag_like(path: Path, size: int, remote_etag: Optional[str], part_size
             return None  # uploaded with another part size: cannot prove equality, re-upload
         return multipart_etag(path, part)
     return file_md5(path)
-
-
-def _b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode("ascii")
 
 
 Signature = Tuple[int, int, int, int]
@@ -507,7 +507,7 @@ class _Uploader:
             return "uploaded", "", None
         put = self._put_multipart if item.size > self.threshold else self._put_single
         uri = f"s3://{self.bucket}/{item.key}"
-        for attempt in range(CHANGED_FILE_RETRIES + 1):
+        for _attempt in range(CHANGED_FILE_RETRIES + 1):
             before = file_signature(item.local_path)
             etag = put(item)
             after = file_signature(item.local_path)
@@ -538,12 +538,9 @@ class _Uploader:
     def _put_multipart(self, item: UploadItem) -> str:
         """Multipart upload with a Content-MD5 per part; aborted on any failure or stop."""
         uri = f"s3://{self.bucket}/{item.key}"
-        client = self.backend.client
         part_size = effective_part_size(item.size, self.part_size)
-        created = self.backend._run(uri, "create multipart upload", lambda: client.create_multipart_upload(
-            Bucket=self.bucket, Key=item.key, ContentType=item.content_type))
-        upload_id = created["UploadId"]
-        parts: List[Dict[str, Any]] = []
+        upload_id = self.backend.create_multipart_upload(uri, item.content_type)
+        parts: List[Tuple[int, str]] = []
         digests: List[bytes] = []
         sent = 0
         try:
@@ -557,32 +554,21 @@ class _Uploader:
                         break
                     number += 1
                     digest = hashlib.md5(data, usedforsecurity=False).digest()
-
-                    def op(data: bytes = data, number: int = number, md5: str = _b64(digest)) -> Dict[str, Any]:
-                        return client.upload_part(Bucket=self.bucket, Key=item.key, UploadId=upload_id,
-                                                  PartNumber=number, Body=data, ContentMD5=md5)
-                    response = self.backend._run(uri, f"upload part {number}", op)
-                    parts.append({"PartNumber": number, "ETag": response["ETag"]})
+                    parts.append((number, self.backend.upload_part(uri, upload_id, number, data, md5_digest=digest)))
                     digests.append(digest)
                     sent += len(data)
                     self._tick(len(data))
             if sent != item.size:
                 raise StorageError(f"{item.local_path} changed size while uploading ({item.size} -> {sent})")
-            done = self.backend._run(uri, "complete multipart upload", lambda: client.complete_multipart_upload(
-                Bucket=self.bucket, Key=item.key, UploadId=upload_id, MultipartUpload={"Parts": parts}))
+            got = self.backend.complete_multipart_upload(uri, upload_id, parts)
         except BaseException:
             try:
-                client.abort_multipart_upload(Bucket=self.bucket, Key=item.key, UploadId=upload_id)
+                self.backend.abort_multipart_upload(uri, upload_id)
             except Exception as exc:  # noqa: BLE001 - best effort; the original error matters
                 logger.warning("%s: could not abort multipart upload (%s); the bucket may keep its parts "
                                "until a lifecycle rule removes them", uri, type(exc).__name__)
             raise
         expected = _etag_of_parts(digests)
-        got = str(done.get("ETag", "")).strip('"')
-        if not got:
-            # Ceph RGW (seen on 16.2.15; Red Hat BZ 2266579) answers CompleteMultipartUpload with an
-            # empty <ETag/>; the object's ETag is right, so read it back with one HEAD.
-            got = self.backend.stat(uri).etag or ""
         if got != expected:
             raise StorageError(f"{uri}: server ETag {got!r} != locally computed multipart ETag {expected!r}")
         return expected
@@ -606,6 +592,9 @@ def upload_all(items: List[UploadItem], backend: S3Backend, bucket: str, *, pref
         raise ValueError("workers must be >= 1")
     if part_size < MIN_PART_SIZE:
         raise ValueError(f"part_size must be >= {MIN_PART_SIZE} bytes (S3 minimum)")
+    if part_size > MAX_PART_SIZE:
+        logger.warning("part size %g MiB is over S3's maximum part size; parts of at most %d MiB are sent",
+                       part_size / MiB, MAX_PART_SIZE // MiB)
     if backend.settings.max_pool_connections < workers:
         logger.warning("max_pool_connections=%d < workers=%d: connections beyond the pool are discarded; "
                        "pass max_pool_connections=%d", backend.settings.max_pool_connections, workers, workers)
@@ -615,7 +604,7 @@ def upload_all(items: List[UploadItem], backend: S3Backend, bucket: str, *, pref
         existing = list_existing(backend, bucket, prefix)
     uploader = _Uploader(backend, bucket, existing, multipart_threshold=multipart_threshold, part_size=part_size,
                          dry_run=dry_run, progress=progress)
-    _ = backend.client  # create the shared client once, before the threads race for it
+    backend.connect()  # build the shared client once, before the threads start
 
     down_after = max(STORE_DOWN_MIN, workers)
     streak: List[BaseException] = []  # failures in a row (in completion order) that got no answer
@@ -690,37 +679,44 @@ def first_part_size(backend: S3Backend, bucket: str, key: str, size: int) -> Opt
     """Size of part 1 of a multipart object from one ``HEAD ?partNumber=1`` (AWS S3, moto, MinIO
     and newer Ceph RGW answer with that part's Content-Length and ``x-amz-mp-parts-count``), or
     None where the server ignores ``partNumber`` and answers for the whole object (RGW 16.2)."""
-    uri = f"s3://{bucket}/{key}"
-    client = backend.client
-    response = backend._run(uri, "head part 1", lambda: client.head_object(Bucket=bucket, Key=key, PartNumber=1))
-    length = int(response.get("ContentLength", 0))
-    if response.get("PartsCount") is None and length >= size:
+    part = backend.stat_part(f"s3://{bucket}/{key}", 1)
+    if part.parts_count is None and part.size >= size:
         return None
-    return length if 0 < length else None
+    return part.size if part.size > 0 else None
+
+
+class _PartHasher:
+    """Running MD5s of one file cut in ``part_size`` parts."""
+
+    def __init__(self, part_size: int) -> None:
+        self.part_size = part_size
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.filled = 0
+        self.digests: List[bytes] = []
+
+    def update(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            take = min(len(view), self.part_size - self.filled)
+            self.md5.update(view[:take])
+            self.filled += take
+            view = view[take:]
+            if self.filled == self.part_size:
+                self.digests.append(self.md5.digest())
+                self.md5, self.filled = hashlib.md5(usedforsecurity=False), 0
+
+    def etag(self) -> str:
+        return _etag_of_parts(self.digests + [self.md5.digest()] if self.filled else self.digests)
 
 
 def multipart_etags(path: Path, part_sizes: Iterable[int]) -> Dict[int, str]:
     """:func:`multipart_etag` for several part sizes in ONE read of the file."""
-    sizes = sorted(set(part_sizes))
-    states = {p: [hashlib.md5(usedforsecurity=False), 0, []] for p in sizes}  # md5, bytes in part, digests
+    hashers = [_PartHasher(p) for p in sorted(set(part_sizes))]
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(_READ_CHUNK), b""):
-            for p, state in states.items():
-                view = memoryview(chunk)
-                while view:
-                    take = min(len(view), p - state[1])
-                    state[0].update(view[:take])
-                    state[1] += take
-                    view = view[take:]
-                    if state[1] == p:
-                        state[2].append(state[0].digest())
-                        state[0], state[1] = hashlib.md5(usedforsecurity=False), 0
-    out = {}
-    for p, (md5, filled, digests) in states.items():
-        if filled:
-            digests = digests + [md5.digest()]
-        out[p] = _etag_of_parts(digests)
-    return out
+            for hasher in hashers:
+                hasher.update(chunk)
+    return {hasher.part_size: hasher.etag() for hasher in hashers}
 
 
 #: Part sizes tried for a multipart ETag when the server cannot say the object's own (whole MiB:
