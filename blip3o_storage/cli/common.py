@@ -191,9 +191,7 @@ def connect(args: argparse.Namespace, prefix: str) -> S3Backend:
     pool = max(args.workers, 10)
     overrides = {"max_pool_connections": pool} if any(
         s.max_pool_connections < pool for s in config.clusters.values()) else {}
-    backend = Storage(config, **overrides).backend_for(f"s3://{args.bucket}/{prefix}")
-    assert isinstance(backend, S3Backend)  # an s3:// URI
-    return backend
+    return Storage(config, **overrides).s3_backend(f"s3://{args.bucket}/{prefix}")
 
 
 def create_bucket(log: logging.Logger, backend: S3Backend, args: argparse.Namespace) -> None:

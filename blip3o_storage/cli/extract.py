@@ -201,7 +201,7 @@ def _run(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                         n_done += 1
                         try:
                             res = fut.result()
-                        except Exception as e:  # one shard's failure must not stop the rest
+                        except Exception as e:  # noqa: BLE001 - one shard's failure must not stop the rest
                             failures.append((shard, f"{type(e).__name__}: {e}"))
                             log.error("shard %s FAILED: %s: %s", shard, type(e).__name__, e)
                         else:

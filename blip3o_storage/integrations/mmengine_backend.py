@@ -19,7 +19,6 @@ from typing import Any, Generator, Iterator, Optional, Tuple, Union
 from mmengine.fileio import register_backend
 from mmengine.fileio.backends import BaseStorageBackend
 
-from blip3o_storage.errors import ObjectNotFoundError
 from blip3o_storage.storage.facade import ConfigLike, Storage
 from blip3o_storage.storage.uri import parse_uri
 
@@ -63,11 +62,7 @@ class S3FileBackend(BaseStorageBackend):
         return self._storage.isdir(self._map(filepath))
 
     def isfile(self, filepath: Union[str, Path]) -> bool:
-        try:
-            self._storage.stat(self._map(filepath))
-            return True
-        except ObjectNotFoundError:
-            return False
+        return self._storage.isfile(self._map(filepath))
 
     def join_path(self, filepath: Union[str, Path], *filepaths: Union[str, Path]) -> str:
         result = str(filepath).rstrip("/")

@@ -158,10 +158,7 @@ class Client:
 
     # -- helpers --------------------------------------------------------------
     def _s3(self, url: str) -> S3Backend:
-        backend = self._storage.backend_for(url)
-        if not isinstance(backend, S3Backend):
-            raise InvalidPathError(f"{url!r} is not an S3 URI ([cluster:]s3://bucket/key)")
-        return backend
+        return self._storage.s3_backend(url)  # InvalidPathError for a local path
 
     @staticmethod
     def _object_uri(url: str) -> Any:

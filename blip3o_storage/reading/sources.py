@@ -285,7 +285,7 @@ class CachedSource(SampleSource):
         missing = [i for i, data in enumerate(out) if data is None]
         if missing:
             fetched = self.inner.read_many(storage, [refs[i] for i in missing])
-            for i, data in zip(missing, fetched):  # noqa: B905 - same length; strict= needs 3.10
+            for i, data in zip(missing, fetched):
                 self.cache.put(refs[i].key, data)
                 out[i] = data
         return [b if b is not None else b"" for b in out]

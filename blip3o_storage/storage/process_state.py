@@ -27,7 +27,7 @@ import weakref
 from typing import Any, ClassVar, Dict, Tuple
 
 _registry_lock = threading.Lock()
-_live: "weakref.WeakValueDictionary[int, ProcessLocal]" = weakref.WeakValueDictionary()
+_live: weakref.WeakValueDictionary[int, ProcessLocal] = weakref.WeakValueDictionary()
 
 
 class ProcessLocal:

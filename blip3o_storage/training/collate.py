@@ -31,7 +31,7 @@ def blip3o_collate(instances: Sequence[dict[str, Any]], pad_index: int = DEFAULT
     width = max(lengths)
     input_ids = torch.full((len(ids), width), pad_index, dtype=torch.long)
     attention_mask = torch.zeros((len(ids), width), dtype=torch.bool)
-    for row, (t, n) in enumerate(zip(ids, lengths)):  # noqa: B905 - same length; strict= needs 3.10
+    for row, (t, n) in enumerate(zip(ids, lengths)):
         if n == 0:
             continue
         if padding_side == "right":

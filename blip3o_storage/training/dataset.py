@@ -549,7 +549,7 @@ class CaptionDataset(Dataset, ProcessLocal):
         try:
             # weights_only: a .pt from a shared bucket must not run code when loaded.
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure is bad data
+        except Exception as exc:
             raise CorruptDataError(f"{trace[-1]}: cannot load tensor file ({type(exc).__name__}: {exc})") from exc
 
     # -- per-sample steps (overridable like OpenUni's) ---------------------
@@ -638,7 +638,7 @@ class CaptionDataset(Dataset, ProcessLocal):
             trace: list[str] = []
             try:
                 return self._load_sample(current, trace)
-            except Exception as exc:  # noqa: BLE001 - classified; setup errors and bugs re-raised
+            except Exception as exc:
                 reason = classify_bad_sample(exc)
                 if reason is None:
                     raise
