@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench ceph-up ceph-down clean
+.PHONY: install demo test test-fast test-unit bench ceph-up ceph-down clean
 
 install: $(STAMP)
 
@@ -24,8 +24,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	PYTHON=$(PY) bash tools/run_tests.sh $(PYTEST_ARGS)
 
+# The same suite without the Ceph RGW (moto server only).
 test-fast: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+# tests/unit only: no server of any kind.
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
 # Throughput tables (README "Benchmarks"); BENCH_ARGS="--target ceph --split-cpus" after `make ceph-up`.
 bench: $(STAMP)
