@@ -31,7 +31,7 @@ from mmengine.fileio.backends import PetrelBackend
 
 from blip3o_storage import (AccessDeniedError, BucketNotFoundError, ConfigError, Storage, TransientStorageError,
                             load_config, load_petreloss_conf)
-from blip3o_storage import config as config_module
+from blip3o_storage.storage import config as config_module
 from blip3o_storage.integrations.compat import install_petrel_client_shim
 from blip3o_storage.integrations.petrel_client import Client
 
