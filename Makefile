@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo lint test test-fast bench ceph-up ceph-down clean
+.PHONY: install demo lint test test-fast test-unit bench ceph-up ceph-down clean
 
 install: $(STAMP)
 
@@ -31,8 +31,13 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	PYTHON=$(PY) bash tools/run_tests.sh $(PYTEST_ARGS)
 
+# The same suite without the Ceph RGW (moto server only).
 test-fast: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+# tests/unit only: no server of any kind.
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
 # Throughput tables (README "Benchmarks"); BENCH_ARGS="--target ceph --split-cpus" after `make ceph-up`.
 bench: $(STAMP)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the whole suite: start the real Ceph RGW (tools/ceph_dev.sh), run pytest
+# Run the whole suite (tests/unit and tests/integration): start the real Ceph RGW (tools/ceph_dev.sh), run pytest
 # with --ceph against it and moto, and stop only the cluster we started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,4 +11,4 @@ if ! bash tools/ceph_dev.sh status >/dev/null 2>&1; then
 fi
 cleanup() { if [ "$started" = 1 ]; then bash tools/ceph_dev.sh down || true; fi; }
 trap cleanup EXIT
-"$PYTHON" -m pytest -q --ceph "$@"
+"$PYTHON" -m pytest -q --ceph tests "$@"

@@ -17,7 +17,8 @@ from PIL import Image
 
 from blip3o_storage.training.hooks import wire_prefetch
 
-from conftest import REPO_ROOT, new_bucket
+from blip3o_storage.testing.endpoints import new_bucket
+from blip3o_storage.testing.paths import REPO_ROOT
 
 SIZE = 32
 N = 24

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from blip3o_storage import Storage
 from blip3o_storage.storage.s3_backend import S3Backend
 
-from conftest import new_bucket
+from blip3o_storage.testing.endpoints import new_bucket
 
 
 class KeyEchoDataset(Dataset):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARDS = 11
 
 BENCH_ROWS = ["dataloader_local", "dataloader_s3", "rawread_local", "rawread_s3", "get_sequential", "get_threads",

@@ -7,83 +7,26 @@ count requests with botocore event handlers on the real client.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from collections import Counter
-from pathlib import Path
 import pytest
 
 from blip3o_storage import InvalidPathError, Storage
 from blip3o_storage.transfer.safe_tar import extract_shard
 from blip3o_storage.transfer.upload import (list_existing, multipart_etag, plan_upload, upload_all, validate_keys, verify)
 
-from conftest import REPO_ROOT, S3Endpoint, new_bucket
+from blip3o_storage.testing.endpoints import S3Endpoint, new_bucket
+from blip3o_storage.testing.data import local_files, make_dataset, make_shard_tar
+from blip3o_storage.testing.paths import REPO_ROOT
+from blip3o_storage.testing.tools import MAKE_DATA_JSON, UPLOAD, UPLOAD_SHARDS, remote, run_cli, summary
 
-UPLOAD = str(REPO_ROOT / "tools" / "upload.py")
-UPLOAD_SHARDS = str(REPO_ROOT / "tools" / "upload_shards.py")
-MAKE_DATA_JSON = str(REPO_ROOT / "tools" / "make_data_json.py")
-SUMMARY_RE = re.compile(r"uploaded (\d+) files \(([\d.]+) MB\) skipped (\d+) failed (\d+) in ([\d.]+) s "
-                        r"\(([\d.]+) MB/s, ([\d.]+) files/s\)")
 WRITES = ("PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload")
-
-
-# -- helpers -----------------------------------------------------------------
-def make_dataset(root: Path, n: int = 6, size: int = 3000, shards: tuple = ("s1", "s2")) -> Path:
-    """SRC like data/BLIP3o-60k: raw/<shard>/<k>.jpg + .txt, data.json, a done-marker."""
-    src = root / "BLIP3o-60k"
-    entries = []
-    for shard in shards:
-        d = src / "raw" / shard
-        d.mkdir(parents=True)
-        (d / ".extracted").write_text("done\n")
-        for i in range(n):
-            (d / f"{i:05d}.jpg").write_bytes(os.urandom(size + i))
-            (d / f"{i:05d}.txt").write_text(f"caption {shard} {i} — ünïcode\n", encoding="utf-8")
-            entries.append({"image": f"{shard}/{i:05d}.jpg", "annotation": f"{shard}/{i:05d}.txt"})
-    (src / "data.json").write_text(json.dumps(entries))
-    return src
-
-
-def local_files(src: Path) -> dict:
-    """key -> bytes of every non-hidden file (what a full upload must produce)."""
-    return {"/".join(p.relative_to(src).parts): p.read_bytes() for p in sorted(src.rglob("*"))
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(src).parts)}
-
-
-def remote(storage: Storage, bucket_uri: str, prefix: str = "") -> dict:
-    """key (without prefix) -> ObjectInfo, listed fresh."""
-    return {info.key: info for info in storage.list(f"{bucket_uri}/{prefix}")}
-
-
-def run_cli(*args: str, timeout: float = 120, tool: str = UPLOAD) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, tool, *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def make_shard_tar(path: Path, members: dict) -> Path:
-    """A plain tar shard with ``members`` (name -> bytes), as tools/upload_shards.py takes it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mtime = 1_700_000_000
-            tf.addfile(info, io.BytesIO(data))
-    return path
-
-
-def summary(proc: subprocess.CompletedProcess) -> dict:
-    match = SUMMARY_RE.search(proc.stdout)
-    assert match, f"no summary line in stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    uploaded, mb, skipped, failed = int(match[1]), float(match[2]), int(match[3]), int(match[4])
-    return {"uploaded": uploaded, "mb": mb, "skipped": skipped, "failed": failed}
 
 
 def count_requests(storage: Storage, bucket_uri: str) -> Counter:
@@ -98,19 +41,6 @@ def count_requests(storage: Storage, bucket_uri: str) -> Counter:
     if backend.http is not None:
         backend.http.listeners.append(lambda operation: counts.update([operation]))
     return counts
-
-
-@pytest.fixture
-def s3_conf(tmp_path: Path, s3_endpoint: S3Endpoint) -> Path:
-    return s3_endpoint.write_petreloss_conf(tmp_path / "petreloss.conf")
-
-
-@pytest.fixture
-def target(s3_bucket: tuple, s3_conf: Path) -> tuple:
-    """(storage, 's3://bucket', bucket name, CLI args for that bucket)."""
-    storage, bucket_uri = s3_bucket
-    bucket = bucket_uri[len("s3://"):]
-    return storage, bucket_uri, bucket, ["--config", str(s3_conf), "--bucket", bucket]
 
 
 # -- CLI: full upload, resume, modes ----------------------------------------

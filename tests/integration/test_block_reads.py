@@ -17,7 +17,7 @@ from blip3o_storage.training.dataset import BLIP3oDataset
 from blip3o_storage.training.locality_sampler import LocalitySampler, deal_batches
 from blip3o_storage.reading.sources import ShardSource
 
-from test_shards import assert_same, ds_for, shards, uploaded  # noqa: F401  (fixtures used by name)
+from blip3o_storage.testing.shards import assert_same, ds_for
 
 BLOCK = 4096
 

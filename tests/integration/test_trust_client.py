@@ -35,7 +35,8 @@ from blip3o_storage.storage import config as config_module
 from blip3o_storage.integrations.compat import install_petrel_client_shim
 from blip3o_storage.integrations.petrel_client import Client
 
-from conftest import REPO_ROOT, new_bucket
+from blip3o_storage.testing.endpoints import new_bucket
+from blip3o_storage.testing.paths import REPO_ROOT
 
 SECRET = "s3cr3t-TRUST-DO-NOT-LEAK"
 

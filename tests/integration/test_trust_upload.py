@@ -26,10 +26,11 @@ from blip3o_storage.transfer.tree_walk import walk_tree
 from blip3o_storage.transfer.upload import (multipart_etag, multipart_etags, part_size_guesses, plan_upload, upload_all,
                                    verify)
 
-from conftest import REPO_ROOT, S3Endpoint
+from blip3o_storage.testing.endpoints import S3Endpoint
+from blip3o_storage.testing.paths import REPO_ROOT
 from blip3o_storage.testing.fault_proxy import FaultProxy, FaultRates
-from test_upload import (MAKE_DATA_JSON, UPLOAD, local_files, make_dataset, remote, run_cli, s3_conf,  # noqa: F401
-                         summary, target)
+from blip3o_storage.testing.data import local_files, make_dataset
+from blip3o_storage.testing.tools import MAKE_DATA_JSON, UPLOAD, remote, run_cli, summary
 
 MiB = 1 << 20
 

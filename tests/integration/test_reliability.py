@@ -39,8 +39,9 @@ from blip3o_storage import (AccessDeniedError, BucketNotFoundError, ConfigError,
                             load_petreloss_conf)
 from blip3o_storage.training.dataset import BLIP3oDataset, SampleRetriesExhaustedError
 
-import helpers
-from conftest import REPO_ROOT, S3Endpoint, new_bucket
+from blip3o_storage.testing import data as helpers
+from blip3o_storage.testing.endpoints import S3Endpoint, new_bucket
+from blip3o_storage.testing.paths import REPO_ROOT
 from blip3o_storage.testing.fault_proxy import FAULTS, FaultProxy, FaultRates
 
 # 3 workers on a 2-core box is the point of these tests, not a mistake.

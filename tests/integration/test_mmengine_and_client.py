@@ -14,7 +14,7 @@ from blip3o_storage.integrations.compat import install_petrel_client_shim
 from blip3o_storage.integrations.mmengine_backend import S3FileBackend
 from blip3o_storage.integrations.petrel_client import Client
 
-from conftest import new_bucket
+from blip3o_storage.testing.endpoints import new_bucket
 
 
 @pytest.fixture

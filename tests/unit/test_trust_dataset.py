@@ -12,7 +12,7 @@ import logging
 import os
 import stat
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,11 +22,10 @@ from PIL import Image
 from blip3o_storage import ConfigError, CorruptDataError, Storage
 from blip3o_storage.training.dataset import BLIP3oDataset, CaptionDataset, load_data_list
 from blip3o_storage.reading.disk_cache import DiskCache
-from blip3o_storage.errors import BucketNotFoundError
 from blip3o_storage.training.image_ops import decode_image, load_pixel_values
 from blip3o_storage.training.tokenizers import ByteTokenizer
 
-from helpers import jpeg
+from blip3o_storage.testing.data import caption_tree as _tree
 
 NOBODY = 65534
 MID_GREY_16 = 32768  # 0x8000: the 8-bit value is 128, not 255
@@ -89,24 +88,6 @@ def test_16bit_modes_through_tiff_and_mode_i(mode: str) -> None:
 
 
 # -- captions ----------------------------------------------------------------------------------
-def _tree(root: Path, captions: Dict[str, Any], *, suffix: str = ".txt",
-          inline: Optional[Dict[str, str]] = None) -> Path:
-    """root/raw/<name>.jpg + caption files with the given raw content; returns data.json."""
-    raw = root / "raw"
-    raw.mkdir(parents=True)
-    entries = []
-    for i, (name, content) in enumerate(captions.items()):
-        (raw / f"{name}.jpg").write_bytes(jpeg(120, 100, i))
-        entry = {"image": f"{name}.jpg", "annotation": f"{name}{suffix}"}
-        if content is not None:
-            (raw / f"{name}{suffix}").write_bytes(content if isinstance(content, bytes) else content.encode())
-        if inline and name in inline:
-            entry["caption"] = inline[name]
-        entries.append(entry)
-    (root / "data.json").write_text(json.dumps(entries), encoding="utf-8")
-    return root / "data.json"
-
-
 def _ds(data_json: Path, cls=BLIP3oDataset, **kw: Any) -> BLIP3oDataset:
     raw = str(data_json.parent / "raw")
     args = dict(data_path=str(data_json), image_folder=raw, cap_folder=raw, tokenizer=ByteTokenizer(),
@@ -198,20 +179,6 @@ def test_over_long_file_name_is_a_named_bad_sample(tmp_path: Path, caplog: pytes
     assert f"{data_json}[0]" in caplog.text
 
 
-def test_long_key_still_reads_from_s3(tmp_path: Path, s3_bucket, s3_endpoint) -> None:
-    """The same relpath is a valid S3 key: remote reads must not be refused for the local limit."""
-    storage, bucket = s3_bucket
-    long_name = "y" * 300
-    storage.put(f"{bucket}/raw/{long_name}/a.jpg", jpeg(120, 100, 1))
-    storage.put(f"{bucket}/raw/{long_name}/a.txt", b"long key")
-    data_json = tmp_path / "d.json"
-    data_json.write_text(json.dumps([{"image": f"{long_name}/a.jpg", "annotation": f"{long_name}/a.txt"}]))
-    ds = BLIP3oDataset(data_path=str(data_json), ceph_folder=f"{bucket}/raw", ceph_config=s3_endpoint.ceph_config(),
-                       tokenizer=ByteTokenizer(), image_size=16, unconditional=0.0)
-    assert ds.tokenizer.decode(ds[0]["input_ids"]) == "Generate an image: long key"
-    assert ds.bad_sample_counts == {}
-
-
 # -- missing bucket, empty data.json -------------------------------------------------------------
 def test_empty_data_json_is_an_error_naming_the_file(tmp_path: Path) -> None:
     path = tmp_path / "data.json"
@@ -226,36 +193,6 @@ def test_empty_data_json_is_an_error_naming_the_file(tmp_path: Path) -> None:
     (folder / "b.json").write_text(" [ ] ")
     with pytest.raises(ConfigError, match=r"no entries.*a\.json.*b\.json"):
         load_data_list(str(folder), Storage())
-
-
-def test_data_json_in_a_missing_bucket_names_the_bucket(s3_bucket) -> None:
-    storage, bucket = s3_bucket
-    missing = bucket + "-missing"
-    name = missing[len("s3://"):]
-    for data_path in (f"{missing}/data.json", f"{missing}/parts"):
-        with pytest.raises(BucketNotFoundError, match=f"bucket {name!r} does not exist") as info:
-            load_data_list(data_path, storage)
-        assert "data file does not exist" not in str(info.value)
-
-
-def test_ceph_folder_in_a_missing_bucket_fails_at_once_naming_it(tmp_path: Path, s3_bucket, s3_endpoint) -> None:
-    storage, bucket = s3_bucket
-    data_json = _tree(tmp_path, {"a": b"a", "b": b"b", "c": b"c"})
-    missing = bucket + "-missing"
-    ds = BLIP3oDataset(data_path=str(data_json), ceph_folder=f"{missing}/raw", ceph_config=s3_endpoint.ceph_config(),
-                       tokenizer=ByteTokenizer(), image_size=16, max_retries=10)
-    with pytest.raises(BucketNotFoundError, match=f"bucket {missing[5:]!r}.*ceph_folder") as info:
-        ds[0]
-    assert "missing" not in ds.bad_sample_counts  # not 11 'missing' samples: one clear error
-    assert isinstance(info.value, FileNotFoundError)
-    # with the local copy configured, the missing bucket is a fallback like a missing object
-    fb = BLIP3oDataset(data_path=str(data_json), ceph_folder=f"{missing}/raw", ceph_config=s3_endpoint.ceph_config(),
-                       image_folder=str(tmp_path / "raw"), cap_folder=str(tmp_path / "raw"),
-                       tokenizer=ByteTokenizer(), image_size=16)
-    assert fb[1]["image_file"] == "b.jpg" and fb.read_counts["fallback_local"] == 2
-    (tmp_path / "raw" / "b.jpg").unlink()  # no local copy of this one: a missing sample, named
-    assert fb[1]["image_file"] != "b.jpg" and fb.bad_sample_counts == {"missing": 1}
-    assert "does not exist" in fb.bad_samples_log[-1].message and missing[5:] in fb.bad_samples_log[-1].message
 
 
 # -- disk cache: who may write it ------------------------------------------------------------------

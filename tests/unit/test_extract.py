@@ -17,7 +17,7 @@ from typing import Optional
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 from blip3o_storage.transfer.safe_tar import (
     MARKER_NAME,
     build_data_json,

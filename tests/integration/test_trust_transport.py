@@ -24,9 +24,9 @@ from blip3o_storage import AccessDeniedError, ConfigError, CorruptDataError, Sto
 from blip3o_storage.storage.config import S3Settings, load_config
 from blip3o_storage.training.dataset import BLIP3oDataset, SampleRetriesExhaustedError
 
-from conftest import new_bucket
+from blip3o_storage.testing.endpoints import new_bucket
 from blip3o_storage.testing.fault_proxy import FaultProxy, FaultRates
-from helpers import jpeg
+from blip3o_storage.testing.data import jpeg
 
 SECRET = "trust-transport-secret-never-printed"
 

@@ -8,7 +8,7 @@ import pytest
 
 from blip3o_storage import Storage, TransientStorageError
 
-from conftest import new_bucket
+from blip3o_storage.testing.endpoints import new_bucket
 from blip3o_storage.testing.fault_proxy import FaultProxy, FaultRates
 
 
