@@ -41,12 +41,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from cpu_split import ceph_pids, split_cpus  # benchmarks/cpu_split.py, next to this script
-
 from blip3o_storage.cli import demo  # the demo's helpers (tools/demo.py)
 from blip3o_storage.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from blip3o_storage.cli.demo import StepFailed
 from blip3o_storage.storage.s3_backend import S3Backend
+from cpu_split import ceph_pids, split_cpus  # benchmarks/cpu_split.py, next to this script
 
 REPO = Path(__file__).resolve().parents[1]
 

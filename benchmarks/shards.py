@@ -44,7 +44,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from cpu_split import ceph_pids, split_cpus  # benchmarks/cpu_split.py, next to this script
 from mmengine.dataset import DefaultSampler
 from torch.utils.data import DataLoader
 
@@ -55,6 +54,7 @@ from blip3o_storage.testing.local_s3 import start_moto_server
 from blip3o_storage.training.collate import blip3o_collate
 from blip3o_storage.training.dataset import BLIP3oDataset
 from blip3o_storage.training.locality_sampler import LocalitySampler
+from cpu_split import ceph_pids, split_cpus  # benchmarks/cpu_split.py, next to this script
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,11 +13,10 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from blip3o_storage import ConfigError, CorruptDataError, ObjectNotFoundError
 from blip3o_storage.reading.block_reader import BlockReader
+from blip3o_storage.reading.sources import ShardSource
+from blip3o_storage.testing.shards import assert_same, ds_for
 from blip3o_storage.training.dataset import BLIP3oDataset
 from blip3o_storage.training.locality_sampler import LocalitySampler, deal_batches
-from blip3o_storage.reading.sources import ShardSource
-
-from blip3o_storage.testing.shards import assert_same, ds_for
 
 BLOCK = 4096
 

@@ -21,9 +21,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from blip3o_storage import AccessDeniedError, Storage, StorageError, TransientStorageError
-from blip3o_storage.transfer.upload import multipart_etag, plan_upload, upload_all, verify
-
 from blip3o_storage.testing.endpoints import S3Endpoint, new_bucket
+from blip3o_storage.transfer.upload import multipart_etag, plan_upload, upload_all, verify
 
 pytestmark = pytest.mark.ceph
 

@@ -24,7 +24,7 @@ import pytest
 from blip3o_storage.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, interruptible
 
 REPO = Path(__file__).resolve().parents[1]
-while not (REPO / "setup.cfg").is_file() and REPO != REPO.parent:  # tests/ or tests/<kind>/
+while not (REPO / "setup.cfg").is_file() and REPO.parent != REPO:  # tests/ or tests/<kind>/
     REPO = REPO.parent
 
 #: console script -> module under blip3o_storage/cli (and tools/<module>.py)

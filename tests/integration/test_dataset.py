@@ -15,14 +15,11 @@ import torch
 from mmengine import Config
 from torch.utils.data import DataLoader
 
-from blip3o_storage import (CorruptDataError, ObjectNotFoundError, Storage)
-from blip3o_storage.training.collate import blip3o_collate
-from blip3o_storage.training.dataset import (CaptionDataset, SampleRetriesExhaustedError,
-                                    build_dataset_from_config)
-
-
+from blip3o_storage import CorruptDataError, ObjectNotFoundError, Storage
 from blip3o_storage.testing.paths import REPO_ROOT
-from blip3o_storage.testing.tiny import (LOGGER, SIZE, TEMPLATE, local_ds, make_tiny_data, s3_ds, upload_tree)
+from blip3o_storage.testing.tiny import LOGGER, SIZE, TEMPLATE, local_ds, make_tiny_data, s3_ds, upload_tree
+from blip3o_storage.training.collate import blip3o_collate
+from blip3o_storage.training.dataset import CaptionDataset, SampleRetriesExhaustedError, build_dataset_from_config
 
 
 def test_s3_and_local_give_identical_samples(tiny_s3) -> None:

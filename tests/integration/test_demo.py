@@ -112,7 +112,7 @@ def test_shard_benchmark_prints_every_mode_and_a_verdict(tmp_path: Path) -> None
         if len(cells) == 5 and cells[0] in SHARD_BENCH_ROWS:
             rows[cells[0]] = cells
     assert list(rows) == SHARD_BENCH_ROWS, proc.stdout
-    for name, cells in rows.items():
+    for _name, cells in rows.items():
         assert float(cells[1]) > 0 and re.fullmatch(r"\d+\.\d\dx", cells[3]), cells
     verdicts = re.findall(r"^- (shard mode .*): (\d+\.\d\d)x (PASS|FAIL)$", proc.stdout, re.M)
     assert len(verdicts) == 4, proc.stdout

@@ -11,7 +11,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from blip3o_storage import Storage
 from blip3o_storage.storage.s3_backend import S3Backend
-
 from blip3o_storage.testing.endpoints import new_bucket
 
 

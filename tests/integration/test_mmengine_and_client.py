@@ -13,7 +13,6 @@ import blip3o_storage.integrations.mmengine_backend  # noqa: F401  (registers th
 from blip3o_storage.integrations.compat import install_petrel_client_shim
 from blip3o_storage.integrations.mmengine_backend import S3FileBackend
 from blip3o_storage.integrations.petrel_client import Client
-
 from blip3o_storage.testing.endpoints import new_bucket
 
 
@@ -49,9 +48,8 @@ def test_mmengine_fileio_roundtrip(conf_bucket):
     assert fileio.isdir(f"{bucket}/raw/sub")
     assert fileio.isfile(f"{bucket}/raw/a.bin") and not fileio.isfile(f"{bucket}/raw/sub")
     assert fileio.join_path(f"{bucket}/raw/", "sub", "b.txt") == f"{bucket}/raw/sub/b.txt"
-    with fileio.get_local_path(f"{bucket}/raw/a.bin") as local:
-        with open(local, "rb") as fh:
-            assert fh.read() == b"\x00binary\xff"
+    with fileio.get_local_path(f"{bucket}/raw/a.bin") as local, open(local, "rb") as fh:
+        assert fh.read() == b"\x00binary\xff"
     with pytest.raises(FileNotFoundError, match="none.bin"):
         fileio.get(f"{bucket}/raw/none.bin")
 

@@ -31,18 +31,27 @@ from typing import Dict, List
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from blip3o_storage import (AccessDeniedError, BucketNotFoundError, ConfigError, CorruptDataError,
-                            InvalidPathError, ObjectNotFoundError, Storage, StorageError, load_config,
-                            load_petreloss_conf)
-from blip3o_storage.training.dataset import BLIP3oDataset, SampleRetriesExhaustedError
-
+from blip3o_storage import (
+    AccessDeniedError,
+    BucketNotFoundError,
+    ConfigError,
+    CorruptDataError,
+    InvalidPathError,
+    ObjectNotFoundError,
+    Storage,
+    StorageError,
+    load_config,
+    load_petreloss_conf,
+)
 from blip3o_storage.testing import data as helpers
 from blip3o_storage.testing.endpoints import S3Endpoint, new_bucket
-from blip3o_storage.testing.paths import REPO_ROOT
 from blip3o_storage.testing.fault_proxy import FAULTS, FaultProxy, FaultRates
+from blip3o_storage.testing.paths import REPO_ROOT
+from blip3o_storage.training.dataset import BLIP3oDataset, SampleRetriesExhaustedError
 
 # 3 workers on a 2-core box is the point of these tests, not a mistake.
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
@@ -326,7 +335,7 @@ def test_wrong_credentials_are_access_denied_naming_the_uri(tmp_path, moto_auth_
                       max_attempts=2)
     storage = Storage(str(path))
     secrets = (bad_secret, moto_auth_endpoint.secret_key)
-    for action, call in [("get", lambda uri: storage.get(uri)), ("put", lambda uri: storage.put(uri, b"x")),
+    for _action, call in [("get", lambda uri: storage.get(uri)), ("put", lambda uri: storage.put(uri, b"x")),
                          ("stat", lambda uri: storage.stat(uri)), ("list", lambda uri: list(storage.list(uri)))]:
         uri = f"{bucket_uri}/data/raw/a.txt"
         with pytest.raises(AccessDeniedError) as info:
@@ -437,7 +446,7 @@ def test_corrupt_images_are_counted_and_named(plain_bucket):
     storage.put(f"{bucket_uri}/imgs/data.json", json.dumps(entries).encode())
     ds = BLIP3oDataset(data_path=f"{bucket_uri}/imgs/data.json", ceph_folder=f"{bucket_uri}/imgs/raw",
                        ceph_config=endpoint.ceph_config(), max_retries=20, **dataset_kwargs())
-    for i, entry in enumerate(entries):
+    for i, _entry in enumerate(entries):
         sample = ds[i]
         assert sample["image_file"] in {f"{g}.jpg" for g in good}  # a corrupt one is replaced by a good one
     logged = [bad for bad in ds.bad_samples_log]

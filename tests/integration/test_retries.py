@@ -7,7 +7,6 @@ import hashlib
 import pytest
 
 from blip3o_storage import Storage, TransientStorageError
-
 from blip3o_storage.testing.endpoints import new_bucket
 from blip3o_storage.testing.fault_proxy import FaultProxy, FaultRates
 

@@ -13,13 +13,12 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from blip3o_storage import Storage
 from blip3o_storage.cli import upload_shards
-from blip3o_storage.training.dataset import BLIP3oDataset
 from blip3o_storage.reading.prefetch import worker_stream
 from blip3o_storage.reading.shard_index import ShardIndex
 from blip3o_storage.reading.sources import CachedSource, ObjectSource, ShardSource
-
 from blip3o_storage.testing.shards import SIZE, TEMPLATE, Shards, assert_same, ds_for
 from blip3o_storage.testing.shards import hostile_tar as _hostile
+from blip3o_storage.training.dataset import BLIP3oDataset
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,10 +15,9 @@ from mmengine.runner import Runner
 from mmengine.utils import import_modules_from_strings
 from PIL import Image
 
-from blip3o_storage.training.hooks import wire_prefetch
-
 from blip3o_storage.testing.endpoints import new_bucket
 from blip3o_storage.testing.paths import REPO_ROOT
+from blip3o_storage.training.hooks import wire_prefetch
 
 SIZE = 32
 N = 24

@@ -29,12 +29,18 @@ import mmengine.fileio.io as fileio_io
 import pytest
 from mmengine.fileio.backends import PetrelBackend
 
-from blip3o_storage import (AccessDeniedError, BucketNotFoundError, ConfigError, Storage, TransientStorageError,
-                            load_config, load_petreloss_conf)
-from blip3o_storage.storage import config as config_module
+from blip3o_storage import (
+    AccessDeniedError,
+    BucketNotFoundError,
+    ConfigError,
+    Storage,
+    TransientStorageError,
+    load_config,
+    load_petreloss_conf,
+)
 from blip3o_storage.integrations.compat import install_petrel_client_shim
 from blip3o_storage.integrations.petrel_client import Client
-
+from blip3o_storage.storage import config as config_module
 from blip3o_storage.testing.endpoints import new_bucket
 from blip3o_storage.testing.paths import REPO_ROOT
 
@@ -176,7 +182,7 @@ def test_dict_config_with_secret_warns_once(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="blip3o_storage.storage.config"):
         for _ in range(3):
             load_config({"endpoint_url": "http://h", "access_key": "AKIA", "secret_key": SECRET})
-        Storage({"c1": {"endpoint_url": "http://h", "access_key": "AKIA", "secret_key": SECRET}}).config
+        assert Storage({"c1": {"endpoint_url": "http://h", "access_key": "AKIA", "secret_key": SECRET}}).config
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1, warnings
     assert "secret_key" in warnings[0] and "BLIP3O_CEPH_CONFIG" in warnings[0]
@@ -326,8 +332,9 @@ def test_mmengine_fileio_with_backend_petrel(conf_bucket, petrel_shim):
 
 def test_client_covers_what_petrel_backend_calls():
     """Every ``self._client.<name>`` in mmengine's PetrelBackend exists on our Client."""
-    import re
     import inspect
+    import re
+
     import mmengine.fileio.backends.petrel_backend as module
     called = set(re.findall(r"self\._client\.(\w+)\(", inspect.getsource(module)))
     assert called >= {"Get", "put", "contains", "isdir", "list", "delete", "generate_presigned_url"}
@@ -442,6 +449,7 @@ def test_installed_project_provides_petrel_client(tmp_path, editable):
 def test_hook_finder_falls_back_and_respects_real(tmp_path, monkeypatch):
     """In-process: the finder serves ours only when nothing else provides petrel_client."""
     import importlib
+
     import blip3o_petrel_hook as hook
     for name in [n for n in sys.modules if n == "petrel_client" or n.startswith("petrel_client.")]:
         monkeypatch.delitem(sys.modules, name)

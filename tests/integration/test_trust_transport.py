@@ -20,13 +20,19 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from blip3o_storage import AccessDeniedError, ConfigError, CorruptDataError, Storage, StorageError, TransientStorageError
+from blip3o_storage import (
+    AccessDeniedError,
+    ConfigError,
+    CorruptDataError,
+    Storage,
+    StorageError,
+    TransientStorageError,
+)
 from blip3o_storage.storage.config import S3Settings, load_config
-from blip3o_storage.training.dataset import BLIP3oDataset, SampleRetriesExhaustedError
-
+from blip3o_storage.testing.data import jpeg
 from blip3o_storage.testing.endpoints import new_bucket
 from blip3o_storage.testing.fault_proxy import FaultProxy, FaultRates
-from blip3o_storage.testing.data import jpeg
+from blip3o_storage.training.dataset import BLIP3oDataset, SampleRetriesExhaustedError
 
 SECRET = "trust-transport-secret-never-printed"
 
@@ -59,7 +65,7 @@ class SilentListener:
             self._conns.append(conn)
             self.accepted += 1
 
-    def __enter__(self) -> "SilentListener":
+    def __enter__(self) -> SilentListener:
         self._thread.start()
         return self
 

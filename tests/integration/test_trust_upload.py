@@ -21,16 +21,21 @@ from pathlib import Path
 import pytest
 
 from blip3o_storage import Storage
+from blip3o_storage.testing.data import local_files, make_dataset
+from blip3o_storage.testing.endpoints import S3Endpoint
+from blip3o_storage.testing.fault_proxy import FaultProxy, FaultRates
+from blip3o_storage.testing.paths import REPO_ROOT
+from blip3o_storage.testing.tools import MAKE_DATA_JSON, UPLOAD, remote, run_cli, summary
 from blip3o_storage.transfer.safe_tar import build_data_json
 from blip3o_storage.transfer.tree_walk import walk_tree
-from blip3o_storage.transfer.upload import (multipart_etag, multipart_etags, part_size_guesses, plan_upload, upload_all,
-                                   verify)
-
-from blip3o_storage.testing.endpoints import S3Endpoint
-from blip3o_storage.testing.paths import REPO_ROOT
-from blip3o_storage.testing.fault_proxy import FaultProxy, FaultRates
-from blip3o_storage.testing.data import local_files, make_dataset
-from blip3o_storage.testing.tools import MAKE_DATA_JSON, UPLOAD, remote, run_cli, summary
+from blip3o_storage.transfer.upload import (
+    multipart_etag,
+    multipart_etags,
+    part_size_guesses,
+    plan_upload,
+    upload_all,
+    verify,
+)
 
 MiB = 1 << 20
 

@@ -15,16 +15,16 @@ import subprocess
 import sys
 import time
 from collections import Counter
+
 import pytest
 
 from blip3o_storage import InvalidPathError, Storage
-from blip3o_storage.transfer.safe_tar import extract_shard
-from blip3o_storage.transfer.upload import (list_existing, multipart_etag, plan_upload, upload_all, validate_keys, verify)
-
-from blip3o_storage.testing.endpoints import S3Endpoint, new_bucket
 from blip3o_storage.testing.data import local_files, make_dataset, make_shard_tar
+from blip3o_storage.testing.endpoints import S3Endpoint, new_bucket
 from blip3o_storage.testing.paths import REPO_ROOT
 from blip3o_storage.testing.tools import MAKE_DATA_JSON, UPLOAD, UPLOAD_SHARDS, remote, run_cli, summary
+from blip3o_storage.transfer.safe_tar import extract_shard
+from blip3o_storage.transfer.upload import list_existing, multipart_etag, plan_upload, upload_all, validate_keys, verify
 
 WRITES = ("PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload")
 

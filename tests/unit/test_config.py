@@ -2,7 +2,6 @@
 botocore settings that come out (checksums, addressing, pool, retries)."""
 from __future__ import annotations
 
-
 import pytest
 
 from blip3o_storage import ConfigError, Storage, load_config, load_petreloss_conf
@@ -152,7 +151,8 @@ def test_fast_path_defaults_and_switch():
     on = load_config({"endpoint_url": "http://rgw:7480"}).settings_for(None)
     assert on.use_fast_path  # path-style endpoint: object GET/PUT over signed urllib3
     assert not load_config({"endpoint_url": "http://rgw:7480", "fast_path": "false"}).settings_for(None).use_fast_path
-    assert not load_config({"endpoint_url": "http://rgw", "addressing_style": "virtual"}).settings_for(None).use_fast_path
+    virtual = load_config({"endpoint_url": "http://rgw", "addressing_style": "virtual"})
+    assert not virtual.settings_for(None).use_fast_path
     assert not load_config({"region": "eu-west-1"}).settings_for(None).use_fast_path  # AWS: boto3 all the way
     with pytest.raises(ConfigError, match="fast_path"):
         load_config({"endpoint_url": "http://rgw", "fast_path": "sometimes"})

@@ -17,14 +17,15 @@ from typing import Optional
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from blip3o_storage.errors import CorruptDataError, InvalidPathError, StorageError
 from blip3o_storage.transfer.safe_tar import (
     MARKER_NAME,
     build_data_json,
     check_member,
     extract_shard,
 )
-from blip3o_storage.errors import CorruptDataError, InvalidPathError, StorageError
+
+REPO = Path(__file__).resolve().parents[2]
 
 MTIME = 1_700_000_000
 DEAD_PID = 99_999_999  # above any Linux pid_max, so never alive

@@ -1,7 +1,6 @@
 """The one per-process-state mechanism (issue #15): real forks and real pickles."""
 from __future__ import annotations
 
-import os
 import pickle
 import threading
 
@@ -9,6 +8,7 @@ import pytest
 
 from blip3o_storage.storage.process_state import ProcessLocal
 from blip3o_storage.storage.stats import Counters
+from blip3o_storage.testing.forking import in_forked_child
 
 
 class Holder(ProcessLocal):
@@ -22,18 +22,6 @@ class Holder(ProcessLocal):
     def _init_process_state(self) -> None:
         self._lock = threading.Lock()
         self.client = object()  # stands for a boto3 client / urllib3 pool
-
-
-def _in_child(fn) -> int:
-    """Run ``fn`` in a forked child; its return value (0-255) is the exit status."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os._exit(fn())
-        except BaseException:
-            os._exit(99)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
 
 
 def test_a_forked_child_gets_fresh_locks_and_clients_even_while_a_parent_thread_holds_the_lock() -> None:
@@ -51,7 +39,7 @@ def test_a_forked_child_gets_fresh_locks_and_clients_even_while_a_parent_thread_
     held.wait(5)
     try:
         # Without the at-fork reset the child would block forever on the copied, held lock.
-        code = _in_child(lambda: 0 if holder._lock.acquire(timeout=2) and holder.client is not parent_client else 1)
+        code = in_forked_child(lambda: 0 if holder._lock.acquire(timeout=2) and holder.client is not parent_client else 1)
     finally:
         release.set()
         thread.join()
@@ -71,7 +59,7 @@ def test_counters_are_per_process_and_reject_unknown_names() -> None:
     counters.add(hits=2)
     counters.tally("by_reason", "timeout")
     assert counters.snapshot() == {"hits": 2, "misses": 0, "by_reason": {"timeout": 1}}
-    assert _in_child(lambda: counters["hits"]) == 0  # a worker starts at zero, not at its parent's counts
+    assert in_forked_child(lambda: counters["hits"]) == 0  # a worker starts at zero, not at its parent's counts
     assert pickle.loads(pickle.dumps(counters)).snapshot() == {"hits": 0, "misses": 0, "by_reason": {}}
     with pytest.raises(KeyError, match="unknown counter 'hit'"):
         counters.add(hit=1)

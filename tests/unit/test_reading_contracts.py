@@ -26,6 +26,7 @@ from blip3o_storage.reading.shard_index import ShardIndex
 from blip3o_storage.reading.sources import CachedSource, ObjectSource, Ref, SampleSource, ShardSource, build_source
 from blip3o_storage.storage.facade import Storage
 from blip3o_storage.storage.process_state import ProcessLocal
+from blip3o_storage.testing.forking import in_forked_child
 
 BLOCK = 4096
 TAR_SIZE = 3 * BLOCK + 100
@@ -40,18 +41,6 @@ def shard(tmp_path: Path):
     index = ShardIndex({"version": 1, "shards": {"s": {"uri_name": "s.tar", "size": TAR_SIZE, "members": members}}},
                        source="test-index")
     return Storage(), str(tmp_path), data, index
-
-
-def _in_child(fn) -> int:
-    """Run ``fn`` in a forked child; its return value (0-255) is the exit status."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os._exit(fn())
-        except BaseException:
-            os._exit(99)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
 
 
 # -- SampleSource capabilities -------------------------------------------------------------
@@ -142,7 +131,7 @@ def test_forked_child_reads_blocks_while_a_parent_thread_holds_the_lock(shard) -
         return 0 if source.read(storage, ref) == data[10:110] and reader.stats()["fetches"] == 1 else 3
 
     try:
-        code = _in_child(child)
+        code = in_forked_child(child)
     finally:
         release.set()
         thread.join()
@@ -170,7 +159,7 @@ def test_prefetcher_pool_and_counters_are_per_process() -> None:
     p.submit(["k"], lambda: [b"v"])
     assert p.take("k") == b"v" and p.stats()["hits"] + p.stats()["waits"] == 1
     assert p._pool is not None
-    assert _in_child(lambda: 0 if p._pool is None and p.stats()["hits"] == 0 and p.take("k") is None else 1) == 0
+    assert in_forked_child(lambda: 0 if p._pool is None and p.stats()["hits"] == 0 and p.take("k") is None else 1) == 0
     clone = pickle.loads(pickle.dumps(p))
     assert clone._pool is None and clone.stats() == dict.fromkeys(p.stats(), 0)
     p.close()
@@ -193,5 +182,5 @@ def test_dataset_capabilities_come_from_the_source_not_probing(tmp_path: Path) -
     assert set(ds.stats()) == {"bad_samples", "reads", "storage_retries", "cache"}
     assert ds._read(ds.ceph_folder, None, "a.txt", [], ds.sample_source) == b"a caption"
     assert ds.stats()["cache"]["puts"] == 1 and ds._storage is not None
-    assert _in_child(lambda: 0 if ds._storage is None and ds.stats()["cache"]["puts"] == 0 else 1) == 0
+    assert in_forked_child(lambda: 0 if ds._storage is None and ds.stats()["cache"]["puts"] == 0 else 1) == 0
     assert pickle.loads(pickle.dumps(ds))._storage is None

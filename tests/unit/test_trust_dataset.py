@@ -20,12 +20,11 @@ import torch
 from PIL import Image
 
 from blip3o_storage import ConfigError, CorruptDataError, Storage
-from blip3o_storage.training.dataset import BLIP3oDataset, CaptionDataset, load_data_list
 from blip3o_storage.reading.disk_cache import DiskCache
+from blip3o_storage.testing.data import caption_tree as _tree
+from blip3o_storage.training.dataset import BLIP3oDataset, CaptionDataset, load_data_list
 from blip3o_storage.training.image_ops import decode_image, load_pixel_values
 from blip3o_storage.training.tokenizers import ByteTokenizer
-
-from blip3o_storage.testing.data import caption_tree as _tree
 
 NOBODY = 65534
 MID_GREY_16 = 32768  # 0x8000: the 8-bit value is 128, not 255

@@ -4,7 +4,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import assume, given, strategies as st
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from blip3o_storage import InvalidPathError, StorageURI, check_relpath, is_s3_uri, join_uri, parse_uri
 
