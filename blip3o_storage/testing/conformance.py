@@ -49,7 +49,7 @@ class BackendConformance:
         """(backend, folder URI): the folder starts empty."""
         return backend, root_uri
 
-    def test_put_get_roundtrip_binary(self, root):
+    def test_put_get_roundtrip_binary(self, root: tuple[Any, str]) -> None:
         storage, folder = root
         payload = bytes(range(256)) * 40
         uri = join_uri(folder, "data/blob.bin")
@@ -58,7 +58,7 @@ class BackendConformance:
         assert storage.stat(uri).size == len(payload)
 
     @pytest.mark.parametrize("name", NAMES)
-    def test_awkward_names_roundtrip(self, root, name):
+    def test_awkward_names_roundtrip(self, root: tuple[Any, str], name: str) -> None:
         storage, folder = root
         uri = join_uri(folder, name)
         storage.put(uri, name.encode())
@@ -67,7 +67,7 @@ class BackendConformance:
         keys = [info.key for info in storage.list(folder)]
         assert keys == [name]
 
-    def test_get_text_and_invalid_utf8(self, root):
+    def test_get_text_and_invalid_utf8(self, root: tuple[Any, str]) -> None:
         storage, folder = root
         storage.put(join_uri(folder, "cap.txt"), "a caption – with ünïcode\n".encode())
         assert storage.get_text(join_uri(folder, "cap.txt")) == "a caption – with ünïcode\n"
@@ -75,7 +75,7 @@ class BackendConformance:
         with pytest.raises(StorageError, match="bad.txt"):
             storage.get_text(join_uri(folder, "bad.txt"))
 
-    def test_ranged_get(self, root):
+    def test_ranged_get(self, root: tuple[Any, str]) -> None:
         storage, folder = root
         uri = join_uri(folder, "range.bin")
         payload = bytes(i % 251 for i in range(10_000))
@@ -87,7 +87,7 @@ class BackendConformance:
         with pytest.raises(InvalidPathError):
             storage.get_range(uri, -1, 5)
 
-    def test_missing_object_is_file_not_found_naming_uri(self, root):
+    def test_missing_object_is_file_not_found_naming_uri(self, root: tuple[Any, str]) -> None:
         storage, folder = root
         uri = join_uri(folder, "nope/missing.jpg")
         with pytest.raises(FileNotFoundError) as info:
@@ -100,7 +100,7 @@ class BackendConformance:
             storage.get_range(uri, 0, 4)
         assert not storage.exists(uri)
 
-    def test_exists_and_isdir(self, root):
+    def test_exists_and_isdir(self, root: tuple[Any, str]) -> None:
         storage, folder = root
         storage.put(join_uri(folder, "d/sub/f.txt"), b"x")
         assert storage.exists(join_uri(folder, "d/sub/f.txt"))
@@ -109,7 +109,7 @@ class BackendConformance:
         assert not storage.isdir(join_uri(folder, "d/sub/f.txt"))
         assert not storage.isdir(join_uri(folder, "other"))
 
-    def test_list_recursive_and_shallow(self, root):
+    def test_list_recursive_and_shallow(self, root: tuple[Any, str]) -> None:
         storage, folder = root
         for name in ["a.txt", "b/c.txt", "b/d/e.txt", "z.txt"]:
             storage.put(join_uri(folder, name), name.encode())
@@ -120,7 +120,7 @@ class BackendConformance:
         assert [i.key for i in storage.list(join_uri(folder, "b"))] == ["c.txt", "d/e.txt"]
         assert list(storage.list(join_uri(folder, "empty"))) == []
 
-    def test_list_paginates_past_one_page(self, root):
+    def test_list_paginates_past_one_page(self, root: tuple[Any, str]) -> None:
         storage, folder = root
         names = [f"many/{i:05d}.txt" for i in range(1105)]  # > 1000 keys: two LIST pages on S3
         for name in names:
@@ -128,7 +128,7 @@ class BackendConformance:
         listed = [info.key for info in storage.list(join_uri(folder, "many"))]
         assert listed == [n.split("/", 1)[1] for n in names]
 
-    def test_put_overwrites_and_delete(self, root):
+    def test_put_overwrites_and_delete(self, root: tuple[Any, str]) -> None:
         storage, folder = root
         uri = join_uri(folder, "over.txt")
         storage.put(uri, b"one")
@@ -138,14 +138,14 @@ class BackendConformance:
         assert not storage.exists(uri)
         storage.delete(uri)  # deleting a missing object is not an error (S3 semantics)
 
-    def test_storage_pickles_and_still_works(self, root):
+    def test_storage_pickles_and_still_works(self, root: tuple[Any, str]) -> None:
         storage, folder = root
         uri = join_uri(folder, "p.txt")
         storage.put(uri, b"pickled")
         clone = pickle.loads(pickle.dumps(storage))
         assert clone.get(uri) == b"pickled"
 
-    def test_join_rejects_escaping_relpaths(self, root):
+    def test_join_rejects_escaping_relpaths(self, root: tuple[Any, str]) -> None:
         _, folder = root
         for bad in ["../etc/passwd", "a/../../b", "/abs/path.jpg", ""]:
             with pytest.raises(InvalidPathError):

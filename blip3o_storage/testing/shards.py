@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from blip3o_storage.testing.data import jpeg
+from blip3o_storage.testing.endpoints import S3Endpoint
 from blip3o_storage.transfer.safe_tar import build_data_json, extract_shard
 
 SIZE = 32
@@ -76,12 +77,12 @@ def make_shards(root: Path, fmt: int = tarfile.PAX_FORMAT) -> Shards:
     return Shards(root, entries)
 
 
-def ds_for(shards: Shards, bucket: str, endpoint, mode: str, cls: Any = None, **kw) -> Any:
+def ds_for(shards: Shards, bucket: str, endpoint: S3Endpoint, mode: str, cls: Any = None, **kw: Any) -> Any:
     """A BLIP3oDataset (or ``cls``) over the uploaded shards: ``mode`` "shard" reads the tars, else raw/."""
     if cls is None:
         from blip3o_storage.training.dataset import BLIP3oDataset
         cls = BLIP3oDataset
-    args = dict(data_path=str(shards.data_json), ceph_config=endpoint.ceph_config(),
+    args: dict[str, Any] = dict(data_path=str(shards.data_json), ceph_config=endpoint.ceph_config(),
                 tokenizer=dict(type="ByteTokenizer"), image_size=SIZE, unconditional=0.0,
                 prompt_template=TEMPLATE, min_image_size=16)
     if mode == "shard":

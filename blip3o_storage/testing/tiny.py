@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,7 +13,8 @@ from PIL import Image
 
 from blip3o_storage.storage.facade import Storage
 from blip3o_storage.testing.data import jpeg as _jpeg
-from blip3o_storage.training.dataset import BLIP3oDataset
+from blip3o_storage.testing.endpoints import S3Endpoint
+from blip3o_storage.training.dataset import BLIP3oDataset, CaptionDataset
 
 SIZE = 32  # small output size keeps the tests fast; configs are checked at their own 512
 TEMPLATE = {"INSTRUCTION": "<|user|>\n{input}<|end|>\n<|assistant|>\n"}
@@ -94,18 +96,19 @@ def reference_pixels(path: Path, size: int) -> torch.Tensor:
     return torch.from_numpy(arr / 127.5 - 1.0).permute(2, 0, 1)
 
 
-def local_ds(data: TinyData, cls=BLIP3oDataset, **kw) -> BLIP3oDataset:
-    args = dict(data_path=str(data.data_json), image_folder=str(data.raw), cap_folder=str(data.raw),
-                tokenizer=dict(type="ByteTokenizer"), image_size=SIZE, unconditional=0.0,
-                prompt_template=TEMPLATE, min_image_size=80)
+def local_ds(data: TinyData, cls: type[CaptionDataset] = BLIP3oDataset, **kw: Any) -> CaptionDataset:
+    args: dict[str, Any] = dict(data_path=str(data.data_json), image_folder=str(data.raw), cap_folder=str(data.raw),
+                                tokenizer=dict(type="ByteTokenizer"), image_size=SIZE, unconditional=0.0,
+                                prompt_template=TEMPLATE, min_image_size=80)
     args.update(kw)
     return cls(**args)
 
 
-def s3_ds(tiny: TinyData, bucket: str, endpoint, cls=BLIP3oDataset, **kw) -> BLIP3oDataset:
+def s3_ds(tiny: TinyData, bucket: str, endpoint: S3Endpoint, cls: type[CaptionDataset] = BLIP3oDataset,
+          **kw: Any) -> CaptionDataset:
     """Remote only: no local folders, so every byte comes over HTTP."""
-    args = dict(data_path=str(tiny.data_json), ceph_folder=f"{bucket}/raw", ceph_config=endpoint.ceph_config(),
-                tokenizer=dict(type="ByteTokenizer"), image_size=SIZE, unconditional=0.0,
-                prompt_template=TEMPLATE)
+    args: dict[str, Any] = dict(data_path=str(tiny.data_json), ceph_folder=f"{bucket}/raw",
+                                ceph_config=endpoint.ceph_config(), tokenizer=dict(type="ByteTokenizer"),
+                                image_size=SIZE, unconditional=0.0, prompt_template=TEMPLATE)
     args.update(kw)
     return cls(**args)

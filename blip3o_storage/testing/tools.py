@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from blip3o_storage.storage.facade import Storage
+from blip3o_storage.testing.endpoints import S3Endpoint
 from blip3o_storage.testing.paths import REPO_ROOT, TOOLS
 
 UPLOAD = str(TOOLS / "upload.py")
@@ -51,7 +52,7 @@ def tool_main(name: str) -> Callable[[list[str]], int]:
     return module.main
 
 
-def run_upload_shards(endpoint, tmp_path: Path, *args: str) -> int:
+def run_upload_shards(endpoint: S3Endpoint, tmp_path: Path, *args: str) -> int:
     """``upload_shards`` in this process with a petreloss.conf for ``endpoint``; returns its exit status."""
     conf = endpoint.write_petreloss_conf(tmp_path / "petreloss.conf")
     return tool_main("upload_shards")(["--config", str(conf), *args])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 import boto3
 import botocore
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.ceph
 MiB = 1 << 20
 
 
-def raw_client(endpoint: S3Endpoint, **config: object):
+def raw_client(endpoint: S3Endpoint, **config: Any):
     """A plain boto3 client: botocore defaults plus path addressing (and ``config``)."""
     return boto3.client("s3", endpoint_url=endpoint.endpoint_url, region_name="us-east-1",
                         aws_access_key_id=endpoint.access_key, aws_secret_access_key=endpoint.secret_key,
@@ -95,7 +96,7 @@ def test_verify_ssl_false_works_without_ca_bundle(ceph_https_endpoint):
     _, bucket_uri = new_bucket(ceph_https_endpoint)
     storage = Storage({"endpoint_url": ceph_https_endpoint.endpoint_url, "access_key": ceph_https_endpoint.access_key,
                        "secret_key": ceph_https_endpoint.secret_key, "verify_ssl": False})
-    assert storage.backend_for(bucket_uri + "/x").settings.verify is False
+    assert storage.s3_backend(bucket_uri + "/x").settings.verify is False
     storage.put(f"{bucket_uri}/insecure.txt", b"ok")
     assert storage.get(f"{bucket_uri}/insecure.txt") == b"ok"
 

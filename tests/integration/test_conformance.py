@@ -69,7 +69,7 @@ def test_signed_http_path_passes_signature_checks_for_awkward_names(moto_auth_en
     with ``+``, ``%``, ``=&`` or non-ASCII (it re-encodes the decoded path), so those are checked
     against the real RGW only (the conformance suite with --ceph, where RGW verifies every request)."""
     storage = Storage(moto_auth_endpoint.ceph_config())
-    backend = storage.backend_for("s3://signed-names/x")
+    backend = storage.s3_backend("s3://signed-names/x")
     backend.ensure_bucket("signed-names")
     assert backend.http is not None  # path-style endpoint: object GET/PUT go the signed-HTTP way
     for name in ["plain.txt", "with space.jpg", "hash#tag.txt", "deep/er/path/file.bin"]:

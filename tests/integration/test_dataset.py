@@ -39,6 +39,7 @@ def test_caption_dataset_reads_json_captions_with_cap_source(tmp_path: Path, s3_
     storage, bucket = s3_bucket
     upload_tree(storage, tiny.raw, f"{bucket}/raw")
     ds = s3_ds(tiny, bucket, s3_endpoint, cls=CaptionDataset, cap_source="prompt")
+    assert ds.tokenizer is not None
     for i in tiny.good:
         image = tiny.entries[i]["image"]
         assert ds.tokenizer.decode(ds[i]["input_ids"]) == TEMPLATE["INSTRUCTION"].format(

@@ -26,7 +26,7 @@ class KeyEchoDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         uri = f"{self.bucket}/obj/{i:04d}.bin"
         data = self.storage.get(uri)
-        backend = self.storage.backend_for(uri)
+        backend = self.storage.s3_backend(uri)
         return {"index": i, "data": data, "pid": os.getpid(), "client_pid": backend._client_pid,
                 "client_id": id(backend.client)}
 

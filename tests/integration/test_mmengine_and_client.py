@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import io
 import sys
 
 import mmengine.fileio as fileio
@@ -77,7 +78,9 @@ def test_petrel_client_conventions(conf_bucket):
     assert client.get(url) is None  # missing key -> None, as the closed client
     assert client.put(url, b"jpeg-bytes") == len(b"jpeg-bytes")
     assert client.get(url) == b"jpeg-bytes"
-    assert client.get(url, enable_stream=True).read() == b"jpeg-bytes"
+    stream = client.get(url, enable_stream=True)
+    assert isinstance(stream, io.BytesIO)
+    assert stream.read() == b"jpeg-bytes"
     assert client.contains(url) and not client.contains(f"cluster1:{bucket}/images")
     assert client.isdir(f"cluster1:{bucket}/images")
     client.put(f"{bucket}/images/sub/x.txt", "text")

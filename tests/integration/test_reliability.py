@@ -26,7 +26,7 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import pytest
@@ -255,7 +255,7 @@ def test_dataloader_under_faults_every_sample_exact_and_retries_counted(tmp_path
 # =========================================================================
 # 3. bad inputs: clear errors naming the input, no secrets
 # =========================================================================
-MALFORMED_CONFIGS = {
+MALFORMED_CONFIGS: Dict[str, Tuple[Union[str, bytes], str]] = {
     "not_ini": ("this is not an ini file\nsecret_key = " + SECRET, "not a valid INI"),
     "duplicate_section": (f"[c]\nhost_base = http://h\nsecret_key = {SECRET}\n[c]\nhost_base = http://h\n",
                           "not a valid INI"),
@@ -299,7 +299,7 @@ def test_missing_ceph_config_file_and_wrong_type(tmp_path):
         Storage(str(path)).get("s3://bucket/key")
     assert_names_and_no_secret(info.value, str(path), "does not exist")
     with pytest.raises(ConfigError, match="not int"):
-        load_config(42)
+        load_config(42)  # type: ignore[arg-type]  # deliberately the wrong type: the test checks it is refused
 
 
 def test_unknown_cluster_names_cluster_file_and_known_ones(tmp_path):
@@ -351,11 +351,11 @@ def test_wrong_credentials_are_access_denied_naming_the_uri(tmp_path, moto_auth_
     local_json.write_bytes(good.get(f"{bucket_uri}/data/data.json"))
     ds = BLIP3oDataset(data_path=str(local_json), ceph_folder=f"{bucket_uri}/data/raw", ceph_config=str(path),
                        max_retries=0, **dataset_kwargs())
-    with pytest.raises(SampleRetriesExhaustedError) as info:
+    with pytest.raises(SampleRetriesExhaustedError) as exhausted:
         ds[0]
     assert ds.bad_sample_counts == {"access_denied": 1}
     assert ds.bad_samples_log[-1].uri == f"{bucket_uri}/data/raw/a.jpg"
-    assert_names_and_no_secret(info.value, f"{bucket_uri}/data/raw/a.jpg", "access_denied", secrets=secrets)
+    assert_names_and_no_secret(exhausted.value, f"{bucket_uri}/data/raw/a.jpg", "access_denied", secrets=secrets)
 
 
 def test_missing_bucket_is_bucket_not_found_naming_it(tmp_path, moto_endpoint):
@@ -367,16 +367,16 @@ def test_missing_bucket_is_bucket_not_found_naming_it(tmp_path, moto_endpoint):
         assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, ObjectNotFoundError)
         assert_names_and_no_secret(info.value, uri, "bucket does not exist", secrets=(moto_endpoint.secret_key,))
     # HEAD answers have no body, so no NoSuchBucket code: stat can only say "not found" (still named)
-    with pytest.raises(ObjectNotFoundError) as info:
+    with pytest.raises(ObjectNotFoundError) as not_found:
         storage.stat(uri)
-    assert isinstance(info.value, FileNotFoundError)
-    assert_names_and_no_secret(info.value, uri, secrets=(moto_endpoint.secret_key,))
+    assert isinstance(not_found.value, FileNotFoundError)
+    assert_names_and_no_secret(not_found.value, uri, secrets=(moto_endpoint.secret_key,))
     assert storage.exists(uri) is False
-    with pytest.raises(ObjectNotFoundError) as info:
+    with pytest.raises(ObjectNotFoundError) as not_found:
         BLIP3oDataset(data_path="s3://rel-no-such-bucket-4711/data.json", ceph_folder="s3://rel-no-such-bucket-4711/raw",
                       ceph_config=moto_endpoint.ceph_config(), **dataset_kwargs())
-    assert isinstance(info.value, FileNotFoundError)
-    assert_names_and_no_secret(info.value, "s3://rel-no-such-bucket-4711/data.json",
+    assert isinstance(not_found.value, FileNotFoundError)
+    assert_names_and_no_secret(not_found.value, "s3://rel-no-such-bucket-4711/data.json",
                                secrets=(moto_endpoint.secret_key,))
     # the uploader: exit 2 and the bucket named
     src = tmp_path / "src"
@@ -545,8 +545,8 @@ def test_property_petreloss_conf_round_trips(tmp_path, clusters, data):
             if secret:
                 assert secret not in repr(settings_) and secret not in settings_.describe()
                 assert secret not in repr(config)
-        assert Storage(str(path)).backend_for(f"{name}:s3://bucket/key").settings == settings_
-    assert Storage(str(path)).backend_for("s3://bucket/key").settings == config.settings_for(default)
+        assert Storage(str(path)).s3_backend(f"{name}:s3://bucket/key").settings == settings_
+    assert Storage(str(path)).s3_backend("s3://bucket/key").settings == config.settings_for(default)
 
 
 _CONF_KEYS = sorted({"host_base", "endpoint_url", "access_key", "secret_key", "max_attempts", "max_pool_connections",
@@ -633,7 +633,7 @@ class ThreadedReads(Dataset):
 
     def __init__(self, config: dict, uris: List[str], chunk: int, threads: int) -> None:
         self.config, self.uris, self.chunk, self.threads = config, uris, chunk, threads
-        self._storage = None
+        self._storage: Optional[Storage] = None
 
     def __len__(self) -> int:
         return (len(self.uris) + self.chunk - 1) // self.chunk
@@ -644,7 +644,7 @@ class ThreadedReads(Dataset):
         uris = self.uris[index * self.chunk:(index + 1) * self.chunk]
         with ThreadPoolExecutor(self.threads) as pool:
             datas = list(pool.map(self._storage.get, uris))
-        backend = self._storage.backend_for(uris[0])
+        backend = self._storage.s3_backend(uris[0])
         return {"uris": uris, "md5": [hashlib.md5(d).hexdigest() for d in datas], "pid": os.getpid(),
                 "client": id(backend.client), "pool_full": len(POOL_FULL)}
 

@@ -3,6 +3,7 @@ never clears ends in a clear error naming the URI."""
 from __future__ import annotations
 
 import hashlib
+from typing import Any, Dict
 
 import pytest
 
@@ -33,7 +34,7 @@ def test_every_read_byte_correct_under_mixed_faults(moto_endpoint, seeded_bucket
         storage = proxied_storage(moto_endpoint, proxy, max_attempts=8)
         for i in range(100):
             assert storage.get(f"{seeded_bucket}/k/{i:04d}") == content(i)
-        stats = storage.retry_stats()["default"]
+        stats: Dict[str, Any] = storage.retry_stats()["default"]
     assert proxy.counts["truncate"] > 0 and proxy.counts["reset"] > 0 and proxy.counts["slowdown"] > 0
     # Truncated bodies are ours to retry (botocore does not); 503s and resets mostly botocore's.
     assert stats["by_reason"].get("truncated-body", 0) > 0

@@ -113,7 +113,9 @@ class _WhoGetsWhat(Dataset):
         return 23
 
     def __getitem__(self, idx: int):
-        return idx, get_worker_info().id
+        info = get_worker_info()
+        assert info is not None  # only ever read in a DataLoader worker
+        return idx, info.id
 
 
 @pytest.mark.parametrize("batch_size,drop_last", [(3, False), (4, True), (1, False)])
@@ -135,6 +137,7 @@ class _Probe(BLIP3oDataset):
 
     def __getitem__(self, idx: int):
         sample = super().__getitem__(idx)
+        assert self._prefetcher is not None
         sample["prefetch"] = dict(self._prefetcher.stats())
         return sample
 

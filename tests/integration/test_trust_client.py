@@ -22,7 +22,7 @@ import textwrap
 import threading
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import mmengine.fileio as fileio
 import mmengine.fileio.io as fileio_io
@@ -380,7 +380,7 @@ def _pip_install(project: Path, target: Path, *, editable: bool) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _python(code: str, *sitedirs: Path, env_extra: dict = None) -> subprocess.CompletedProcess:
+def _python(code: str, *sitedirs: Path, env_extra: Optional[dict] = None) -> subprocess.CompletedProcess:
     """A fresh interpreter without PYTHONPATH (so the repo is not on the path) whose site
     directories are ``sitedirs`` (their .pth files run, as in site-packages), then this venv's
     (for boto3, mmengine). ``-S`` defers the venv's own site-packages: its editable install of the

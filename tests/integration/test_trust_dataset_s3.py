@@ -24,6 +24,7 @@ def test_long_key_still_reads_from_s3(tmp_path: Path, s3_bucket, s3_endpoint) ->
     data_json.write_text(json.dumps([{"image": f"{long_name}/a.jpg", "annotation": f"{long_name}/a.txt"}]))
     ds = BLIP3oDataset(data_path=str(data_json), ceph_folder=f"{bucket}/raw", ceph_config=s3_endpoint.ceph_config(),
                        tokenizer=ByteTokenizer(), image_size=16, unconditional=0.0)
+    assert ds.tokenizer is not None
     assert ds.tokenizer.decode(ds[0]["input_ids"]) == "Generate an image: long key"
     assert ds.bad_sample_counts == {}
 

@@ -90,7 +90,7 @@ SLACK = 3.0
 def _warm(storage: Storage, uri: str) -> None:
     """Build this process's boto3 client and signed-HTTP pool (no request is sent) outside the
     timed window: under CI load, loading botocore's service model alone took ~4 s."""
-    backend = storage.backend_for(uri)
+    backend = storage.s3_backend(uri)
     assert backend.http is not None or backend.client is not None
 
 
@@ -188,7 +188,7 @@ def _tiny_tree(root) -> None:
 
 def test_dataset_counts_a_stalled_read_or_falls_back(tmp_path) -> None:
     _tiny_tree(tmp_path)
-    common = dict(data_path=str(tmp_path / "data.json"), ceph_folder="s3://stalled-bucket/raw",
+    common: dict[str, Any] = dict(data_path=str(tmp_path / "data.json"), ceph_folder="s3://stalled-bucket/raw",
                   tokenizer=dict(type="ByteTokenizer"), image_size=32, unconditional=0.0,
                   inline_captions=False)
     with SilentListener() as store:
@@ -230,7 +230,7 @@ def test_fast_path_signs_the_payload_and_content_md5_on_plain_http(moto_endpoint
 
     with FaultProxy(moto_endpoint.endpoint_url, rewrite_request=record) as proxy:
         storage = Storage(moto_endpoint.ceph_config(endpoint_url=proxy.endpoint_url))
-        assert storage.backend_for(bucket + "/x").http is not None
+        assert storage.s3_backend(bucket + "/x").http is not None
         storage.put(f"{bucket}/signed.bin", b"payload" * 1000)
     (put,) = seen
     assert put["x-amz-content-sha256"] == hashlib.sha256(put["body"]).hexdigest()
@@ -262,7 +262,7 @@ def test_fast_path_refreshes_expiring_credentials(moto_auth_endpoint) -> None:
     from botocore.credentials import RefreshableCredentials
 
     storage = Storage(moto_auth_endpoint.ceph_config())
-    backend = storage.backend_for("s3://refresh-bucket/x")
+    backend = storage.s3_backend("s3://refresh-bucket/x")
     backend.ensure_bucket("refresh-bucket")
     storage.put("s3://refresh-bucket/k", b"refreshed")
     refreshes = []
@@ -276,6 +276,7 @@ def test_fast_path_refreshes_expiring_credentials(moto_auth_endpoint) -> None:
     expired = RefreshableCredentials.create_from_metadata(
         {"access_key": "AKIAEXPIRED", "secret_key": "expired", "token": None,
          "expiry_time": datetime.datetime.now(datetime.timezone.utc).isoformat()}, refresh, "test")
+    assert backend.http is not None
     backend.http._credentials = lambda: expired
     assert storage.get("s3://refresh-bucket/k") == b"refreshed"
     assert refreshes

@@ -261,7 +261,7 @@ def _conf(tmp_path: Path, endpoint: S3Endpoint, url: str, name: str, **extra: ob
 def test_store_dying_mid_upload_stops_early_once_and_rerun_resumes(tmp_path, moto_endpoint):
     storage = Storage(moto_endpoint.ceph_config())
     bucket = f"down-{os.urandom(4).hex()}"
-    storage.backend_for(f"s3://{bucket}/x").ensure_bucket(bucket)
+    storage.s3_backend(f"s3://{bucket}/x").ensure_bucket(bucket)
     src = make_dataset(tmp_path, n=200, size=20_000, shards=("s1",))  # 400 files + data.json
     total = len(local_files(src))
     proxy = FaultProxy(moto_endpoint.endpoint_url).start()
@@ -348,7 +348,7 @@ def test_timeouts_count_as_store_down_like_refused_connections(tmp_path, moto_en
     timeout, and after a round of them the run stops instead of trying every remaining file."""
     storage = Storage(moto_endpoint.ceph_config())
     bucket = f"stall-{os.urandom(4).hex()}"
-    storage.backend_for(f"s3://{bucket}/x").ensure_bucket(bucket)
+    storage.s3_backend(f"s3://{bucket}/x").ensure_bucket(bucket)
     src = make_dataset(tmp_path, n=30, size=1000, shards=("s1",))
     plan = plan_upload(src)
     with FaultProxy(moto_endpoint.endpoint_url, rates=FaultRates(stall=1.0, stall_seconds=5)) as proxy:
@@ -356,7 +356,7 @@ def test_timeouts_count_as_store_down_like_refused_connections(tmp_path, moto_en
         slow = Storage(S3Endpoint("stalled", url, moto_endpoint.access_key,
                                   moto_endpoint.secret_key).ceph_config(read_timeout=0.5, connect_timeout=0.5,
                                                                         max_attempts=1))
-        backend = slow.backend_for(f"s3://{bucket}/x")
+        backend = slow.s3_backend(f"s3://{bucket}/x")
         started = time.monotonic()
         report = upload_all(plan.items, backend, bucket, workers=2, existing={})
         took = time.monotonic() - started

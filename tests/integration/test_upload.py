@@ -36,7 +36,7 @@ def count_requests(storage: Storage, bucket_uri: str) -> Counter:
 
     def hook(model, **_):
         counts[model.name] += 1
-    backend = storage.backend_for(bucket_uri + "/x")
+    backend = storage.s3_backend(bucket_uri + "/x")
     backend.client.meta.events.register("before-call.s3", hook)
     if backend.http is not None:
         backend.http.listeners.append(lambda operation: counts.update([operation]))
@@ -277,7 +277,7 @@ def test_failed_create_bucket_exits_2_in_both_tools(tmp_path, s3_endpoint, reque
         assert ("cannot create bucket" if failure == "invalid name" else "access denied") in proc.stderr
         assert "uploaded" not in proc.stdout  # stopped before any upload
     if failure == "invalid name":
-        names = {b["Name"] for b in Storage(s3_endpoint.ceph_config()).backend_for("s3://x/y")
+        names = {b["Name"] for b in Storage(s3_endpoint.ceph_config()).s3_backend("s3://x/y")
                  .client.list_buckets()["Buckets"]}
         assert bucket not in names
 

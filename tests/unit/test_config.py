@@ -2,6 +2,8 @@
 botocore settings that come out (checksums, addressing, pool, retries)."""
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from blip3o_storage import ConfigError, Storage, load_config, load_petreloss_conf
@@ -127,13 +129,14 @@ def test_environment_chain(monkeypatch, tmp_path):
 
 
 def test_botocore_config_for_ceph_vs_aws():
-    ceph = botocore_config(load_config({"endpoint_url": "https://rgw.example:443"}).settings_for(None))
+    # botocore's Config sets its options as attributes at runtime, so they are untyped.
+    ceph: Any = botocore_config(load_config({"endpoint_url": "https://rgw.example:443"}).settings_for(None))
     assert ceph.request_checksum_calculation == "when_required"
     assert ceph.response_checksum_validation == "when_required"
     assert ceph.s3["addressing_style"] == "path"
     assert ceph.retries == {"mode": "standard", "total_max_attempts": 5}
     assert ceph.max_pool_connections == 64
-    aws = botocore_config(load_config({"region": "eu-west-1"}).settings_for(None))
+    aws: Any = botocore_config(load_config({"region": "eu-west-1"}).settings_for(None))
     assert aws.s3["addressing_style"] == "auto"
     assert aws.request_checksum_calculation != "when_required" or aws.request_checksum_calculation is None
 

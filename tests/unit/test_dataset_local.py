@@ -55,6 +55,7 @@ def test_local_sample_matches_openuni_contract(tiny: TinyData) -> None:
         ids = sample["input_ids"]
         assert ids.dtype == torch.long and ids.dim() == 1
         expected = TEMPLATE["INSTRUCTION"].format(input=f"Generate an image: {tiny.captions[image].strip()}")
+        assert ds.tokenizer is not None
         assert ds.tokenizer.decode(ids) == expected
         assert ids[0] == ByteTokenizer.bos_token_id and ids[-1] == ByteTokenizer.eos_token_id
     assert ds.bad_sample_counts == {}
@@ -78,6 +79,7 @@ def test_unconditional_and_truncation(tiny: TinyData) -> None:
     ids = ds[0]["input_ids"]
     assert len(ids) == 10
     full = local_ds(tiny, unconditional=1.0, max_length=1000)[0]["input_ids"]
+    assert ds.tokenizer is not None
     assert ds.tokenizer.decode(full) == TEMPLATE["INSTRUCTION"].format(input="Generate an image.")
     assert torch.equal(ids, full[:10])
 
@@ -219,6 +221,7 @@ def test_local_config_builds_a_working_dataset(tiny: TinyData, monkeypatch: pyte
     assert isinstance(ds, BLIP3oDataset)
     sample = ds[0]
     assert sample["pixel_values"].shape == (3, 512, 512)
+    assert ds.tokenizer is not None
     assert ds.tokenizer.decode(sample["input_ids"]).startswith("<|user|>\n")
     # the data root from the environment, no overrides
     monkeypatch.setenv("BLIP3O_DATA_ROOT", str(tiny.root))
@@ -240,7 +243,9 @@ def test_build_component_forms() -> None:
     tok = ByteTokenizer()
     assert build_component(tok) is tok
     assert isinstance(build_component(ByteTokenizer), ByteTokenizer)
-    assert build_component(dict(type="ByteTokenizer", add_eos=False)).add_eos is False
+    built = build_component(dict(type="ByteTokenizer", add_eos=False))
+    assert built is not None
+    assert built.add_eos is False
     assert isinstance(build_component(dict(type=ByteTokenizer)), ByteTokenizer)
     assert isinstance(build_component(dict(type="blip3o_storage.training.tokenizers.ByteTokenizer")), ByteTokenizer)
     assert build_component(dict(type=lambda n: n * 2, n=21)) == 42
@@ -266,7 +271,9 @@ def test_byte_tokenizer_round_trip() -> None:
     ids = tok.encode(text)
     assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
     assert max(ids) < tok.vocab_size and tok.decode(ids) == text
-    assert tok.encode(text, return_tensors="pt").shape == (1, len(ids))
+    pt = tok.encode(text, return_tensors="pt")
+    assert isinstance(pt, torch.Tensor)
+    assert pt.shape == (1, len(ids))
     assert tok(text)["input_ids"] == ids and tok.encode(text, add_special_tokens=False) == ids[1:-1]
 
 

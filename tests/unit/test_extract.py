@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import pytest
 
@@ -160,7 +160,7 @@ def test_data_filter_is_applied(tmp_path: Path) -> None:
     assert mode == 0o755
 
 
-HOSTILE = {
+HOSTILE: dict[str, Callable[[Path], list[tuple[tarfile.TarInfo, Optional[bytes]]]]] = {
     "traversal": lambda t: [reg("../evil.txt", b"pwned")],
     "nested_traversal": lambda t: [reg("sub/../../evil.txt", b"pwned")],
     "absolute": lambda t: [reg(str(t / "abs_evil.txt"), b"pwned")],

@@ -39,7 +39,8 @@ def test_a_forked_child_gets_fresh_locks_and_clients_even_while_a_parent_thread_
     held.wait(5)
     try:
         # Without the at-fork reset the child would block forever on the copied, held lock.
-        code = in_forked_child(lambda: 0 if holder._lock.acquire(timeout=2) and holder.client is not parent_client else 1)
+        code = in_forked_child(
+            lambda: 0 if holder._lock.acquire(timeout=2) and holder.client is not parent_client else 1)
     finally:
         release.set()
         thread.join()

@@ -8,7 +8,7 @@ import tarfile
 import threading
 import time
 from pathlib import Path
-from typing import List
+from typing import IO, Any, Dict, List, cast
 
 import numpy as np
 import pytest
@@ -35,7 +35,7 @@ def test_index_offsets_point_at_member_bytes(tmp_path: Path, fmt: int) -> None:
     assert f"sub/{LONG}.jpg" in entry["members"]
     blob = tar.read_bytes()
     with tarfile.open(tar) as tf:
-        regular = {m.name: tf.extractfile(m).read() for m in tf if m.isreg()}
+        regular = {m.name: cast(IO[bytes], tf.extractfile(m)).read() for m in tf if m.isreg()}  # set for regular files
     assert set(entry["members"]) == set(regular)
     for name, (offset, size) in entry["members"].items():
         assert blob[offset:offset + size] == regular[name]
@@ -90,7 +90,7 @@ def test_shard_index_resolve_and_validation(shards: Shards) -> None:
         idx.resolve("dalle3/99999.jpg")
     with pytest.raises(CorruptDataError, match="version"):
         ShardIndex({"version": 2, "shards": {}})
-    bad = {"version": 1, "shards": {"x": {"uri_name": "x.tar", "size": 10, "members": {"a": [8, 5]}}}}
+    bad: Dict[str, Any] = {"version": 1, "shards": {"x": {"uri_name": "x.tar", "size": 10, "members": {"a": [8, 5]}}}}
     with pytest.raises(CorruptDataError, match="outside"):
         ShardIndex(bad)
     bad["shards"]["x"]["uri_name"] = "../x.tar"
@@ -149,7 +149,9 @@ def test_disk_cache_concurrent_writers_never_serve_corrupt_bytes(tmp_path: Path)
 def test_prefetcher_bounds_its_buffer() -> None:
     p = Prefetcher(depth=2, threads=1)
     for i in range(50):
-        p.submit([f"k{i}"], lambda i=i: [bytes([i])])
+        def fetch(i: int = i) -> List[bytes]:
+            return [bytes([i])]
+        p.submit([f"k{i}"], fetch)
     assert len(p._pending) <= p.max_pending and p.stats()["dropped"] == 50 - p.max_pending
     assert p.take("k49") == bytes([49]) and p.take("k0") is None
     p.close()

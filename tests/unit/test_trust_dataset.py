@@ -96,6 +96,7 @@ def _ds(data_json: Path, cls=BLIP3oDataset, **kw: Any) -> BLIP3oDataset:
 
 
 def _prompt(ds: BLIP3oDataset, idx: int) -> str:
+    assert ds.tokenizer is not None
     return ds.tokenizer.decode(ds[idx]["input_ids"])
 
 
@@ -130,6 +131,7 @@ def test_empty_captions_are_bad_samples(tmp_path: Path, suffix: str, content: An
     with caplog.at_level(logging.WARNING, logger="blip3o_storage.training.dataset"):
         sample = ds[0]
     assert sample["image_file"] == "good.jpg"
+    assert ds.tokenizer is not None
     assert ds.tokenizer.decode(sample["input_ids"]) == "Generate an image: good one"
     assert ds.bad_sample_counts == {"empty_caption": 1}
     record = ds.bad_samples_log[-1]
