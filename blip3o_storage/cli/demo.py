@@ -44,7 +44,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from blip3o_storage.cli.common import EXIT_FAILED, EXIT_OK, interruptible
+from blip3o_storage.cli.common import EXIT_FAILED, EXIT_OK, interruptible, parser_from_doc
 
 #: The checkout this package runs from (an editable install or PYTHONPATH): tools/ and configs/.
 REPO = Path(__file__).resolve().parents[2]
@@ -256,9 +256,7 @@ def build_ceph_dataset(data_root: Path, ceph_folder: str, conf: Path, image_size
 
 # -- the job ---------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=next(p for p in __doc__.split("\n\n") if p.startswith("Exit status")))
+    ap = parser_from_doc(__doc__ or "")
     ap.add_argument("--work-dir", type=Path, default=Path("demo-work"),
                     help="everything goes here (default %(default)s)")
     ap.add_argument("--samples-per-shard", type=int, default=40, help="default %(default)s -> 440 samples")

@@ -39,7 +39,7 @@ from typing import Any
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from blip3o_storage.cli.common import EXIT_FAILED, EXIT_OK, ignore_sigint, interruptible
+from blip3o_storage.cli.common import EXIT_FAILED, EXIT_OK, ignore_sigint, interruptible, parser_from_doc
 from blip3o_storage.transfer.safe_tar import ExtractResult, extract_shard, shard_name
 
 log = logging.getLogger("extract")
@@ -143,9 +143,7 @@ def _stop_workers(stop: Any, pending: set) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the process exit status."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=next(p for p in __doc__.split("\n\n") if p.startswith("Exit status")))
+    ap = parser_from_doc(__doc__ or "")
     ap.add_argument("--src", required=True, type=Path, help="directory holding the *.tar shards")
     ap.add_argument("--dest", required=True, type=Path, help="e.g. data/BLIP3o-60k/raw")
     ap.add_argument("--workers", type=int, default=None,

@@ -30,7 +30,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from blip3o_storage.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, interruptible
+from blip3o_storage.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, interruptible, parser_from_doc
 from blip3o_storage.errors import StorageError
 from blip3o_storage.transfer.safe_tar import build_data_json, data_json_text, fsync_dir, log_unpaired
 
@@ -66,9 +66,7 @@ def inline_captions(entries: list[dict[str, str]], raw: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the process exit status."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=next(p for p in __doc__.split("\n\n") if p.startswith("Exit status")))
+    ap = parser_from_doc(__doc__ or "")
     ap.add_argument("--raw", required=True, type=Path, help="e.g. data/BLIP3o-60k/raw")
     ap.add_argument("--out", required=True, type=Path, help="e.g. data/BLIP3o-60k/data.json")
     ap.add_argument("--strict", action="store_true",

@@ -19,7 +19,6 @@ Exit status (see ``blip3o_storage.cli.common``): 0 generated or already there;
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -35,7 +34,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from blip3o_storage.cli.common import EXIT_OK, ignore_sigint, interruptible
+from blip3o_storage.cli.common import EXIT_OK, ignore_sigint, interruptible, parser_from_doc
 
 log = logging.getLogger("make_demo_data")
 
@@ -211,9 +210,7 @@ def generate(out: Path, samples_per_shard: int = 40, seed: int = 0, image_size: 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the process exit status."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=next(p for p in __doc__.split("\n\n") if p.startswith("Exit status")))
+    ap = parser_from_doc(__doc__ or "")
     ap.add_argument("--out", type=Path, default=Path("demo-work/tars"), help="folder for the *.tar shards "
                     "(default %(default)s)")
     ap.add_argument("--samples-per-shard", type=int, default=40, help="image+caption pairs per shard "
