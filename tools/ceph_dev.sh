@@ -383,8 +383,10 @@ EOF
     # --- S3 user
     ak="$(openssl rand -hex 10 | tr 'a-f' 'A-F')"
     sk="$(openssl rand -hex 20)"
+    # --max-buckets=0: no per-user bucket limit (RGW's default is 1000; every test makes its own
+    # bucket, so repeated suites against one long-lived dev cluster hit TooManyBuckets).
     timeout 60 radosgw-admin -c "$CONF" user create --uid=blip3o --display-name=blip3o \
-        --access-key="$ak" --secret="$sk" >"$LOG/user-create.out" 2>&1 \
+        --access-key="$ak" --secret="$sk" --max-buckets=0 >"$LOG/user-create.out" 2>&1 \
         || fail "radosgw-admin user create failed (see $LOG/user-create.out)"
 
     cat >"$DIR/env" <<EOF
