@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import queue as queue_mod
 import signal
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -125,6 +126,65 @@ def _drain(q: Any, bar: tqdm, done_bytes: dict[str, int]) -> None:
         bar.update(n)
 
 
+def _run_pool(args: argparse.Namespace, tars: list[Path], names: dict[str, str], sizes: dict[str, int],
+              workers: int, interrupted: threading.Event, results: list[ExtractResult],
+              failures: list[tuple[str, str]], done_bytes: dict[str, int]) -> None:
+    """Extract every shard in a process pool, filling ``results``/``failures``; raises
+    KeyboardInterrupt once ``interrupted`` is set and the shards in progress have stopped."""
+    with Manager() as mgr, logging_redirect_tqdm():
+        q, stop = mgr.Queue(), mgr.Event()
+        bar = tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, unit_divisor=1024,
+                   desc=f"shards 0/{len(tars)}", disable=None)
+        with bar, ProcessPoolExecutor(max_workers=workers, initializer=ignore_sigint) as pool:
+            futs: dict[Future, str] = {
+                pool.submit(_worker, str(t), str(args.dest), args.overwrite, q, stop): str(t)
+                for t in tars
+            }
+            pending = set(futs)
+            n_done = 0
+            try:
+                while pending:
+                    if interrupted.is_set():
+                        raise KeyboardInterrupt
+                    finished, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+                    _drain(q, bar, done_bytes)
+                    for fut in finished:
+                        tar = futs[fut]
+                        shard = names[tar]
+                        n_done += 1
+                        try:
+                            res = fut.result()
+                        except Exception as e:  # noqa: BLE001 - one shard's failure must not stop the rest
+                            failures.append((shard, f"{type(e).__name__}: {e}"))
+                            log.error("shard %s FAILED: %s: %s", shard, type(e).__name__, e)
+                        else:
+                            if res is None:  # not started: the run is being interrupted
+                                continue
+                            results.append(res)
+                            if res.skipped_already_done:
+                                log.info("shard %s already extracted, skipped", shard)
+                            else:
+                                log.info("shard %s: %d files, %.1f MB", shard, res.files,
+                                         res.bytes / 1e6)
+                            if res.duplicates:
+                                log.warning("shard %s: %d repeated member name(s), the last copy of "
+                                            "each extracted: %s%s", shard, len(res.duplicates),
+                                            ", ".join(res.duplicates[:20]),
+                                            f" (+{len(res.duplicates) - 20} more)"
+                                            if len(res.duplicates) > 20 else "")
+                        # top the bar up to the tar size (headers, skipped or failed shards)
+                        _drain(q, bar, done_bytes)
+                        rest = sizes[tar] - done_bytes.get(shard, 0)
+                        if rest > 0:
+                            bar.update(rest)
+                            done_bytes[shard] = sizes[tar]
+                        bar.set_description(f"shards {n_done}/{len(tars)}")
+            except KeyboardInterrupt:  # a worker's shard interrupted raises here too
+                _stop_workers(stop, pending)
+                log.warning("interrupted: stopping the shard(s) in progress (finished shards stay)")
+                raise
+
+
 def _stop_workers(stop: Any, pending: set) -> None:
     """Ctrl-C in the parent: no new shard starts, and the workers' running shards stop (the
     SIGINT is forwarded, for when it was sent to this process alone rather than the group)."""
@@ -178,56 +238,16 @@ def _run(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     failures: list[tuple[str, str]] = []
     done_bytes: dict[str, int] = {}
 
-    with Manager() as mgr, logging_redirect_tqdm():
-        q, stop = mgr.Queue(), mgr.Event()
-        bar = tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, unit_divisor=1024,
-                   desc=f"shards 0/{len(tars)}", disable=None)
-        with bar, ProcessPoolExecutor(max_workers=workers, initializer=ignore_sigint) as pool:
-            futs: dict[Future, str] = {
-                pool.submit(_worker, str(t), str(args.dest), args.overwrite, q, stop): str(t)
-                for t in tars
-            }
-            pending = set(futs)
-            n_done = 0
-            try:
-                while pending:
-                    finished, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
-                    _drain(q, bar, done_bytes)
-                    for fut in finished:
-                        tar = futs[fut]
-                        shard = names[tar]
-                        n_done += 1
-                        try:
-                            res = fut.result()
-                        except Exception as e:  # noqa: BLE001 - one shard's failure must not stop the rest
-                            failures.append((shard, f"{type(e).__name__}: {e}"))
-                            log.error("shard %s FAILED: %s: %s", shard, type(e).__name__, e)
-                        else:
-                            if res is None:  # not started: the run is being interrupted
-                                continue
-                            results.append(res)
-                            if res.skipped_already_done:
-                                log.info("shard %s already extracted, skipped", shard)
-                            else:
-                                log.info("shard %s: %d files, %.1f MB", shard, res.files,
-                                         res.bytes / 1e6)
-                            if res.duplicates:
-                                log.warning("shard %s: %d repeated member name(s), the last copy of "
-                                            "each extracted: %s%s", shard, len(res.duplicates),
-                                            ", ".join(res.duplicates[:20]),
-                                            f" (+{len(res.duplicates) - 20} more)"
-                                            if len(res.duplicates) > 20 else "")
-                        # top the bar up to the tar size (headers, skipped or failed shards)
-                        _drain(q, bar, done_bytes)
-                        rest = sizes[tar] - done_bytes.get(shard, 0)
-                        if rest > 0:
-                            bar.update(rest)
-                            done_bytes[shard] = sizes[tar]
-                        bar.set_description(f"shards {n_done}/{len(tars)}")
-            except KeyboardInterrupt:  # a worker's shard interrupted raises here too
-                _stop_workers(stop, pending)
-                log.warning("interrupted: stopping the shard(s) in progress (finished shards stay)")
-                raise
+    # Ctrl-C only sets a flag that the loop acts on between waits. Raised asynchronously, the
+    # KeyboardInterrupt could land inside concurrent.futures.wait() while it holds a Future's lock:
+    # the pool's manager thread then blocks on that lock and shutdown() joins it forever (seen
+    # under load in CI). The flag stays set up until the pool has shut down.
+    interrupted = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
+    try:
+        _run_pool(args, tars, names, sizes, workers, interrupted, results, failures, done_bytes)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
     elapsed = time.monotonic() - t0
     extracted = [r for r in results if not r.skipped_already_done]
