@@ -25,6 +25,7 @@ from blip3o_storage.transfer.safe_tar import (
     scan_tar,
     shard_name,
 )
+from blip3o_storage.transfer.tree_walk import is_hidden
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -95,7 +96,8 @@ def data_json_from_index(index: Mapping[str, Any],
                          caption_ext: str = ".txt") -> Tuple[List[Dict[str, str]], DataJsonReport]:
     """What :func:`safe_tar.build_data_json` gives for the extracted tree, from the index alone.
 
-    Same rules and order: ``{key}.<img>`` pairs with ``{key}.txt`` per shard
+    Same rules and order: dot-files and dot-folders are skipped and listed in ``report.hidden``
+    (:func:`~blip3o_storage.transfer.tree_walk.is_hidden`), ``{key}.<img>`` pairs with ``{key}.txt`` per shard
     (extensions case-insensitive), the alphabetically first image/caption of
     a key wins and the rest are reported as duplicates, unpaired files are
     reported, entries are sorted by image path.
@@ -111,6 +113,9 @@ def data_json_from_index(index: Mapping[str, Any],
             if member == MARKER_NAME:  # extraction writes its own marker there
                 continue
             rel = f"{shard}/{member}"
+            if is_hidden(rel):  # the tree walk's rule: dot-files and dot-folders are not samples
+                report.hidden.append(rel)
+                continue
             pure = PurePosixPath(rel)
             key = str(pure.with_name(os.path.splitext(pure.name)[0]))
             ext = os.path.splitext(pure.name)[1].lower()

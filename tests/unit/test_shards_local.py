@@ -56,6 +56,32 @@ def test_data_json_from_index_equals_the_extracted_build(shards: Shards) -> None
             assert (shards.tars / tar).read_bytes()[offset:offset + size] == (shards.raw / rel).read_bytes()
 
 
+def test_data_json_from_index_skips_hidden_members_as_the_extracted_build_does(tmp_path: Path) -> None:
+    """One rule for both modes: dot-files and dot-folders inside a tar are not samples, whether
+    data.json comes from the extracted tree or from the shard index (same entries, same hidden list)."""
+    import io
+
+    from blip3o_storage.transfer.safe_tar import extract_shard
+
+    tar = tmp_path / "tars" / "s1.tar"
+    tar.parent.mkdir()
+    with tarfile.open(tar, "w") as tf:
+        for name in ("a.jpg", "a.txt", ".cache/b.jpg", ".cache/b.txt", "sub/.c.jpg", "sub/.c.txt", "sub/d.jpg",
+                     "sub/d.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            tf.addfile(info, io.BytesIO(b"abc"))
+    extract_shard(tar, tmp_path / "raw")
+    expected, expected_report = build_data_json(tmp_path / "raw")
+    entries, report = data_json_from_index(build_index([tar]))
+    assert [e["image"] for e in expected] == ["s1/a.jpg", "s1/sub/d.jpg"]
+    assert entries == expected
+    # the tree walk names a hidden folder once; the index, which has no folders, names its files
+    assert sorted(expected_report.hidden) == ["s1/.cache", "s1/sub/.c.jpg", "s1/sub/.c.txt"]
+    assert sorted(report.hidden) == ["s1/.cache/b.jpg", "s1/.cache/b.txt", "s1/sub/.c.jpg", "s1/sub/.c.txt"]
+    assert report.pairs == expected_report.pairs == 2
+
+
 @pytest.mark.parametrize("name,kind,link", [
     ("../escape.txt", tarfile.REGTYPE, ""),
     ("/etc/passwd", tarfile.REGTYPE, ""),
