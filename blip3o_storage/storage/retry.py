@@ -27,7 +27,7 @@ import random
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from typing import Any, Callable, Iterator, Optional, Set, TypeVar
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -52,6 +52,8 @@ T = TypeVar("T")
 RETRYABLE_STATUS = {500, 502, 503, 504}
 RETRYABLE_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout",
                    "RequestTimeTooSkewed", "Throttling", "ThrottlingException", "503", "500"}
+# botocore's own retry handler also retries 429 Too Many Requests: its hook must recognise it.
+BOTOCORE_RETRYABLE_STATUS = RETRYABLE_STATUS | {429}
 
 
 class RetryStats(Counters):
@@ -96,10 +98,7 @@ def retry_reason(exc: BaseException) -> Optional[str]:
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        code = str(error.get("Code", ""))
-        if code in RETRYABLE_CODES or status in RETRYABLE_STATUS:
-            return code or str(status)
-        return None
+        return _error_reason(str(error.get("Code", "")), status, RETRYABLE_STATUS)
     if isinstance(exc, (IncompleteReadError, ResponseStreamingError)):
         return "truncated-body"
     if isinstance(exc, ReadTimeoutError):
@@ -112,6 +111,13 @@ def retry_reason(exc: BaseException) -> Optional[str]:
         return _urllib3_reason(exc)
     if isinstance(exc, BotoCoreError) and "Connection" in type(exc).__name__:
         return "connection"
+    return None
+
+
+def _error_reason(code: str, status: Any, statuses: Set[int]) -> Optional[str]:
+    """The retry reason for an S3 error answer (its code, else its status), or None when final."""
+    if code in RETRYABLE_CODES or status in statuses:
+        return code or str(status)
     return None
 
 
@@ -206,9 +212,7 @@ def _response_reason(response: Any) -> Optional[str]:
         code = str((parsed or {}).get("Error", {}).get("Code", ""))
     except (TypeError, ValueError, AttributeError):
         return None
-    if code in RETRYABLE_CODES or status in RETRYABLE_STATUS or status == 429:
-        return code or str(status)
-    return None
+    return _error_reason(code, status, BOTOCORE_RETRYABLE_STATUS)
 
 
 def _count_botocore_request(**_: Any) -> None:
