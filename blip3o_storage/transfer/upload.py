@@ -377,23 +377,7 @@ def file_md5(path: Path) -> str:
 def multipart_etag(path: Path, part_size: int) -> str:
     """The ETag S3 gives a multipart upload of ``path`` in ``part_size`` parts:
     MD5 of the concatenated binary part MD5s, then ``-<number of parts>``."""
-    digests: List[bytes] = []
-    with open(path, "rb") as fh:
-        while True:
-            h = hashlib.md5(usedforsecurity=False)
-            left = part_size
-            while left:
-                chunk = fh.read(min(_READ_CHUNK, left))
-                if not chunk:
-                    break
-                h.update(chunk)
-                left -= len(chunk)
-            if left == part_size:
-                break
-            digests.append(h.digest())
-            if left:
-                break
-    return _etag_of_parts(digests)
+    return multipart_etags(path, [part_size])[part_size]
 
 
 def _etag_of_parts(digests: List[bytes]) -> str:
