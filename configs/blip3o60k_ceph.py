@@ -18,7 +18,10 @@ custom_imports = dict(imports=['blip3o_storage.dataset', 'blip3o_storage.mmengin
 # dataset the sampler's order before the workers fork; workers are re-forked
 # every epoch (persistent_workers=False, from _base_) so their copy of the
 # sampler has the epoch that DistSamplerSeedHook set.
-custom_hooks = [dict(type='PrefetchSamplerHook')]
+# StorageHealthHook: every 10 iterations (the LoggerHook's interval) the workers' storage counters
+# (GETs/s, MB/s, retries, bad samples, fallbacks, prefetch and cache hits) go to the log and to
+# any visualizer as train/storage/* scalars; one warning if data_time dominates the iteration.
+custom_hooks = [dict(type='PrefetchSamplerHook'), dict(type='StorageHealthHook', interval=10)]
 
 data_root = '{{$BLIP3O_DATA_ROOT:data/BLIP3o-60k}}'
 ceph_folder = '{{$BLIP3O_CEPH_FOLDER:s3://blip3o-60k/raw}}'

@@ -19,7 +19,10 @@ _base_ = ['_base_/blip3o60k.py']
 custom_imports = dict(imports=['blip3o_storage.dataset', 'blip3o_storage.mmengine_backend',
                                'blip3o_storage.hooks', 'blip3o_storage.locality_sampler'])
 # Prefetch threads fetch the next block while the worker decodes the current one.
-custom_hooks = [dict(type='PrefetchSamplerHook')]
+# StorageHealthHook: every 10 iterations (the LoggerHook's interval) the workers' storage counters
+# (GETs/s, MB/s, retries, bad samples, fallbacks, prefetch and cache hits) go to the log and to
+# any visualizer as train/storage/* scalars; one warning if data_time dominates the iteration.
+custom_hooks = [dict(type='PrefetchSamplerHook'), dict(type='StorageHealthHook', interval=10)]
 
 shards_folder = '{{$BLIP3O_SHARDS_FOLDER:s3://blip3o-60k/shards}}'
 ceph_config = '{{$BLIP3O_CEPH_CONFIG:petreloss.conf}}'

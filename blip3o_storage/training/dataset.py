@@ -365,6 +365,8 @@ class CaptionDataset(Dataset, ProcessLocal):
         self.bad_sample_counts: collections.Counter = collections.Counter()
         #: Reads per source: remote, local, fallback_local, in this process.
         self.read_counts: collections.Counter = collections.Counter()
+        #: Bytes of those reads from the store ("remote"), in this process (MB/s in StorageHealthHook).
+        self.read_bytes: collections.Counter = collections.Counter()
         #: The most recent bad samples (BadSample records), in this process.
         self.bad_samples_log: collections.deque[BadSample] = collections.deque(maxlen=bad_samples_log_size)
 
@@ -415,6 +417,7 @@ class CaptionDataset(Dataset, ProcessLocal):
     def stats(self) -> dict[str, Any]:
         """A snapshot of this process's counters (plus per-cluster S3 retries)."""
         out = {"bad_samples": dict(self.bad_sample_counts), "reads": dict(self.read_counts),
+               "read_bytes": dict(self.read_bytes),
                "storage_retries": self.storage.retry_stats() if self._storage is not None else {}}
         if self._prefetcher is not None:
             out["prefetch"] = self._prefetcher.stats()
@@ -491,6 +494,7 @@ class CaptionDataset(Dataset, ProcessLocal):
             try:
                 data = self._fetch(source or _OBJECTS, remote_folder, relpath, trace)
                 self.read_counts["remote"] += 1
+                self.read_bytes["remote"] += len(data)
                 return data
             except StorageError as exc:
                 local = self._local_copy(local_folder, relpath) if _should_fall_back(exc) else None

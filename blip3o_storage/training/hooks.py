@@ -36,3 +36,7 @@ class PrefetchSamplerHook(Hook):
     def before_train(self, runner: Any) -> None:
         if wire_prefetch(runner.train_dataloader):
             logger.info("prefetch follows %s", type(runner.train_dataloader.sampler).__name__)
+
+
+# Registered with `import blip3o_storage.hooks` too (the configs' custom_imports): the storage counters in the log.
+from blip3o_storage.training.health_hook import StorageHealthHook  # noqa: E402,F401

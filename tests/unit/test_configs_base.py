@@ -15,7 +15,9 @@ COMMON = dict(type="BLIP3oDataset", image_size=512, unconditional=0.1, max_lengt
               prompt_template=dict(INSTRUCTION="<|user|>\n{input}<|end|>\n<|assistant|>\n"))
 LOADER = dict(batch_size=4, num_workers=4, pin_memory=True, collate_fn=dict(type="blip3o_collate", pad_index=0))
 IMPORTS = ["blip3o_storage.dataset", "blip3o_storage.mmengine_backend"]
-Case = Tuple[Dict[str, Any], Dict[str, Any], List[str], Optional[List[Dict[str, str]]]]
+#: The object-store configs wire prefetch and log the storage counters (StorageHealthHook, issue #17).
+HOOKS: List[Dict[str, Any]] = [dict(type="PrefetchSamplerHook"), dict(type="StorageHealthHook", interval=10)]
+Case = Tuple[Dict[str, Any], Dict[str, Any], List[str], Optional[List[Dict[str, Any]]]]
 CASES: Dict[str, Case] = {
     "blip3o60k_local.py": (
         dict(data_path="data/BLIP3o-60k/data.json", image_folder=RAW, cap_folder=RAW, ceph_folder=None,
@@ -25,14 +27,14 @@ CASES: Dict[str, Case] = {
         dict(data_path="data/BLIP3o-60k/data.json", image_folder=RAW, cap_folder=RAW,
              ceph_folder="s3://blip3o-60k/raw", ceph_config="petreloss.conf", prefetch=8, prefetch_threads=4),
         dict(persistent_workers=False, sampler=dict(type="DefaultSampler", shuffle=True)),
-        IMPORTS + ["blip3o_storage.hooks"], [dict(type="PrefetchSamplerHook")]),
+        IMPORTS + ["blip3o_storage.hooks"], HOOKS),
     "blip3o60k_shards.py": (
         dict(data_path="s3://blip3o-60k/shards/data.json", ceph_folder="s3://blip3o-60k/shards",
              shard_index="s3://blip3o-60k/shards/index.json", shard_block_bytes=8 << 20,
              ceph_config="petreloss.conf", prefetch=8, prefetch_threads=2),
         dict(persistent_workers=False, sampler=dict(type="LocalitySampler", batch_size=4, num_workers=4,
                                                     shuffle=True, mix=1)),
-        IMPORTS + ["blip3o_storage.hooks", "blip3o_storage.locality_sampler"], [dict(type="PrefetchSamplerHook")]),
+        IMPORTS + ["blip3o_storage.hooks", "blip3o_storage.locality_sampler"], HOOKS),
 }
 ENV = ("BLIP3O_DATA_ROOT", "BLIP3O_CEPH_FOLDER", "BLIP3O_CEPH_CONFIG", "BLIP3O_SHARDS_FOLDER")
 
