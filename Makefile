@@ -40,8 +40,13 @@ test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
 # Throughput tables (README "Benchmarks"); BENCH_ARGS="--target ceph --split-cpus" after `make ceph-up`.
+# Also writes the main table as JSON and PNG plots of it (benchmarks/plots.py) into BENCH_PLOTS.
+BENCH_JSON  ?= demo-work/bench.json
+BENCH_PLOTS ?= demo-work/bench-plots
 bench: $(STAMP)
-	$(PY) benchmarks/run.py $(BENCH_ARGS)
+	mkdir -p $(dir $(BENCH_JSON))
+	$(PY) benchmarks/run.py --json $(BENCH_JSON) $(BENCH_ARGS)
+	$(PY) benchmarks/plots.py $(BENCH_JSON) --out $(BENCH_PLOTS)
 	$(PY) benchmarks/shards.py $(BENCH_ARGS)
 
 ceph-up:
