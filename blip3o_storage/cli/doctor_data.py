@@ -90,17 +90,18 @@ def check_references(storage: Storage, folder: str, data_json: str, sample: int 
                 storage.stat(join_uri(folder, ref, source=data_json))
             except ObjectNotFoundError:
                 missing.append(ref)
-        how = f"a sample of {len(refs)} (HEAD each)"
+        how, method = f"a sample of {len(refs)}", "one HEAD each"
     else:
         try:
             present = {info.key for info in storage.list(folder) if not info.is_dir}
         except StorageError as exc:
             return Result("data.json", FAIL, f"cannot list {folder}: {exc}", "see the bucket check above")
         missing = [ref for ref in refs if ref.lstrip("/") not in present]
-        how = f"all {len(refs)} (one listing)"
+        how, method = f"all {len(refs)}", "one listing"
     if missing:
         shown = ", ".join(missing[:SHOW_MISSING]) + (f", ... and {len(missing) - SHOW_MISSING} more"
                                                       if len(missing) > SHOW_MISSING else "")
-        return Result("data.json", FAIL, f"{len(missing)} of {how} references missing under {folder}: {shown}",
+        return Result("data.json", FAIL,
+                      f"{len(missing)} of {how} references missing under {folder} ({method}): {shown}",
                       "upload the missing files, or regenerate data.json from what is there (blip3o-make-data-json)")
-    return Result("data.json", PASS, f"{how} references of {data_json} present under {folder}")
+    return Result("data.json", PASS, f"{how} references of {data_json} present under {folder} ({method})")

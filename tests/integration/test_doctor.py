@@ -53,7 +53,7 @@ def test_every_check_passes(s3_endpoint, tmp_path, capsys):
     assert status == 0, text
     assert lines == {"config": "PASS", "endpoint": "PASS", "tls": "SKIP", "credentials": "PASS", "clock": "PASS",
                      "bucket": "PASS", "checksums": "PASS", "latency": "PASS", "data.json": "PASS"}, text
-    assert "12 GETs: p50" in text and "all 12 (one listing) references" in text
+    assert "12 GETs: p50" in text and "all 12 references of" in text and "(one listing)" in text
     assert "request_checksum_calculation=when_required" in text
     assert s3_endpoint.secret_key not in text and s3_endpoint.access_key not in text
 
@@ -156,12 +156,12 @@ def test_missing_references_are_listed(s3_endpoint, tmp_path, capsys):
     conf = s3_endpoint.write_petreloss_conf(tmp_path / "petreloss.conf")
     status, lines, text = run_doctor(capsys, "--config", str(conf), f"{bucket}/raw", "--data-json", str(data_json))
     assert status == 1 and lines["data.json"] == "FAIL", text
-    assert "3 of all 9 (one listing) references missing" in text
+    assert "3 of all 9 references missing" in text and "(one listing): gone/a.jpg" in text
     assert "gone/a.jpg, gone/a.txt, gone/b.jpg" in text  # an inline caption's annotation is never read
     # --sample N: N HEADs; all 9 drawn, so the same 3 are found
     status, lines, text = run_doctor(capsys, "--config", str(conf), f"{bucket}/raw", "--data-json", str(data_json),
                                      "--sample", "8")
-    assert status == 1 and re.search(r"\d of a sample of 8 \(HEAD each\) references missing", text), text
+    assert status == 1 and re.search(r"\d of a sample of 8 references missing under \S+ \(one HEAD each\)", text), text
 
 
 def test_config_errors_exit_2(tmp_path, capsys):
