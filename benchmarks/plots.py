@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     written = plot_rows(rows, args.out, args.title)
     left_out = sum(1 for r in rows if _number(_first(r, "median", "value", "rate")) is None)
     for path, bars in written.items():
-        print(f"wrote {path} ({bars} bars)")
+        print(f"wrote {path} ({bars} bar{'' if bars == 1 else 's'})")
     if left_out:
         print(f"plots: {left_out} row(s) without a value left out", file=sys.stderr)
     return 0 if written else 1
