@@ -245,18 +245,19 @@ def check_bucket(settings: S3Settings, bucket: str, prefix: str) -> Result:
     return Result("bucket", PASS, f"s3://{bucket}/{prefix} listed: {count}{more} objects in the first page")
 
 
-def check_checksums(settings: S3Settings) -> Result:
+def check_checksums(settings: S3Settings, client_config: Any = None) -> Result:
     """The flexible-checksum settings of the client the dataset uses.
 
     boto3/botocore >= 1.36 default to ``when_supported``: a CRC32 on every PUT sent as an
     aws-chunked body with a trailer, and checksum validation of GETs. Ceph RGW 16 answers such
     PUTs ``411 MissingContentLength`` over https (tests/integration/test_ceph_https.py) and older
     MinIO rejects the trailer; ``when_required`` sends plain Content-Length bodies (our PUTs carry
-    Content-MD5 instead). ``botocore_config`` sets it off AWS; this shows what a client really got.
+    Content-MD5 instead). ``botocore_config`` sets it off AWS; this shows what a client really got
+    (``client_config``: another client's ``meta.config``, default the one blip3o_storage builds).
     """
     import botocore
 
-    config = make_client(probe_settings(settings)).meta.config
+    config = client_config if client_config is not None else make_client(probe_settings(settings)).meta.config
     request = getattr(config, "request_checksum_calculation", None) or "when_supported"
     response = getattr(config, "response_checksum_validation", None) or "when_supported"
     what = f"request_checksum_calculation={request}, response_checksum_validation={response} " \

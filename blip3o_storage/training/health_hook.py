@@ -19,10 +19,10 @@ alternatives:
   re-forked each epoch, and files under work_dir need a writer cadence, atomic renames and reads;
 * exact: a worker's last batch carries its final counts (its samples are all loaded by then),
   so the logged GET count equals the GETs made -- a file written every second loses the tail;
-* cheap: once per *batch*, not per sample -- measured (2 shared
-  cores, moto, prefetch on): ``dataset.stats()`` plus flattening 150 us, pickling the 13 counters
-  12 us / 244 bytes, against ~1 ms to collate 4 samples and >= 4 x 5 ms to read them (a 70 KB
-  GET on a healthy RGW; 176 ms each in that run): < 1 % at worst, ~0.02 % in that run.
+* cheap: once per *batch*, not per sample -- ``python benchmarks/health_overhead.py`` (moto, 2 busy
+  cores, 5 rounds): ``flat_counters(dataset.stats())`` 64 us (42-144), pickling the 13 counters
+  4 us / 248 bytes, against 249 ms (46-1505) to read and collate a batch of 4: 0.03 %; against
+  a healthy RGW's >= 4 x 5 ms per batch (a 70 KB GET each) it stays below 1 %.
 
 Totals are the sum over worker processes of each one's latest counters (a worker is one pid
 *incarnation*: re-forked workers start at zero and are added to the dead ones' final counts);

@@ -173,3 +173,21 @@ def test_config_errors_exit_2(tmp_path, capsys):
     assert status == 2 and "unknown cluster 'other'" in text
     status, _, text = run_doctor(capsys, "--config", str(conf), "/local/folder")
     assert status == 2 and "not an s3:// URI" in text
+
+
+def test_checksum_check_warns_on_a_plain_boto3_client_off_aws(moto_endpoint):
+    """The settings it checks are the client's: ours (botocore_config) pass, boto3's defaults
+    (when_supported: aws-chunked CRC32 trailers RGW refuses over https with 411) warn, AWS passes."""
+    import boto3
+
+    from blip3o_storage.cli.doctor_checks import check_checksums
+    from blip3o_storage.storage.config import S3Settings
+
+    ours = S3Settings(endpoint_url=moto_endpoint.endpoint_url, access_key="a", secret_key="b")
+    assert check_checksums(ours).status == "PASS"
+    plain = boto3.client("s3", endpoint_url=moto_endpoint.endpoint_url, region_name="us-east-1",
+                         aws_access_key_id="a", aws_secret_access_key="b")
+    result = check_checksums(ours, plain.meta.config)
+    assert result.status == "WARN" and "request_checksum_calculation=when_supported" in result.detail, result
+    assert "411 MissingContentLength" in result.detail and "AWS_REQUEST_CHECKSUM_CALCULATION" in result.fix
+    assert check_checksums(S3Settings(access_key="a", secret_key="b"), plain.meta.config).status == "PASS"
