@@ -27,7 +27,8 @@ alternatives:
 Totals are the sum over worker processes of each one's latest counters (a worker is one pid
 *incarnation*: re-forked workers start at zero and are added to the dead ones' final counts);
 rates (GETs/s, MB/s) are the change over the last interval divided by its wall time. With
-``num_workers=0`` the main process's own dataset is read instead.
+``num_workers=0`` the main process's own dataset is read instead. Under distributed training each rank sums its own
+workers (mmengine's LoggerHook writes rank 0's).
 
 The bottleneck warning is logged once per run: when, over an interval after the first (worker
 start-up makes the first slow on purpose), ``data_time`` is more than ``bottleneck_ratio`` (0.5)
