@@ -191,3 +191,19 @@ def test_checksum_check_warns_on_a_plain_boto3_client_off_aws(moto_endpoint):
     assert result.status == "WARN" and "request_checksum_calculation=when_supported" in result.detail, result
     assert "411 MissingContentLength" in result.detail and "AWS_REQUEST_CHECKSUM_CALCULATION" in result.fix
     assert check_checksums(S3Settings(access_key="a", secret_key="b"), plain.meta.config).status == "PASS"
+
+
+@pytest.mark.ceph
+def test_tls_names_a_host_the_certificate_was_not_issued_for(ceph_https_endpoint, tmp_path, capsys):
+    """The dev certificate is for 127.0.0.1 and localhost; this machine's own name reaches the same
+    RGW (it resolves to loopback here) but is not in the certificate."""
+    name = socket.gethostname()
+    if name == "localhost" or socket.gethostbyname(name) != "127.0.0.1":
+        pytest.skip(f"this host's name {name!r} does not resolve to 127.0.0.1")
+    other = S3Endpoint("by-name", ceph_https_endpoint.endpoint_url.replace("127.0.0.1", name),
+                       ceph_https_endpoint.access_key, ceph_https_endpoint.secret_key)
+    conf = other.write_petreloss_conf(tmp_path / "petreloss.conf")
+    conf.write_text(conf.read_text() + f"ca_bundle = {ceph_https_endpoint.ca_bundle}\n")
+    status, lines, text = run_doctor(capsys, "--config", str(conf), "s3://any-bucket/raw")
+    assert status == 1 and lines["endpoint"] == "PASS" and lines["tls"] == "FAIL", text
+    assert f"certificate does not match {name!r}" in text and "fix: use the host name the certificate" in text
