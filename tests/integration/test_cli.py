@@ -35,6 +35,7 @@ SCRIPTS = {
     "blip3o-make-data-json": "make_data_json",
     "blip3o-demo": "demo",
     "blip3o-make-demo-data": "make_demo_data",
+    "blip3o-doctor": "doctor",
 }
 #: what `pip install` needs of the checkout (a copy, so the build writes nothing into it)
 PACKAGE_FILES = ("setup.cfg", "setup.py", "pyproject.toml", "README.md", "MANIFEST.in", "blip3o_petrel.pth",
