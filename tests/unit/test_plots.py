@@ -2,16 +2,28 @@
 and hold one bar per row (rows without a value left out)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from blip3o_storage.testing.paths import REPO_ROOT
 
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-import plots
+
+def _load_plots() -> ModuleType:
+    """benchmarks/plots.py as a module (benchmarks/ is a folder of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("bench_plots", REPO_ROOT / "benchmarks" / "plots.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+plots = _load_plots()
 
 ROWS: list[dict[str, Any]] = [
     {"id": "dataloader_local", "measurement": "DataLoader, local", "rate": 120.0, "rate_unit": "samples/s",
