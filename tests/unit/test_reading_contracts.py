@@ -179,7 +179,7 @@ def test_dataset_capabilities_come_from_the_source_not_probing(tmp_path: Path) -
                         cache_dir=str(tmp_path / "cache"))
     assert isinstance(ds.sample_source, CachedSource)
     assert ds.locality_groups() is None  # one object per file: no locality
-    assert set(ds.stats()) == {"bad_samples", "reads", "storage_retries", "cache"}
+    assert set(ds.stats()) == {"bad_samples", "reads", "read_bytes", "storage_retries", "cache"}
     assert ds._read(ds.ceph_folder, None, "a.txt", [], ds.sample_source) == b"a caption"
     assert ds.stats()["cache"]["puts"] == 1 and ds._storage is not None
     assert in_forked_child(lambda: 0 if ds._storage is None and ds.stats()["cache"]["puts"] == 0 else 1) == 0
