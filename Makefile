@@ -40,9 +40,14 @@ test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
 # Throughput tables (README "Benchmarks"); BENCH_ARGS="--target ceph --split-cpus" after `make ceph-up`.
+# Then the peer table (benchmarks/peers.py, same --target; more in PEERS_ARGS, e.g. "--rounds 7"), with the
+# peers of setup.cfg's bench extra installed, and Debian's rclone when missing (else its column says so).
 bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[test,bench]'
+	command -v rclone >/dev/null || apt-get install -y -q rclone || echo "rclone not installed: its column says so"
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 	$(PY) benchmarks/shards.py $(BENCH_ARGS)
+	$(PY) benchmarks/peers.py $(if $(findstring ceph,$(BENCH_ARGS)),--target ceph) $(PEERS_ARGS)
 
 ceph-up:
 	bash tools/ceph_dev.sh up

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from peer_stats import NOT_INSTALLED
+from proc_cpu import proc_cpu_seconds
 from run import REPO, Endpoint, Uploaders, tool_version
 
 # -- CPU accounting -----------------------------------------------------------
@@ -35,23 +36,6 @@ def children_cpu_seconds() -> float:
     """User + system CPU of waited-for children (a command-line uploader's client cost)."""
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
-
-
-def proc_cpu_seconds(pids: Sequence[int]) -> Optional[float]:
-    """utime + stime of ``pids`` (every thread) from /proc/PID/stat: the server's CPU (radosgw, OSD, moto).
-
-    None when /proc is not there or a process is gone (the row then says n/a, not 0).
-    """
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return None
-        fields = stat.rsplit(")", 1)[1].split()  # the command name may contain spaces; fields after ')' start at 3
-        total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5): utime, stime
-    return total / tick
 
 
 @dataclass
