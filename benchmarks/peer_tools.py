@@ -224,3 +224,20 @@ def get_all(getter: Getter, keys: Sequence[str], threads: int) -> int:
     """GET every key with ``threads`` threads; the byte count (checked by the caller)."""
     with ThreadPoolExecutor(threads) as pool:
         return sum(len(b) for b in pool.map(getter, keys))
+
+
+def delete_prefix(storage: Any, bucket: str, prefix: str, threads: int = 8) -> int:
+    """Delete every object under ``prefix``, 1,000 keys per DeleteObjects, ``threads`` batches in flight.
+
+    Untimed cleanup, but on the dev RGW one batch takes seconds: serial deletion of a full round's 40k
+    objects doubled the run's length.
+    """
+    client = storage.s3_backend(f"s3://{bucket}/{prefix}").client
+    keys = [f"{prefix}{o.key}" for o in storage.list(f"s3://{bucket}/{prefix}") if not o.is_dir]
+
+    def delete(batch: list[str]) -> None:
+        client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(delete, [keys[i:i + 1000] for i in range(0, len(keys), 1000)]))
+    return len(keys)

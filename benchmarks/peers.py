@@ -50,6 +50,7 @@ from peer_tools import (
     READERS,
     CommandFailed,
     Cost,
+    delete_prefix,
     get_all,
     importable,
     installed,
@@ -59,7 +60,7 @@ from peer_tools import (
     run_command,
     versions,
 )
-from run import Endpoint, Uploaders, count_prefix, delete_prefix, mirror_without_hidden, note
+from run import Endpoint, Uploaders, count_prefix, mirror_without_hidden, note
 
 PROJECT = "project"
 RATIO_TARGET = 1.0  # issue #16: every row >= 1.0x the fastest peer
@@ -224,7 +225,9 @@ class PeerBench:
         command = project_upload if tool == PROJECT else table[tool][1]
         cmd = command(self.up, self.src, self.bucket, self.prefix(r, prefix_tool))
         try:
-            return measure(lambda: run_command(self.up, tool, cmd), self.server_pids, children=True)
+            cost = measure(lambda: run_command(self.up, tool, cmd), self.server_pids, children=True)
+            note(f"      {cost.seconds:.2f} s, client CPU {cost.client_cpu:.2f} s")
+            return cost
         except CommandFailed as exc:
             note(f"   {exc}")
             self.errors[(r, phase, tool)] = "error (see stderr)"
@@ -256,6 +259,7 @@ class PeerBench:
         get_all(getter, keys[:threads], threads)  # connections up, outside the timing
         got: list[int] = []
         cost = measure(lambda: got.append(get_all(getter, keys, threads)), self.server_pids, children=False)
+        note(f"      {cost.seconds:.2f} s, client CPU {cost.client_cpu:.2f} s")
         if got != [expected]:
             note(f"   {tool}: read {got} bytes, expected {expected}")
             self.errors[(r, "get", tool)] = "wrong byte count"
