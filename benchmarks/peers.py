@@ -288,8 +288,16 @@ class PeerBench:
                         m.status[tool] = f"failed in {failed} of {len(series)} rounds: {', '.join(whys)}"
 
     def cleanup_round(self, r: int) -> None:
-        """Delete the round's objects (untimed): keeps moto's memory and the dev cluster's disk flat."""
-        removed = delete_prefix(self.storage, self.bucket, f"{self.run_id}/r{r}/")
+        """Delete the round's objects (untimed): keeps moto's memory and the dev cluster's disk flat.
+
+        A failed cleanup is reported, not raised: the rounds measured so far are still worth printing.
+        """
+        prefix = f"s3://{self.bucket}/{self.run_id}/r{r}/"
+        try:
+            removed = delete_prefix(self.storage, self.bucket, f"{self.run_id}/r{r}/")
+        except Exception as exc:  # noqa: BLE001 - any store error: say which objects are left, go on
+            note(f"   round {r + 1}: cleanup of {prefix} failed, objects left there: {exc}")
+            return
         note(f"   round {r + 1}: removed {removed} objects")
 
 
@@ -332,6 +340,34 @@ FOOTNOTES = [
 ]
 
 
+def remove_empty_bucket(storage: Any, bucket: str) -> None:
+    """The bucket this run created goes when it is empty (a failure is reported: the table still prints)."""
+    try:
+        if not any(True for _ in storage.list(f"s3://{bucket}/")):
+            storage.s3_backend(f"s3://{bucket}/x").client.delete_bucket(Bucket=bucket)
+    except Exception as exc:  # noqa: BLE001 - cleanup only
+        note(f"== could not remove bucket {bucket}: {exc}")
+
+
+def run_rounds(bench: PeerBench, rounds: int) -> str:
+    """All rounds; on an error that is no tool's failure (the store went away) stop, and say why.
+
+    Returns '' when every round ran. A restarted dev cluster must not throw away 20 minutes of rounds.
+    """
+    for r in range(rounds):
+        note(f"== round {r + 1}/{rounds}")
+        try:
+            bench.upload_round(r)
+            bench.noop_round(r)
+            bench.get_round(r)
+        except Exception as exc:  # noqa: BLE001 - report the rounds so far, with the reason
+            note(f"== round {r + 1} stopped: {exc!r}")
+            bench.cleanup_round(r)
+            return f"round {r + 1} of {rounds} stopped by {type(exc).__name__}: {exc}"
+        bench.cleanup_round(r)
+    return ""
+
+
 def run(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
     t_start = time.monotonic()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -346,17 +382,14 @@ def run(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
         stack.callback(ep.stop)
         bench = PeerBench(args, ep, work, src, images, n_files, n_bytes)
         created = bench.storage.s3_backend(f"s3://{args.bucket}/x").ensure_bucket(args.bucket)
-        for r in range(args.rounds):
-            note(f"== round {r + 1}/{args.rounds}")
-            bench.upload_round(r)
-            bench.noop_round(r)
-            bench.get_round(r)
-            bench.cleanup_round(r)
+        stopped = run_rounds(bench, args.rounds)
         bench.mark_failures()
-        if created and ep.server is None and not any(True for _ in bench.storage.list(f"s3://{args.bucket}/")):
-            bench.storage.s3_backend(f"s3://{args.bucket}/x").client.delete_bucket(Bucket=args.bucket)
+        if created and ep.server is None:
+            remove_empty_bucket(bench.storage, args.bucket)
         rows = [summarize(m) for m in bench.measures()]
         lines = header(args, ep, bench, load, time.monotonic() - t_start)
+        if stopped:
+            lines.append(f"STOPPED EARLY: {stopped}; the rows hold the rounds measured before")
     peer_names = all_peers()
     table = "\n".join([*(f"- {line}" for line in lines), "", render_table(rows, peer_names), "",
                        *(f"{i}. {text}" for i, text in enumerate(FOOTNOTES, 1))])
