@@ -241,3 +241,50 @@ def delete_prefix(storage: Any, bucket: str, prefix: str, threads: int = 8) -> i
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(delete, [keys[i:i + 1000] for i in range(0, len(keys), 1000)]))
     return len(keys)
+
+
+# -- DataLoader readers (forked workers) -----------------------------------------
+
+
+class ProjectBytes:
+    """Map-style dataset: the bytes of one object per sample through ``Storage.get`` (per-object mode).
+
+    The Storage is created in each worker on first use (it is per-process state by design), so
+    the DataLoader's fork carries only the config path.
+    """
+
+    def __init__(self, conf: str, uris: list[str]) -> None:
+        self.conf, self.uris = conf, uris
+        self._storage: Any = None
+
+    def __len__(self) -> int:
+        return len(self.uris)
+
+    def __getitem__(self, idx: int) -> int:
+        if self._storage is None:
+            from blip3o_storage import Storage
+            self._storage = Storage(self.conf)
+        return len(self._storage.get(self.uris[idx]))
+
+
+def _nbytes(obj: Any) -> int:
+    """s3torchconnector's transform (module level: it is pickled into the workers)."""
+    return len(obj.read())
+
+
+def s3torch_dataset(ep: Endpoint, uris: list[str]) -> Any:
+    """s3torchconnector's own map-style dataset over the same objects (its S3Reader per sample)."""
+    from s3torchconnector import S3ClientConfig, S3MapDataset
+
+    os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = ep.access, ep.secret
+    return S3MapDataset.from_objects(uris, region="us-east-1", endpoint=ep.url, transform=_nbytes,
+                                     s3client_config=S3ClientConfig(force_path_style=True))
+
+
+def read_with_dataloader(dataset: Any, workers: int, batch_size: int) -> int:
+    """Every sample once through a torch DataLoader with forked workers; the byte count."""
+    from torch.utils.data import DataLoader
+
+    loader: Any = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=sum,
+                             prefetch_factor=4 if workers else None)
+    return sum(loader)

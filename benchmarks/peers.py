@@ -20,10 +20,13 @@ and range over the rounds, PASS/FAIL against the target:
 * raw GET of every image with ``--threads`` threads in this process: ``Storage.get`` vs boto3,
   obstore, s3torchconnector; objects/s (target >= 1x) and client CPU-ms per GET (target <= 0.25);
 * the server's CPU per request (from /proc: radosgw + OSD + mon for Ceph, the moto process) beside
-  the client's, and the uploaders' client CPU per file (informational rows).
+  the client's, and the uploaders' client CPU per file (informational rows);
+* a torch DataLoader (``--loader-workers`` forked workers, bytes only) over the same images: our
+  per-object dataset vs s3torchconnector's ``S3MapDataset`` (informational: the DataLoader targets,
+  against local disk, are judged by benchmarks/run.py).
 
-A peer that is not installed is a column saying so, never left out. The DataLoader rows stay in
-benchmarks/run.py. The table goes to stdout (markdown), progress to stderr.
+A peer that is not installed is a column saying so, never left out. The table goes to stdout
+(markdown), progress to stderr.
 """
 from __future__ import annotations
 
@@ -50,6 +53,7 @@ from peer_tools import (
     READERS,
     CommandFailed,
     Cost,
+    ProjectBytes,
     delete_prefix,
     get_all,
     importable,
@@ -57,7 +61,9 @@ from peer_tools import (
     measure,
     project_getter,
     project_upload,
+    read_with_dataloader,
     run_command,
+    s3torch_dataset,
     versions,
 )
 from run import Endpoint, Uploaders, count_prefix, mirror_without_hidden, note
@@ -79,6 +85,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     ap.add_argument("--concurrency", type=int, default=16, help="uploads in flight for every uploader "
                     "(upload.py --workers, aws max_concurrent_requests, s5cmd --numworkers, rclone --transfers)")
     ap.add_argument("--threads", type=int, default=16, help="GET threads for every reader (default %(default)s)")
+    ap.add_argument("--loader-workers", type=int, default=2,
+                    help="DataLoader workers for the per-object DataLoader row; 0 leaves the row out (default 2)")
     ap.add_argument("--samples-per-shard", type=int, default=None,
                     help="default 455 (10,011 files, ~352 MB); 3 with --quick")
     ap.add_argument("--image-size", type=int, default=None, help="default 1024 (256 with --quick)")
@@ -92,8 +100,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     args.rounds = args.rounds or (2 if args.quick else 5)
     args.samples_per_shard = args.samples_per_shard or (3 if args.quick else 455)
     args.image_size = args.image_size or (256 if args.quick else 1024)
-    if min(args.rounds, args.concurrency, args.threads, args.samples_per_shard) < 1:
-        ap.error("--rounds, --concurrency, --threads and --samples-per-shard must be >= 1")
+    if min(args.rounds, args.concurrency, args.threads, args.samples_per_shard) < 1 or args.loader_workers < 0:
+        ap.error("--rounds, --concurrency, --threads and --samples-per-shard must be >= 1, --loader-workers >= 0")
     if args.target == "ceph" and args.endpoint_url:
         ap.error("--target ceph and --endpoint-url are exclusive")
     chosen = set(all_peers()) if args.peers is None else {p.strip() for p in args.peers.split(",") if p.strip()}
@@ -159,12 +167,15 @@ class PeerBench:
         self.get = Measure(f"raw GET, {n_get:,} objects, {args.threads} threads", "objects/s", True, RATIO_TARGET)
         self.get_cpu = Measure("raw GET: client CPU per GET", "CPU-ms/GET", False, limit=GET_CPU_LIMIT_MS)
         self.get_server = Measure("raw GET: server CPU per GET", "CPU-ms/GET", False)
+        self.loader = Measure(f"DataLoader per-object, bytes only ({args.loader_workers} workers, batch 4)",
+                              "samples/s", True)
         self.readers: dict[str, Any] = {}
         self.errors: dict[tuple[int, str, str], str] = {}  # (round, phase, tool) -> why that run has no value
         self._register_peers()
 
     def measures(self) -> list[Measure]:
-        return [self.upload, self.upload_cpu, self.upload_server, self.noop, self.get, self.get_cpu, self.get_server]
+        rows = [self.upload, self.upload_cpu, self.upload_server, self.noop, self.get, self.get_cpu, self.get_server]
+        return rows + [self.loader] if self.args.loader_workers else rows
 
     def _register_peers(self) -> None:
         """Every peer gets a column on its rows: a value, 'not installed', or 'not run (--peers)'."""
@@ -180,6 +191,7 @@ class PeerBench:
                 m.add_peer(name, status)
             if not status:
                 self.readers[name] = factory(self.ep, self.bucket, self.args.threads)
+        self.loader.add_peer("s3torchconnector", self._peer_status("s3torchconnector", importable("s3torchconnector")))
         self.readers[PROJECT] = project_getter(self.ep, self.bucket, self.args.threads)
 
     def _peer_status(self, name: str, present: bool) -> str:
@@ -253,6 +265,29 @@ class PeerBench:
                          lambda c: 1e3 * c.client_cpu / n,
                          lambda c: None if c.server_cpu is None else 1e3 * c.server_cpu / n)
 
+    def loader_round(self, r: int) -> None:
+        """Our per-object dataset vs s3torchconnector's S3MapDataset, same objects, same DataLoader settings."""
+        uris = [f"s3://{self.bucket}/{self.prefix(r, PROJECT)}raw/{image}" for image in self.images]
+        expected = sum((self.src / "raw" / image).stat().st_size for image in self.images)
+        workers = self.args.loader_workers
+        for tool in round_order(self.active(self.loader), r):
+            note(f"   round {r + 1}: DataLoader, {tool}")
+            dataset = ProjectBytes(str(self.ep.conf), uris) if tool == PROJECT else s3torch_dataset(self.ep, uris)
+            cost = self._load_all(tool, dataset, workers, expected, r)
+            self._record(tool, (self.loader,), cost, lambda c: len(uris) / c.seconds)
+
+    def _load_all(self, tool: str, dataset: Any, workers: int, expected: int, r: int) -> Optional[Cost]:
+        """One DataLoader pass (worker start-up included, as a training epoch pays it), checked by bytes."""
+        got: list[int] = []
+        cost = measure(lambda: got.append(read_with_dataloader(dataset, workers, 4)), self.server_pids,
+                       children=False)
+        note(f"      {cost.seconds:.2f} s")
+        if got != [expected]:
+            note(f"   {tool}: read {got} bytes, expected {expected}")
+            self.errors[(r, "loader", tool)] = "wrong byte count"
+            return None
+        return cost
+
     def _get_all(self, tool: str, keys: list[str], expected: int, r: int) -> Optional[Cost]:
         """One reader GETs every key, timed; None (and why in ``errors``) when the bytes do not add up."""
         getter, threads = self.readers[tool], self.args.threads
@@ -277,7 +312,7 @@ class PeerBench:
     def mark_failures(self) -> None:
         """Rounds a tool failed show in its cell as 'failed in N of M rounds (why)' (details on stderr)."""
         groups = {"upload": (self.upload, self.upload_cpu, self.upload_server), "noop": (self.noop,),
-                  "get": (self.get, self.get_cpu, self.get_server)}
+                  "get": (self.get, self.get_cpu, self.get_server), "loader": (self.loader,)}
         for phase, measures in groups.items():
             for tool in self.active(measures[0]):
                 whys = sorted({why for (_, p, t), why in self.errors.items() if (p, t) == (phase, tool)})
@@ -360,6 +395,8 @@ def run_rounds(bench: PeerBench, rounds: int) -> str:
             bench.upload_round(r)
             bench.noop_round(r)
             bench.get_round(r)
+            if bench.args.loader_workers:
+                bench.loader_round(r)
         except Exception as exc:  # noqa: BLE001 - report the rounds so far, with the reason
             note(f"== round {r + 1} stopped: {exc!r}")
             bench.cleanup_round(r)

@@ -17,7 +17,7 @@ UPLOADERS = {"aws s3 sync": "aws", "s5cmd cp": "s5cmd", "s5cmd sync": "s5cmd", "
 READERS = {"boto3": "boto3", "obstore": "obstore", "s3torchconnector": "s3torchconnector"}
 ROWS = ["upload 67 files", "upload: client CPU per file", "upload: server CPU per file",
         "no-op re-upload of the same tree", "raw GET, 33 objects, 16 threads", "raw GET: client CPU per GET",
-        "raw GET: server CPU per GET"]
+        "raw GET: server CPU per GET", "DataLoader per-object, bytes only"]
 ROW_KEYS = {"name", "unit", "project", "peers", "ratio_median", "ratio_min", "ratio_max", "target", "verdict"}
 
 
