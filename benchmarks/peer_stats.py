@@ -24,11 +24,6 @@ def round_order(tools: Sequence[str], round_index: int) -> list[str]:
     return list(tools[k:]) + list(tools[:k])
 
 
-def schedule(tools: Sequence[str], rounds: int) -> list[tuple[int, str]]:
-    """(round, tool) in run order: every tool once per round, rounds one after the other."""
-    return [(r, tool) for r in range(rounds) for tool in round_order(tools, r)]
-
-
 @dataclass
 class Measure:
     """One table row: the project's value and each peer's value, per round (None = that run failed).
