@@ -40,14 +40,21 @@ test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
 
 # Throughput tables (README "Benchmarks"); BENCH_ARGS="--target ceph --split-cpus" after `make ceph-up`.
-# Also writes the main table as JSON and PNG plots of it (benchmarks/plots.py) into BENCH_PLOTS.
+# Also writes the tables as JSON and PNG plots of them (benchmarks/plots.py) into BENCH_PLOTS.
+# Then the peer table (benchmarks/peers.py, same --target; more in PEERS_ARGS, e.g. "--rounds 7"), with the
+# peers of setup.cfg's bench extra installed, and Debian's rclone when missing (else its column says so).
 BENCH_JSON  ?= demo-work/bench.json
+PEERS_JSON  ?= demo-work/peers.json
 BENCH_PLOTS ?= demo-work/bench-plots
 bench: $(STAMP)
-	mkdir -p $(dir $(BENCH_JSON))
+	$(PY) -m pip install -q -e '.[test,bench]'
+	command -v rclone >/dev/null || apt-get install -y -q rclone || echo "rclone not installed: its column says so"
+	mkdir -p $(dir $(BENCH_JSON)) $(dir $(PEERS_JSON))
 	$(PY) benchmarks/run.py --json $(BENCH_JSON) $(BENCH_ARGS)
 	$(PY) benchmarks/plots.py $(BENCH_JSON) --out $(BENCH_PLOTS)
 	$(PY) benchmarks/shards.py $(BENCH_ARGS)
+	$(PY) benchmarks/peers.py $(if $(findstring ceph,$(BENCH_ARGS)),--target ceph) --json $(PEERS_JSON) $(PEERS_ARGS)
+	$(PY) benchmarks/plots.py $(PEERS_JSON) --out $(BENCH_PLOTS)/peers
 
 ceph-up:
 	bash tools/ceph_dev.sh up
