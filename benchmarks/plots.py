@@ -20,6 +20,10 @@ Any script can feed it; a row is a dict with (first key present wins):
 * value: ``median`` | ``value`` | ``rate``, its unit ``unit`` | ``rate_unit``; range ``min``/``max``;
 * ratio: ``ratio``, its range ``ratio_min``/``ratio_max``, against ``ratio_of`` (the peer).
 
+A peer row (``benchmarks/peers.py --json``: ``project``, ``project_range``, ``peers`` {tool: value},
+``ratio_median``/``ratio_min``/``ratio_max`` against ``fastest_peer``) becomes one bar for the project
+and one per peer in its unit's plot, and one ratio bar against "the fastest peer".
+
 Rows without a value (a tool not installed, a failed run) are left out and counted on stderr.
 Figures are 80 dpi with at most 14 bars each: ~20-40 KB per PNG, small enough to commit.
 
@@ -66,6 +70,23 @@ def _label(row: Mapping[str, Any]) -> str:
 
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def expand_peer_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """``rows`` with each peer row (see the module docstring) split into plain rows."""
+    plain: list[Mapping[str, Any]] = []
+    for row in rows:
+        if not isinstance(row.get("peers"), Mapping) or "project" not in row:
+            plain.append(row)
+            continue
+        name, unit = str(_first(row, "name", "id") or "?"), row.get("unit")
+        lo, hi = (row.get("project_range") or [None, None])[:2]
+        plain.append({"name": f"{name}: project", "unit": unit, "median": row.get("project"), "min": lo, "max": hi,
+                      "ratio": row.get("ratio_median"), "ratio_min": row.get("ratio_min"),
+                      "ratio_max": row.get("ratio_max"), "ratio_of": "the fastest peer"})
+        for peer, value in row["peers"].items():
+            plain.append({"name": f"{name}: {peer}", "unit": unit, "median": value})
+    return plain
 
 
 def throughput_groups(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Bar]]:
@@ -126,6 +147,7 @@ def bar_chart(bars: Sequence[Bar], title: str, xlabel: str, path: Path, *, one_l
 def plot_rows(rows: Sequence[Mapping[str, Any]], out: Path, title: str = "") -> dict[Path, int]:
     """Write every plot of ``rows`` under ``out``; {path: number of bars}."""
     out.mkdir(parents=True, exist_ok=True)
+    rows = expand_peer_rows(rows)
     written: dict[Path, int] = {}
     prefix = f"{title}: " if title else ""
     for unit, bars in throughput_groups(rows).items():
@@ -160,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"plots: cannot read {args.json}: {exc}", file=sys.stderr)
         return 2
     written = plot_rows(rows, args.out, args.title)
-    left_out = sum(1 for r in rows if _number(_first(r, "median", "value", "rate")) is None)
+    left_out = sum(1 for r in expand_peer_rows(rows) if _number(_first(r, "median", "value", "rate")) is None)
     for path, bars in written.items():
         print(f"wrote {path} ({bars} bar{'' if bars == 1 else 's'})")
     if left_out:

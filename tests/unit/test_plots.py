@@ -73,3 +73,17 @@ def test_cli_reads_run_py_json_and_reports_left_out_rows(tmp_path: Path) -> None
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "plots.py"), str(bench)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "bench.json" in proc.stderr
+
+
+def test_peer_rows_become_one_bar_per_tool_and_a_ratio_against_the_fastest(tmp_path: Path) -> None:
+    """A benchmarks/peers.py row (project, peers{}, ratio_median/min/max) is plotted, not dropped."""
+    row = {"name": "upload 10 files", "unit": "files/s", "project": 90.0, "project_range": [80.0, 95.0],
+           "peers": {"s5cmd cp": 100.0, "aws s3 sync": 40.0}, "fastest_peer": "s5cmd cp",
+           "ratio_median": 0.9, "ratio_min": 0.8, "ratio_max": 0.97, "verdict": "FAIL"}
+    plain = plots.expand_peer_rows([row])
+    assert [(r["name"], r["median"]) for r in plain] == [
+        ("upload 10 files: project", 90.0), ("upload 10 files: s5cmd cp", 100.0), ("upload 10 files: aws s3 sync", 40.0)]
+    written = plots.plot_rows([row], tmp_path)
+    assert written == {tmp_path / "throughput_files_s.png": 3, tmp_path / "ratio_vs_the_fastest_peer.png": 1}
+    ratio = plots.ratio_groups(plain)["the fastest peer"]
+    assert (ratio[0].value, ratio[0].lo, ratio[0].hi) == (0.9, 0.8, 0.97)
