@@ -82,7 +82,8 @@ def test_peer_rows_become_one_bar_per_tool_and_a_ratio_against_the_fastest(tmp_p
            "ratio_median": 0.9, "ratio_min": 0.8, "ratio_max": 0.97, "verdict": "FAIL"}
     plain = plots.expand_peer_rows([row])
     assert [(r["name"], r["median"]) for r in plain] == [
-        ("upload 10 files: project", 90.0), ("upload 10 files: s5cmd cp", 100.0), ("upload 10 files: aws s3 sync", 40.0)]
+        ("upload 10 files: project", 90.0), ("upload 10 files: s5cmd cp", 100.0),
+        ("upload 10 files: aws s3 sync", 40.0)]
     written = plots.plot_rows([row], tmp_path)
     assert written == {tmp_path / "throughput_files_s.png": 3, tmp_path / "ratio_vs_the_fastest_peer.png": 1}
     ratio = plots.ratio_groups(plain)["the fastest peer"]
