@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from urllib.parse import quote, urlsplit
 
 import urllib3
@@ -164,13 +164,32 @@ class SignedHTTP:
         S3SigV4Auth(credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
         return dict(request.headers.items())
 
-    def get_object(self, bucket: str, key: str, byte_range: Optional[Tuple[int, int]] = None) -> bytes:
+    def get_object(self, bucket: str, key: str, byte_range: Optional[Tuple[int, int]] = None, *,
+                   if_match: Optional[str] = None) -> bytes:
         """The object's bytes as stored (or ``byte_range`` = (start, end inclusive),
         checked by :func:`range_problem`); the length is checked against
-        Content-Length by urllib3."""
+        Content-Length by urllib3. ``if_match`` (an ETag) makes a replaced object a
+        412 PreconditionFailed instead of other bytes."""
+        data = self.get_object_below(bucket, key, None, byte_range, if_match=if_match)
+        assert isinstance(data, bytes)
+        return data
+
+    def get_object_below(self, bucket: str, key: str, limit: Optional[int],
+                         byte_range: Optional[Tuple[int, int]] = None, *,
+                         if_match: Optional[str] = None) -> Union[bytes, Tuple[int, str]]:
+        """:meth:`get_object`, except that a whole object over ``limit`` bytes is not read:
+        its (size, ETag) come back instead, from the response headers, and the connection
+        is dropped (the caller fetches it in parallel ranges; one wasted round trip)."""
         headers = {"Range": f"bytes={byte_range[0]}-{byte_range[1]}"} if byte_range else {}
+        if if_match:
+            headers["If-Match"] = f'"{if_match}"'
         response = self._send("GET", bucket, key, headers, None, preload_content=False)
         try:
+            length = response.headers.get("Content-Length")
+            if (limit is not None and byte_range is None and response.status == 200 and length is not None
+                    and int(length) > limit):
+                response.close()  # unread body: this connection is not reused
+                return int(length), (response.headers.get("ETag") or "").strip('"')
             try:
                 data = response.read(decode_content=False)
             except (ProtocolError, OSError) as exc:
