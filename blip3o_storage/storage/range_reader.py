@@ -80,8 +80,8 @@ class RangeReader(io.RawIOBase):
             else:
                 sequential = cache is not None and at == self._cache_start + len(cache)
                 self._ahead = min(self._ahead * 2, self._max_ahead) if sequential else self._block
+                self._cache = cache = None  # let the old block go before the new one is allocated
                 block = memoryview(bytearray(min(self._ahead, self.size - at)))
-                self._cache = None  # let the old block go before the new one is fetched
                 self._fill(at, block)
                 self._cache_start, self._cache = at, block
                 view[done:want] = block[:rest]

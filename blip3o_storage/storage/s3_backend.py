@@ -13,6 +13,7 @@ need are methods on top of it, so the boto3 client stays inside this module.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import hashlib
 import logging
@@ -220,6 +221,20 @@ def map_error(exc: BaseException, uri: str, action: str, where: str = "") -> Sto
     return StorageError(f"{uri}: {action} failed ({type(exc).__name__}: {exc})")
 
 
+@contextlib.contextmanager
+def _changed_object_check(uri: str, if_match: Optional[str]) -> Iterator[None]:
+    """A 412 answer to a GET that was If-Match ``if_match`` becomes ObjectChangedError (final, not retried)."""
+    try:
+        yield
+    except ClientError as exc:
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if if_match and (status == 412 or exc.response.get("Error", {}).get("Code") == "PreconditionFailed"):
+            raise ObjectChangedError(
+                f"{uri}: the object changed while it was being read in parts (its ETag is no longer "
+                f"{if_match}); nothing was returned: read it again") from None
+        raise
+
+
 @dataclass(frozen=True)
 class PartInfo:
     """One part of a multipart object, from ``HEAD ?partNumber=N``: its size, and the
@@ -400,15 +415,8 @@ class S3Backend(ProcessLocal, StorageBackend):
         p = self._parse(uri)
 
         def op() -> bytes:
-            try:
+            with _changed_object_check(uri, if_match):
                 return fetch()
-            except ClientError as exc:
-                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-                if if_match and (status == 412 or exc.response.get("Error", {}).get("Code") == "PreconditionFailed"):
-                    raise ObjectChangedError(
-                        f"{uri}: the object changed while it was being read in parts (its ETag is no longer "
-                        f"{if_match}); nothing was returned: read it again") from None
-                raise
 
         def fetch() -> bytes:
             http = self.http
@@ -428,6 +436,22 @@ class S3Backend(ProcessLocal, StorageBackend):
                 raise UnexpectedResponse(problem)
             return data
         return self._run(uri, f"ranged get {start}+{length}", op)
+
+    def _get_range_into(self, uri: str, start: int, view: memoryview, *, if_match: Optional[str] = None) -> None:
+        """Fill ``view`` with the bytes from ``start`` (straight from the socket on the signed-HTTP path)."""
+        http = self.http
+        if http is None:
+            data = self._get_range(uri, start, len(view), if_match=if_match)
+            if len(data) != len(view):
+                raise CorruptDataError(f"{uri}: asked for {len(view)} bytes at {start}, got {len(data)}")
+            view[:] = data
+            return
+        p = self._parse(uri)
+
+        def op() -> None:
+            with _changed_object_check(uri, if_match):
+                http.get_range_into(p.bucket, p.key, start, view, if_match=if_match)
+        self._run(uri, f"ranged get {start}+{len(view)}", op)
 
     def stat(self, uri: str) -> ObjectInfo:
         p = self._parse(uri)

@@ -23,7 +23,7 @@ import functools
 import logging
 import os
 import tempfile
-from typing import TYPE_CHECKING, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Union
 
 from blip3o_storage.errors import CorruptDataError, InvalidPathError, ObjectNotFoundError, StorageError
 from blip3o_storage.storage.multipart_writer import MultipartUpload
@@ -41,14 +41,11 @@ def _part_size(backend: S3Backend, size: int) -> int:
 
 
 def fetch_into(backend: S3Backend, uri: str, etag: Optional[str], start: int, view: memoryview) -> None:
-    """Fill ``view`` with the object's bytes from ``start``: parallel ranged GETs of one part each."""
+    """Fill ``view`` with the object's bytes from ``start``: parallel ranged GETs of one part each,
+    each read straight into its slice of ``view``."""
     def part(offset: int, length: int) -> Callable[[], None]:
         def task() -> None:
-            data = backend._get_range(uri, start + offset, length, if_match=etag)
-            if len(data) != length:
-                raise CorruptDataError(f"{uri}: asked for {length} bytes at {start + offset}, got {len(data)} "
-                                       f"(the object is shorter than when it was opened?)")
-            view[offset:offset + length] = data
+            backend._get_range_into(uri, start + offset, view[offset:offset + length], if_match=etag)
         return task
     ranges = part_ranges(len(view), backend.settings.multipart_chunksize)
     if len(ranges) == 1:
@@ -149,14 +146,13 @@ def _download_parts(backend: S3Backend, uri: str, etag: Optional[str], size: int
                     fd: int) -> Iterator[Callable[[], None]]:
     for offset, length in part_ranges(size, _part_size(backend, size)):
         def task(o: int = offset, n: int = length) -> None:
-            data = backend._get_range(uri, o, n, if_match=etag)
-            if len(data) != n:
-                raise CorruptDataError(f"{uri}: asked for {n} bytes at {o}, got {len(data)}")
-            _write_all(fd, data, o)
+            buffer = bytearray(n)
+            backend._get_range_into(uri, o, memoryview(buffer), if_match=etag)
+            _write_all(fd, buffer, o)
         yield task
 
 
-def _write_all(fd: int, data: bytes, offset: int) -> None:
+def _write_all(fd: int, data: Union[bytes, bytearray], offset: int) -> None:
     view = memoryview(data)
     while view:
         written = os.pwrite(fd, view, offset)

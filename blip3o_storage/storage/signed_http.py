@@ -41,7 +41,7 @@ from urllib.parse import quote, urlsplit
 import urllib3
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.exceptions import ClientError, NoCredentialsError, ResponseStreamingError
+from botocore.exceptions import ClientError, IncompleteReadError, NoCredentialsError, ResponseStreamingError
 from urllib3.exceptions import ProtocolError
 
 from blip3o_storage.storage.config import S3Settings
@@ -205,6 +205,42 @@ class SignedHTTP:
             if problem:
                 raise UnexpectedResponse(problem)
         return data
+
+    def get_range_into(self, bucket: str, key: str, start: int, view: memoryview, *,
+                       if_match: Optional[str] = None) -> None:
+        """Bytes ``start .. start+len(view)`` of the object read straight into ``view`` (no
+        intermediate copy: parallel downloads fill their destination buffer directly).
+        The answer must be a 206 with that exact Content-Range and that many bytes."""
+        end = start + len(view) - 1
+        headers = {"Range": f"bytes={start}-{end}"}
+        if if_match:
+            headers["If-Match"] = f'"{if_match}"'
+        response = self._send("GET", bucket, key, headers, None, preload_content=False)
+        try:
+            if response.status != 206:
+                if response.status in _GET_OK:  # the whole object, not the range: do not read it
+                    response.close()
+                    raise UnexpectedResponse(range_problem(response.status, None, start, end) or "no range")
+                raise client_error(response.status, response.read(decode_content=False), "GetObject")
+            problem = range_problem(206, response.headers.get("Content-Range"), start, end)
+            if problem or response.headers.get("Content-Length") not in (None, str(len(view))):
+                response.close()
+                raise UnexpectedResponse(problem or f"asked for bytes {start}-{end}, got Content-Length "
+                                         f"{response.headers.get('Content-Length')}")
+            got = 0
+            try:
+                while got < len(view):
+                    n = response.readinto(view[got:])
+                    if not n:
+                        break
+                    got += n
+            except (ProtocolError, OSError) as exc:
+                raise ResponseStreamingError(error=exc) from exc
+            if got != len(view):
+                response.close()
+                raise IncompleteReadError(actual_bytes=got, expected_bytes=len(view))
+        finally:
+            response.release_conn()
 
     def put_object(self, bucket: str, key: str, body: bytes, content_md5: str,
                    content_type: Optional[str] = None) -> Dict[str, str]:
