@@ -41,7 +41,7 @@ class S3AwareLocalBackend(LocalBackend):
 
 
 def _s3_backend() -> S3FileBackend:
-    from blip3o_storage.integrations.mmengine_backend import S3FileBackend  # noqa: F811 (imports this module)
+    from blip3o_storage.integrations.mmengine_backend import S3FileBackend
 
     return S3FileBackend()
 

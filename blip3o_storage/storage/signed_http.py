@@ -51,6 +51,9 @@ _CODE_RE = re.compile(rb"<Code>([^<]*)</Code>")
 _MESSAGE_RE = re.compile(rb"<Message>([^<]*)</Message>")
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _GET_OK = {200, 206}
+#: Ranged reads into a buffer copy through pieces of this size (1 MiB: the copy stays in cache,
+#: and a part in flight costs its buffer plus 1 MiB, not twice its size).
+_READ_CHUNK = 1 << 20
 
 
 class UnexpectedResponse(Exception):
@@ -208,8 +211,8 @@ class SignedHTTP:
 
     def get_range_into(self, bucket: str, key: str, start: int, view: memoryview, *,
                        if_match: Optional[str] = None) -> None:
-        """Bytes ``start .. start+len(view)`` of the object read straight into ``view`` (no
-        intermediate copy: parallel downloads fill their destination buffer directly).
+        """Bytes ``start .. start+len(view)`` of the object read into ``view`` in 1 MiB pieces
+        (parallel downloads fill their destination buffer directly, no part-sized temp).
         The answer must be a 206 with that exact Content-Range and that many bytes."""
         end = start + len(view) - 1
         headers = {"Range": f"bytes={start}-{end}"}
@@ -229,11 +232,12 @@ class SignedHTTP:
                                          f"{response.headers.get('Content-Length')}")
             got = 0
             try:
-                while got < len(view):
-                    n = response.readinto(view[got:])
-                    if not n:
+                while got < len(view):  # urllib3's readinto reads the whole length into a temp: chunk it
+                    chunk = response.read(min(_READ_CHUNK, len(view) - got), decode_content=False)
+                    if not chunk:
                         break
-                    got += n
+                    view[got:got + len(chunk)] = chunk
+                    got += len(chunk)
             except (ProtocolError, OSError) as exc:
                 raise ResponseStreamingError(error=exc) from exc
             if got != len(view):

@@ -182,10 +182,9 @@ class BackendConformance:
     def test_open_write_exception_or_abort_leaves_nothing(self, root: tuple[Any, str]) -> None:
         storage, folder = root
         uri = join_uri(folder, "w/aborted.bin")
-        with pytest.raises(RuntimeError):
-            with open_write(storage, uri) as writer:
-                writer.write(b"half a checkpoint")
-                raise RuntimeError("training crashed")
+        with pytest.raises(RuntimeError), open_write(storage, uri) as writer:
+            writer.write(b"half a checkpoint")
+            raise RuntimeError("training crashed")
         assert not storage.exists(uri)
         writer = open_write(storage, uri)
         writer.write(b"x")
@@ -193,10 +192,9 @@ class BackendConformance:
         assert writer.closed and not storage.exists(uri)
         assert [info.key for info in storage.list(folder)] == []
         storage.put(uri, b"old")  # an aborted overwrite keeps the old object
-        with pytest.raises(RuntimeError):
-            with open_write(storage, uri) as writer:
-                writer.write(b"new")
-                raise RuntimeError("crashed")
+        with pytest.raises(RuntimeError), open_write(storage, uri) as writer:
+            writer.write(b"new")
+            raise RuntimeError("crashed")
         assert storage.get(uri) == b"old"
 
     def test_open_read_seek_tell_readinto(self, root: tuple[Any, str]) -> None:
