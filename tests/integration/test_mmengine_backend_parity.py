@@ -202,7 +202,7 @@ CASES: Dict[str, Callable[[Side], Any]] = {
     "list_sub": _list("d1", recursive=True),
     "list_sub_slash": _list("d1/"),
     "list_suffix_with_dirs": _list("", suffix=".txt"),
-    "list_suffix_bad_type": _list("", list_dir=False, suffix=["txt"]),  # type: ignore[arg-type]
+    "list_suffix_bad_type": _list("", list_dir=False, suffix=["txt"]),
     "list_missing": _list("nope"),
     "list_file": _list("a.txt"),
 }
@@ -229,9 +229,8 @@ def test_copy_if_symlink_fails_copies_and_says_so(sides: Tuple[Side, Side]) -> N
 def test_get_local_path_of_a_missing_object_raises_on_entry(sides: Tuple[Side, Side]) -> None:
     """LocalBackend yields any path (the reader fails later); ours cannot download what is not there."""
     _, ours = sides
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
-        with ours.backend.get_local_path(ours.p("nope.pth")):
-            pass  # pragma: no cover
+    with pytest.raises(FileNotFoundError, match="nope.pth"), ours.backend.get_local_path(ours.p("nope.pth")):
+        pass  # pragma: no cover
 
 
 def test_get_local_path_removes_the_download(sides: Tuple[Side, Side]) -> None:
@@ -244,7 +243,7 @@ def test_get_local_path_removes_the_download(sides: Tuple[Side, Side]) -> None:
 def test_presigned_url_fetches_the_object(sides: Tuple[Side, Side]) -> None:
     _, ours = sides
     url = ours.backend.generate_presigned_url(ours.p("a.txt"), expires_in=60)
-    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 -- our own test server
+    with urllib.request.urlopen(url, timeout=30) as response:
         assert response.read() == TREE["a.txt"]
 
 
