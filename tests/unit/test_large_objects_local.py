@@ -2,6 +2,7 @@
 bounded parallel runner, and the local backend's streams (torch.save/torch.load on a path)."""
 from __future__ import annotations
 
+import functools
 import io
 import os
 import threading
@@ -91,7 +92,7 @@ def test_run_bounded_limits_concurrency_and_raises_first_error() -> None:
             time.sleep(0.01)
 
         with pytest.raises(RuntimeError, match="part 2"):
-            run_bounded(pool, ((lambda i=i: failing(i)) for i in range(100)), limit=2)
+            run_bounded(pool, (functools.partial(failing, i) for i in range(100)), limit=2)
         assert len(started) < 100  # the rest was never started
 
 
