@@ -40,6 +40,18 @@ def _part_size(backend: S3Backend, size: int) -> int:
     return effective_part_size(size, backend.settings.multipart_chunksize)
 
 
+#: Ranged GETs are not cut smaller than this (each costs a request: ~1 ms of client CPU and a round trip).
+MIN_READ_PIECE = 1 << 20
+
+
+def _read_piece(backend: S3Backend, length: int) -> int:
+    """Piece size for reading ``length`` bytes: the part size, but small enough that every one of
+    ``max_concurrency`` requests has a piece (a 64 MiB tensor is 8 x 8 MiB, not 4 x 16 MiB), at least 1 MiB.
+    Ranged GETs, unlike upload parts, have no 5 MiB minimum."""
+    settings = backend.settings
+    return max(MIN_READ_PIECE, min(settings.multipart_chunksize, -(-length // settings.max_concurrency)))
+
+
 def fetch_into(backend: S3Backend, uri: str, etag: Optional[str], start: int, view: memoryview) -> None:
     """Fill ``view`` with the object's bytes from ``start``: parallel ranged GETs of one part each,
     each read straight into its slice of ``view``."""
@@ -47,7 +59,7 @@ def fetch_into(backend: S3Backend, uri: str, etag: Optional[str], start: int, vi
         def task() -> None:
             backend._get_range_into(uri, start + offset, view[offset:offset + length], if_match=etag)
         return task
-    ranges = part_ranges(len(view), backend.settings.multipart_chunksize)
+    ranges = part_ranges(len(view), _read_piece(backend, len(view)))
     if len(ranges) == 1:
         part(*ranges[0])()
         return
