@@ -99,8 +99,21 @@ class S3FileBackend(BaseStorageBackend):
 
     def open(self, filepath: PathType, mode: str = "rb") -> IO[bytes]:
         """A streamed file on the object: ``'rb'`` seekable with ranged reads, ``'wb'`` a
-        multipart upload that becomes visible on close (for torch.load/torch.save)."""
-        return self._storage.open(self._map(filepath), mode)
+        multipart upload that becomes visible on close (for torch.load/torch.save).
+
+        A missing object in a missing bucket is a BucketNotFoundError (a HEAD's bare 404 cannot
+        tell them apart; one more request, only on that error path)."""
+        uri = self._map(filepath)
+        try:
+            return self._storage.open(uri, mode)
+        except BucketNotFoundError:
+            raise
+        except ObjectNotFoundError:
+            parsed = parse_uri(uri)
+            if parsed.is_s3 and not self._storage.s3_backend(uri).bucket_exists(parsed.bucket):
+                raise BucketNotFoundError(f"{uri}: the bucket {parsed.bucket!r} does not exist; check the URI "
+                                          f"and the endpoint of the config") from None
+            raise
 
     # -- tests ------------------------------------------------------------
     def exists(self, filepath: PathType) -> bool:

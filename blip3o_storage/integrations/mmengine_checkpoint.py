@@ -93,7 +93,7 @@ def torch_load(backend: Any, uri: str, map_location: Any = None) -> Any:
         except StorageError:
             raise
         except pickle.UnpicklingError as exc:
-            if "Weights only load failed" in str(exc):
+            if "Unsupported global" in str(exc):  # a class weights_only refuses, not a broken file
                 raise UntrustedDataError(
                     f"{uri}: torch.load(weights_only=True) refused the checkpoint's Python objects "
                     f"({_first_line(exc, 'Unsupported global')}); mmengine's Runner state needs full "
