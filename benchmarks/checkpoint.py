@@ -17,6 +17,12 @@ Each round, in alternating order (ours first in even rounds, aws first in odd on
 * **load, ours**: a fresh process ``torch.load``\\ s it from ``Storage.open(uri, "rb")`` (time of that call);
 * **load, aws**: ``aws s3 cp`` of the object to a local file.
 
+On the dev RGW of ``tools/ceph_dev.sh`` (a 4 GiB memstore), the round's two objects are deleted and
+RGW's garbage collector is run (``radosgw-admin gc process --include-all``) after every round: RGW keeps
+deleted and overwritten data for 2 h before collecting it, and 5 rounds of 2 x 1 GiB would fill the
+store (seen: HEALTH_ERR "1 full osd", every write hanging). Whatever happens, the run's objects and
+unfinished uploads are removed at the end.
+
 MB/s is bytes / seconds; the ratio is ours / aws within one round; the table shows the median over
 rounds and the range of the same-round ratios. ``aws`` runs with its defaults (8 MiB parts,
 10 requests in flight) and includes its start-up (measured separately and shown in a footnote).
@@ -26,6 +32,7 @@ checkpoint size + 256 MiB (the state dict itself is the checkpoint size: one cop
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -163,29 +170,61 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         startup, _, _ = timed([aws.aws, "--version"], env=aws.env)
         settings = backend.settings
         rounds: list[dict[str, Any]] = []
-        for r in range(args.rounds):
-            note(f"== round {r + 1}/{args.rounds}")
-            steps = {"ours_save": lambda: run_child(["save", str(ep.conf), ours_uri, str(args.size)]),
-                     "aws_save": lambda: aws_cp(aws, [str(local), aws_uri]),
-                     "ours_load": lambda: run_child(["load", str(ep.conf), ours_uri]),
-                     "aws_load": lambda: aws_cp(aws, [aws_uri, str(download)])}
-            order = ["ours_save", "aws_save", "ours_load", "aws_load"] if r % 2 == 0 else \
-                ["aws_save", "ours_save", "aws_load", "ours_load"]
-            result = {name: steps[name]() for name in order}
-            download.unlink(missing_ok=True)
-            rounds.append(result)
-            note("   save ours {:.2f}s aws {:.2f}s; load ours {:.2f}s aws {:.2f}s; peak RSS +{:.0f} MiB".format(
-                result["ours_save"]["seconds"], result["aws_save"]["seconds"], result["ours_load"]["seconds"],
-                result["aws_load"]["seconds"], (result["ours_save"]["hwm"] - result["ours_save"]["baseline"]) / MiB))
-        ours_object = storage.stat(ours_uri).size
-        for uri in (ours_uri, aws_uri):
-            storage.delete(uri)
-        return {"size": args.size, "file_bytes": nbytes, "object_bytes": ours_object, "rounds": rounds,
+        run_prefix = f"s3://{args.bucket}/{run_id}/"
+        try:
+            object_bytes = run_rounds(args, ep, aws, ours_uri, aws_uri, local, download, storage, rounds)
+        finally:
+            clean_up(storage, backend, run_prefix, args.target)
+        return {"size": args.size, "file_bytes": nbytes, "object_bytes": object_bytes, "rounds": rounds,
                 "aws_startup_s": startup, "endpoint": ep.kind,
                 "settings": f"multipart_threshold {settings.multipart_threshold // MiB} MiB, multipart_chunksize "
                             f"{settings.multipart_chunksize // MiB} MiB, max_concurrency {settings.max_concurrency}"}
     finally:
         ep.stop()
+
+
+def clean_up(storage: Any, backend: S3Backend, prefix: str, target: str) -> None:
+    """Remove the run's objects and unfinished uploads; on the dev RGW also collect the garbage now."""
+    with contextlib.suppress(Exception):
+        backend.abort_incomplete_uploads(prefix, older_than_s=0)
+    with contextlib.suppress(Exception):
+        for info in list(storage.list(prefix)):
+            storage.delete(prefix + info.key)
+    if target == "ceph":
+        collect_rgw_garbage()
+
+
+def collect_rgw_garbage() -> None:
+    """``radosgw-admin gc process --include-all`` on the dev cluster (see the module docstring)."""
+    conf = Path(os.environ.get("CEPH_DEV_DIR", "/tmp/blip3o-ceph")) / "ceph.conf"
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        subprocess.run(["radosgw-admin", "-c", str(conf), "-n", "client.rgw.dev", "--admin-socket=",
+                        "gc", "process", "--include-all"], capture_output=True, timeout=300)
+
+
+def run_rounds(args: argparse.Namespace, ep: Endpoint, aws: Uploaders, ours_uri: str, aws_uri: str, local: Path,
+               download: Path, storage: Any, rounds: list[dict[str, Any]]) -> int:
+    object_bytes = 0
+    for r in range(args.rounds):
+        note(f"== round {r + 1}/{args.rounds}")
+        steps = {"ours_save": lambda: run_child(["save", str(ep.conf), ours_uri, str(args.size)]),
+                 "aws_save": lambda: aws_cp(aws, [str(local), aws_uri]),
+                 "ours_load": lambda: run_child(["load", str(ep.conf), ours_uri]),
+                 "aws_load": lambda: aws_cp(aws, [aws_uri, str(download)])}
+        order = ["ours_save", "aws_save", "ours_load", "aws_load"] if r % 2 == 0 else \
+            ["aws_save", "ours_save", "aws_load", "ours_load"]
+        result = {name: steps[name]() for name in order}
+        download.unlink(missing_ok=True)
+        object_bytes = storage.stat(ours_uri).size
+        for uri in (ours_uri, aws_uri):
+            storage.delete(uri)
+        if args.target == "ceph":
+            collect_rgw_garbage()
+        rounds.append(result)
+        note("   save ours {:.2f}s aws {:.2f}s; load ours {:.2f}s aws {:.2f}s; peak RSS +{:.0f} MiB".format(
+            result["ours_save"]["seconds"], result["aws_save"]["seconds"], result["ours_load"]["seconds"],
+            result["aws_load"]["seconds"], (result["ours_save"]["hwm"] - result["ours_save"]["baseline"]) / MiB))
+    return object_bytes
 
 
 def aws_cp(aws: Uploaders, paths: list[str]) -> dict[str, Any]:
