@@ -12,38 +12,35 @@ and leave every other call to mmengine's code unchanged.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import Any, Union
 
 import mmengine.fileio.io as fileio_io
-from mmengine.fileio import register_backend
+from mmengine.fileio import get_file_backend, register_backend
 from mmengine.fileio.backends import LocalBackend
 
 from blip3o_storage.storage.uri import is_s3_uri
 
-if TYPE_CHECKING:
-    from blip3o_storage.integrations.mmengine_backend import S3FileBackend
-
 
 class S3AwareLocalBackend(LocalBackend):
     """mmengine's LocalBackend, except that ``copyfile_to_local``/``copytree_to_local`` of an
-    ``s3://`` source download it (the S3 backend built from ``BLIP3O_CEPH_CONFIG`` or the boto3 chain,
-    as for ``get_file_backend('s3://...')``)."""
+    ``s3://`` source hand it to the backend that serves the source (``get_file_backend('s3://...')``:
+    ours, with the config of ``BLIP3O_CEPH_CONFIG`` or the boto3 chain)."""
 
     def copyfile_to_local(self, src: Union[str, Path], dst: Union[str, Path]) -> str:
         if is_s3_uri(src):
-            return _s3_backend().copyfile_to_local(src, dst)  # type: ignore[return-value]  # a Path stays one
+            return _s3_backend(src).copyfile_to_local(src, dst)  # a Path dst gives a Path, as LocalBackend
         return super().copyfile_to_local(src, dst)
 
     def copytree_to_local(self, src: Union[str, Path], dst: Union[str, Path]) -> str:
         if is_s3_uri(src):
-            return _s3_backend().copytree_to_local(src, dst)  # type: ignore[return-value]  # a Path stays one
+            return _s3_backend(src).copytree_to_local(src, dst)  # a Path dst gives a Path, as LocalBackend
         return super().copytree_to_local(src, dst)
 
 
-def _s3_backend() -> S3FileBackend:
-    from blip3o_storage.integrations.mmengine_backend import S3FileBackend
+def _s3_backend(src: Union[str, Path]) -> Any:
+    from blip3o_storage.integrations.mmengine_backend import backend_for  # it imports this module
 
-    return S3FileBackend()
+    return backend_for(src) or get_file_backend(src)
 
 
 def install() -> None:
