@@ -26,7 +26,7 @@ import io
 import os
 import pickle
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pytest
 
@@ -37,8 +37,8 @@ NAMES = ["plain.txt", "with space.jpg", "plus+sign.txt", "percent%41.txt", "hash
          "unicodé-日本.txt", "a=b&c.txt", "deep/er/path/file.bin"]
 
 
-def open_read(storage: Any, uri: str) -> BinaryIO:
-    """``open_read`` of a backend, or the facade's ``open(uri, "rb")``."""
+def open_read(storage: Any, uri: str) -> Any:
+    """``open_read`` of a backend, or the facade's ``open(uri, "rb")`` (a BinaryIO that also has ``readinto``)."""
     return storage.open_read(uri) if hasattr(storage, "open_read") else storage.open(uri, "rb")
 
 
