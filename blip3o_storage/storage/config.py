@@ -123,9 +123,8 @@ class S3Settings:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
-        if not isinstance(self.max_concurrency, int) or not 1 <= self.max_concurrency <= self.max_pool_connections:
-            raise ConfigError(f"max_concurrency must be an integer from 1 to max_pool_connections "
-                              f"({self.max_pool_connections}), not {self.max_concurrency!r}")
+        if not isinstance(self.max_concurrency, int) or self.max_concurrency < 1:
+            raise ConfigError(f"max_concurrency must be an integer >= 1, not {self.max_concurrency!r}")
         if not isinstance(self.multipart_chunksize, int) or not (
                 MIN_PART_SIZE <= self.multipart_chunksize <= MAX_PART_SIZE):
             raise ConfigError(f"multipart_chunksize must be from 5 MiB ({MIN_PART_SIZE}) to 5 GiB ({MAX_PART_SIZE}) "
@@ -163,6 +162,12 @@ class S3Settings:
         if self.fast_path is False or not self.endpoint_url:
             return False
         return self.effective_addressing_style == "path"
+
+    @property
+    def transfer_concurrency(self) -> int:
+        """Parts in flight per transfer: ``max_concurrency``, but never more than the connection
+        pool holds (more threads than connections would make urllib3 discard connections)."""
+        return min(self.max_concurrency, self.max_pool_connections)
 
     @property
     def verify(self) -> Union[bool, str]:

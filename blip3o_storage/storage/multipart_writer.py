@@ -43,7 +43,7 @@ class MultipartUpload:
         self.uri = uri
         self.upload_id = backend.create_multipart_upload(uri, content_type)
         self._parts: Dict[int, Tuple[str, Optional[bytes]]] = {}
-        self._in_flight = InFlight(backend.transfer_pool, backend.settings.max_concurrency)
+        self._in_flight = InFlight(backend.transfer_pool, backend.settings.transfer_concurrency)
         self._closed = False
 
     def send(self, number: int, data: Callable[[], Union[bytes, bytearray]],

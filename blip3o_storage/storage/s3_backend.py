@@ -313,7 +313,7 @@ class S3Backend(ProcessLocal, StorageBackend):
         if pool is None:
             with self._lock:
                 if self._pool is None:
-                    self._pool = new_pool(self.settings.max_concurrency, f"s3-parts-{self.cluster or 'default'}")
+                    self._pool = new_pool(self.settings.transfer_concurrency, f"s3-parts-{self.cluster or 'default'}")
                 pool = self._pool
         return pool
 
@@ -651,7 +651,7 @@ class S3Backend(ProcessLocal, StorageBackend):
         If-Match it, so a replaced object is an ObjectChangedError, never a mix)."""
         info = self.stat(uri)
         etag = info.etag or None
-        part, limit = self.settings.multipart_chunksize, self.settings.max_concurrency
+        part, limit = self.settings.multipart_chunksize, self.settings.transfer_concurrency
         return cast(BinaryIO, RangeReader(
             uri, info.size, lambda start, view: s3_transfers.fetch_into(self, uri, etag, start, view),
             block_size=part, max_ahead=part * limit))

@@ -52,7 +52,7 @@ def _read_piece(backend: S3Backend, length: int) -> int:
     ``max_concurrency`` requests has a piece (a 64 MiB tensor is 8 x 8 MiB, not 4 x 16 MiB), at least 1 MiB.
     Ranged GETs, unlike upload parts, have no 5 MiB minimum."""
     settings = backend.settings
-    return max(MIN_READ_PIECE, min(settings.multipart_chunksize, -(-length // settings.max_concurrency)))
+    return max(MIN_READ_PIECE, min(settings.multipart_chunksize, -(-length // settings.transfer_concurrency)))
 
 
 def fetch_into(backend: S3Backend, uri: str, etag: Optional[str], start: int, view: memoryview) -> None:
@@ -66,7 +66,7 @@ def fetch_into(backend: S3Backend, uri: str, etag: Optional[str], start: int, vi
     if len(ranges) == 1:
         part(*ranges[0])()
         return
-    run_bounded(backend.transfer_pool, (part(o, n) for o, n in ranges), backend.settings.max_concurrency)
+    run_bounded(backend.transfer_pool, (part(o, n) for o, n in ranges), backend.settings.transfer_concurrency)
 
 
 def get_large(backend: S3Backend, uri: str, size: int, etag: str) -> bytes:
@@ -145,7 +145,7 @@ def get_file(backend: S3Backend, uri: str, local_path: str) -> None:
         else:
             os.ftruncate(fd, info.size)
             run_bounded(backend.transfer_pool, _download_parts(backend, uri, info.etag, info.size, fd),
-                        backend.settings.max_concurrency)
+                        backend.settings.transfer_concurrency)
         os.close(fd)
         fd = -1
         os.replace(tmp, local_path)

@@ -132,3 +132,12 @@ def test_local_copy_get_file_put_file(tmp_path: Path) -> None:
     storage.get_file(tmp_path / "d" / "e.bin", tmp_path / "f" / "g.bin")
     assert {p.read_bytes() for p in (tmp_path / "b" / "c.bin", tmp_path / "d" / "e.bin",
                                      tmp_path / "f" / "g.bin")} == {b"x" * 1000}
+
+
+def test_transfer_concurrency_never_exceeds_the_connection_pool() -> None:
+    """A config with a small pool (max_pool_connections=2) still loads: the default max_concurrency (8)
+    is capped at the pool size instead of being refused (test_reliability's small-pool control uses it)."""
+    from blip3o_storage.storage.config import load_config
+    settings = load_config({"endpoint_url": "http://127.0.0.1:1", "max_pool_connections": 2}).settings_for(None)
+    assert (settings.max_concurrency, settings.transfer_concurrency) == (8, 2)
+    assert load_config({"endpoint_url": "http://127.0.0.1:1"}).settings_for(None).transfer_concurrency == 8
