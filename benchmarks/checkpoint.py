@@ -199,7 +199,7 @@ def collect_rgw_garbage() -> None:
     conf = Path(os.environ.get("CEPH_DEV_DIR", "/tmp/blip3o-ceph")) / "ceph.conf"
     with contextlib.suppress(OSError, subprocess.TimeoutExpired):
         subprocess.run(["radosgw-admin", "-c", str(conf), "-n", "client.rgw.dev", "--admin-socket=",
-                        "gc", "process", "--include-all"], capture_output=True, timeout=300)
+                        "gc", "process", "--include-all"], capture_output=True, timeout=120)
 
 
 def run_rounds(args: argparse.Namespace, ep: Endpoint, aws: Uploaders, ours_uri: str, aws_uri: str, local: Path,
