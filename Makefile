@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py --json $(BENCH_JSON) $(BENCH_ARGS)
 	$(PY) benchmarks/plots.py $(BENCH_JSON) --out $(BENCH_PLOTS)
 	$(PY) benchmarks/shards.py $(BENCH_ARGS)
+	$(PY) benchmarks/checkpoint.py $(filter-out --split-cpus,$(BENCH_ARGS))
 	$(PY) benchmarks/peers.py $(if $(findstring ceph,$(BENCH_ARGS)),--target ceph) --json $(PEERS_JSON) $(PEERS_ARGS)
 	$(PY) benchmarks/plots.py $(PEERS_JSON) --out $(BENCH_PLOTS)/peers
 

@@ -7,6 +7,9 @@ Messages name the URI or file and what to do; they never contain secrets.
 """
 from __future__ import annotations
 
+import pickle
+import shutil
+
 
 class StorageError(Exception):
     """Base class of every error raised by blip3o_storage."""
@@ -39,3 +42,24 @@ class TransientStorageError(StorageError, ConnectionError):
 
 class CorruptDataError(StorageError):
     """Data was read but is not what it should be (bad image, hash mismatch)."""
+
+
+# -- folder/file mismatches and copy targets (mmengine's fileio contract: the built-ins LocalBackend raises) --
+class IsAFolderError(StorageError, IsADirectoryError):
+    """A file operation (get, remove, copyfile) named a folder (an S3 prefix with objects under it)."""
+
+
+class NotAFolderError(StorageError, NotADirectoryError):
+    """A folder operation (list, rmtree, copytree) named a single file/object."""
+
+
+class AlreadyExistsError(StorageError, FileExistsError):
+    """The destination of a copytree already exists (copytree never merges into a folder)."""
+
+
+class SameObjectError(StorageError, shutil.SameFileError):
+    """A copy's source and destination are the same file/object."""
+
+
+class UntrustedDataError(StorageError, pickle.UnpicklingError):
+    """Data would need full unpickling (which can run code) and the source is not marked trusted."""

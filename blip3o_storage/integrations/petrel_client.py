@@ -39,6 +39,16 @@ _PRESIGN_METHODS = frozenset({"get_object", "put_object", "head_object", "delete
 Body = Union[bytes, bytearray, memoryview, str, io.IOBase]
 
 
+def presigned_url(storage: Storage, url: str, client_method: str = "get_object", expires_in: int = 3600) -> str:
+    """A URL that grants ``client_method`` on the object ``url`` for ``expires_in`` seconds, signed by
+    botocore; shared by :class:`Client` and the mmengine backend (both expose ``generate_presigned_url``)."""
+    if client_method not in _PRESIGN_METHODS:
+        raise ValueError(f"client_method must be one of {sorted(_PRESIGN_METHODS)}, not {client_method!r}")
+    parsed = Client._object_uri(url)
+    return storage.s3_backend(url).client.generate_presigned_url(
+        client_method, Params={"Bucket": parsed.bucket, "Key": parsed.key}, ExpiresIn=int(expires_in))
+
+
 class Client:
     """``Client(conf_path)`` with the closed client's methods (``get``/``Get``, ``put``,
     ``contains``, ``isdir``, ``list``, ``delete``, ``size``, ``generate_presigned_url``, ...)."""
@@ -140,11 +150,7 @@ class Client:
     def generate_presigned_url(self, url: str, client_method: str = "get_object", expires_in: int = 3600) -> str:
         """A URL that grants ``client_method`` on the object for ``expires_in`` seconds,
         signed by botocore (what PetrelBackend hands to video readers)."""
-        if client_method not in _PRESIGN_METHODS:
-            raise ValueError(f"client_method must be one of {sorted(_PRESIGN_METHODS)}, not {client_method!r}")
-        parsed = self._object_uri(url)
-        return self._s3(url).client.generate_presigned_url(
-            client_method, Params={"Bucket": parsed.bucket, "Key": parsed.key}, ExpiresIn=int(expires_in))
+        return presigned_url(self._storage, url, client_method, expires_in)
 
     def generate_presigned_post(self, url: str, fields: Optional[Dict[str, Any]] = None,
                                 conditions: Optional[List[Any]] = None,

@@ -10,14 +10,27 @@ Shaped like mmengine's ``BaseStorageBackend`` and fsspec's
 the ``isfile``/``exists`` defaults live here, once. A backend may override a
 default with something cheaper for its store (a local ``exists`` is one
 ``stat`` call), never with other semantics.
+
+The large-object methods (``open_read``, ``open_write``, ``put_file``,
+``get_file``, ``copy``) have simple defaults on the primitives here (whole
+objects in memory); ``LocalBackend`` and ``S3Backend`` override them with
+streaming versions whose memory does not grow with the object.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import BinaryIO, Iterator, Optional, Union, cast
 
-from blip3o_storage.errors import InvalidPathError, ObjectNotFoundError, StorageError
+from blip3o_storage.errors import CorruptDataError, InvalidPathError, ObjectNotFoundError, StorageError
+from blip3o_storage.storage.object_writer import BufferedPutWriter, ObjectWriter
+from blip3o_storage.storage.range_reader import RangeReader
+
+LocalPath = Union[str, "os.PathLike[str]"]
+#: Read-ahead block of the default ``open_read`` (one ranged read per 8 MiB of sequential reads).
+DEFAULT_READ_BLOCK = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -109,3 +122,54 @@ class StorageBackend(ABC):
     def exists(self, uri: str) -> bool:
         """True for an object or a folder (for S3: a prefix with objects under it)."""
         return self.isfile(uri) or self.isdir(uri)
+
+    # -- large objects: defaults on the primitives ------------------------
+    def open_read(self, uri: str) -> BinaryIO:
+        """A seekable binary reader of the object (``read``/``readinto``/``seek``/``tell``);
+        it works as the file of ``torch.load``. Default: ranged reads with read-ahead."""
+        info = self.stat(uri)
+        if info.is_dir:
+            raise ObjectNotFoundError(f"{uri}: is a folder, not an object (open for reading)")
+
+        def fill(start: int, view: memoryview) -> None:
+            data = self.get_range(uri, start, len(view))
+            if len(data) != len(view):
+                raise CorruptDataError(f"{uri}: asked for {len(view)} bytes at {start}, got {len(data)} "
+                                       f"(the object is shorter than when it was opened?)")
+            view[:] = data
+        return cast(BinaryIO, RangeReader(uri, info.size, fill, block_size=DEFAULT_READ_BLOCK))
+
+    def open_write(self, uri: str, content_type: Optional[str] = None) -> ObjectWriter:
+        """A binary writer whose bytes become the object on ``close()``; nothing is visible at ``uri``
+        before, and ``abort()`` or an exception inside ``with`` leaves nothing. Default: one ``put``."""
+        return BufferedPutWriter(uri, lambda data: self.put(uri, data, content_type))
+
+    def put_file(self, uri: str, local_path: LocalPath, content_type: Optional[str] = None) -> Optional[str]:
+        """Upload the local file ``local_path`` as ``uri``; the stored ETag where the store has one."""
+        path = os.fspath(local_path)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"{path}: no such file (upload to {uri})") from None
+        return self.put(uri, data, content_type)
+
+    def get_file(self, uri: str, local_path: LocalPath) -> None:
+        """Download ``uri`` to ``local_path`` (folders created) through a temp file renamed into place."""
+        path = os.fspath(local_path)
+        data = self.get(uri)
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def copy(self, src_uri: str, dst_uri: str) -> None:
+        """Copy one object to another URI of this backend."""
+        self.put(dst_uri, self.get(src_uri))

@@ -15,7 +15,9 @@ A ``ceph_config`` is what OpenUni passes next to ``ceph_folder``. It may be
   plus optional per-cluster keys of ours: ``region``, ``addressing_style``,
   ``verify_ssl``, ``ca_bundle``, ``max_pool_connections``, ``retry_mode``,
   ``max_attempts``, ``connect_timeout``, ``read_timeout``, ``deadline``, ``profile``,
-  ``fast_path`` (object GET/PUT over signed urllib3, default on for path-style endpoints).
+  ``fast_path`` (object GET/PUT over signed urllib3, default on for path-style endpoints),
+  and for large objects ``multipart_threshold``, ``multipart_chunksize`` (bytes, or sizes like
+  ``64MB``/``16MiB``, binary as in the AWS CLI) and ``max_concurrency``.
   The closed petrel client's own keys (``enable_mc``, ``boto``, the log and
   memcached settings, see :data:`PETREL_CLIENT_KEYS`) and its non-cluster
   sections (``[mc]``, ``[dfs]``, ``[cache]``) are accepted and ignored, with one
@@ -42,6 +44,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 from urllib.parse import urlparse
 
 from blip3o_storage.errors import ConfigError
+from blip3o_storage.storage.part_sizing import MAX_PART_SIZE, MAX_SINGLE_PUT, MIN_PART_SIZE, MiB, parse_size
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +99,16 @@ class S3Settings:
     #: + read_timeout), instead of 300 s (read) to 25 min (upload). 30 s lets three 10 s attempts run
     #: (one dead connection or RGW thread is passed by the next).
     deadline: float = 30.0
+    #: Objects above this many bytes go as a multipart upload (parallel parts) and come back as
+    #: parallel ranged GETs; at or below it, one PUT/GET. 64 MiB, as ``tools/upload.py`` uses: one
+    #: PUT of 64 MiB takes ~0.3 s on RGW, so below it parallel parts buy little.
+    multipart_threshold: int = 64 * MiB
+    #: Part size of multipart uploads and ranged downloads (raised by s3transfer's ChunksizeAdjuster
+    #: so no object needs more than 10,000 parts; at least S3's 5 MiB). Memory of one streaming
+    #: transfer is about part size x (max_concurrency + 1): 144 MiB at the defaults.
+    multipart_chunksize: int = 16 * MiB
+    #: Parts in flight per transfer (threads per backend and process).
+    max_concurrency: int = 8
 
     def __post_init__(self) -> None:
         if (self.access_key is None) != (self.secret_key is None):
@@ -110,6 +123,15 @@ class S3Settings:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
+        if not isinstance(self.max_concurrency, int) or self.max_concurrency < 1:
+            raise ConfigError(f"max_concurrency must be an integer >= 1, not {self.max_concurrency!r}")
+        if not isinstance(self.multipart_chunksize, int) or not (
+                MIN_PART_SIZE <= self.multipart_chunksize <= MAX_PART_SIZE):
+            raise ConfigError(f"multipart_chunksize must be from 5 MiB ({MIN_PART_SIZE}) to 5 GiB ({MAX_PART_SIZE}) "
+                              f"bytes (S3's part size limits), not {self.multipart_chunksize!r}")
+        if not isinstance(self.multipart_threshold, int) or not 1 <= self.multipart_threshold <= MAX_SINGLE_PUT:
+            raise ConfigError(f"multipart_threshold must be from 1 to 5 GiB ({MAX_SINGLE_PUT}) bytes "
+                              f"(S3's single-PUT limit), not {self.multipart_threshold!r}")
         if self.endpoint_url is not None:
             try:
                 parsed = urlparse(self.endpoint_url)
@@ -140,6 +162,12 @@ class S3Settings:
         if self.fast_path is False or not self.endpoint_url:
             return False
         return self.effective_addressing_style == "path"
+
+    @property
+    def transfer_concurrency(self) -> int:
+        """Parts in flight per transfer: ``max_concurrency``, but never more than the connection
+        pool holds (more threads than connections would make urllib3 discard connections)."""
+        return min(self.max_concurrency, self.max_pool_connections)
 
     @property
     def verify(self) -> Union[bool, str]:
@@ -173,7 +201,8 @@ class StorageConfig:
                 f"Add a [{name}] section or use s3://bucket/key for the default cluster") from None
 
 
-_INT_KEYS = {"max_pool_connections", "max_attempts"}
+_INT_KEYS = {"max_pool_connections", "max_attempts", "max_concurrency"}
+_SIZE_KEYS = {"multipart_threshold", "multipart_chunksize"}  # bytes, or "64MB" / "16MiB"
 
 _SETTING_KEYS = {f.name for f in fields(S3Settings)}
 _ALIASES = {"host_base": "endpoint_url", "endpoint": "endpoint_url", "region_name": "region",
@@ -229,6 +258,8 @@ def settings_from_mapping(values: Mapping[str, Any], *, where: str,
         try:
             if key in _INT_KEYS:
                 value = int(value)
+            elif key in _SIZE_KEYS:
+                value = parse_size(value)
             elif key in _FLOAT_KEYS:
                 value = float(value)
             elif key == "fast_path":

@@ -7,11 +7,12 @@ made per cluster on first use, each with its own lazily-created client.
 from __future__ import annotations
 
 import os
+import shutil
 import threading
-from typing import Any, Dict, Iterator, Mapping, Optional, Union
+from typing import Any, BinaryIO, Dict, Iterator, Mapping, Optional, Union, cast
 
 from blip3o_storage.errors import InvalidPathError
-from blip3o_storage.storage.backend import ObjectInfo, StorageBackend
+from blip3o_storage.storage.backend import LocalPath, ObjectInfo, StorageBackend
 from blip3o_storage.storage.config import S3Settings, StorageConfig, load_config
 from blip3o_storage.storage.local_backend import LocalBackend
 from blip3o_storage.storage.process_state import ProcessLocal
@@ -117,3 +118,45 @@ class Storage(ProcessLocal):
 
     def delete(self, uri: PathLike) -> None:
         self.backend_for(uri).delete(os.fspath(uri))
+
+    # -- large objects ---------------------------------------------------
+    def open(self, uri: PathLike, mode: str = "rb", content_type: Optional[str] = None) -> BinaryIO:
+        """A binary file object on ``uri``: ``"rb"`` a seekable reader (parallel ranged GETs on S3),
+        ``"wb"`` a writer whose bytes become the object only when it is closed without error
+        (a multipart upload on S3 above ``multipart_threshold``; ``abort()`` drops it). Both
+        work as the file of ``torch.save`` / ``torch.load``."""
+        backend = self.backend_for(uri)
+        if mode in ("rb", "br"):
+            return backend.open_read(os.fspath(uri))
+        if mode in ("wb", "bw"):
+            return cast(BinaryIO, backend.open_write(os.fspath(uri), content_type))
+        raise InvalidPathError(f"{os.fspath(uri)}: open mode {mode!r} is not supported; use 'rb' or 'wb'")
+
+    def put_file(self, uri: PathLike, local_path: LocalPath, content_type: Optional[str] = None) -> Optional[str]:
+        """Upload the local file ``local_path`` to ``uri`` (streamed; parallel parts on S3); the ETag if any."""
+        return self.backend_for(uri).put_file(os.fspath(uri), local_path, content_type)
+
+    def get_file(self, uri: PathLike, local_path: LocalPath) -> None:
+        """Download ``uri`` to the local file ``local_path`` (temp file + rename; nothing partial on failure)."""
+        self.backend_for(uri).get_file(os.fspath(uri), local_path)
+
+    def copy(self, src: PathLike, dst: PathLike) -> None:
+        """Copy one object/file to another URI: server-side within one backend, an upload for local
+        to S3, a download for S3 to local, and streamed through memory (part-sized pieces) between
+        two S3 clusters."""
+        source, target = self.backend_for(src), self.backend_for(dst)
+        src_uri, dst_uri = os.fspath(src), os.fspath(dst)
+        if source is target:
+            source.copy(src_uri, dst_uri)
+        elif source is self._local:
+            target.put_file(dst_uri, src_uri)
+        elif target is self._local:
+            source.get_file(src_uri, dst_uri)
+        else:
+            self._stream_copy(source, target, src_uri, dst_uri)
+
+    @staticmethod
+    def _stream_copy(source: StorageBackend, target: StorageBackend, src_uri: str, dst_uri: str) -> None:
+        """Read ``src_uri`` and write ``dst_uri`` in 16 MiB pieces (memory: the two streams' buffers)."""
+        with source.open_read(src_uri) as reader, target.open_write(dst_uri) as writer:
+            shutil.copyfileobj(reader, writer, 16 << 20)

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import tempfile
 from types import TracebackType
-from typing import Iterator, Literal, Optional
+from typing import BinaryIO, Callable, Iterator, Literal, Optional
 
 from blip3o_storage.errors import AccessDeniedError, InvalidPathError, ObjectNotFoundError, StorageError
-from blip3o_storage.storage.backend import ObjectInfo, StorageBackend
+from blip3o_storage.storage.backend import LocalPath, ObjectInfo, StorageBackend
+from blip3o_storage.storage.object_writer import ObjectWriter
 from blip3o_storage.storage.uri import parse_uri
 
 
@@ -145,3 +147,92 @@ class LocalBackend(StorageBackend):
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+
+    # -- large objects: plain files, streamed -----------------------------
+    def open_read(self, uri: str) -> BinaryIO:
+        """The file itself, opened for binary reading."""
+        path = _path(uri)
+        with _mapped_os_errors(path, "open for reading"):
+            if os.path.isdir(path):
+                raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+            return open(path, "rb")
+
+    def open_write(self, uri: str, content_type: Optional[str] = None) -> ObjectWriter:
+        """A temp file in the destination folder, renamed into place on close (removed on abort)."""
+        return LocalFileWriter(_path(uri))
+
+    def put_file(self, uri: str, local_path: LocalPath, content_type: Optional[str] = None) -> None:
+        """Copy ``local_path`` to ``uri`` (temp file + rename; never read whole)."""
+        source = os.fspath(local_path)
+        _copy_atomically(source, _path(uri), "upload", source)
+
+    def get_file(self, uri: str, local_path: LocalPath) -> None:
+        """Copy the file ``uri`` to ``local_path`` (temp file + rename)."""
+        path = _path(uri)
+        _copy_atomically(path, os.fspath(local_path), "download", path)
+
+    def copy(self, src_uri: str, dst_uri: str) -> None:
+        """``shutil.copyfile`` semantics, atomically, creating the destination's folders (as ``put``)."""
+        source = _path(src_uri)
+        _copy_atomically(source, _path(dst_uri), "copy", source)
+
+
+def _atomic_file(path: str, action: str, fill: Callable[[str], None]) -> None:
+    """``fill(tmp)`` a temp file in ``path``'s folder (created), then rename it to ``path``; no temp left on failure."""
+    directory = os.path.dirname(os.path.abspath(path))
+    with _mapped_os_errors(path, action):
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+        os.close(fd)
+        try:
+            fill(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+
+def _copy_atomically(source: str, destination: str, action: str, missing: str) -> None:
+    """Copy ``source`` to ``destination`` through a temp file; ObjectNotFoundError naming ``missing``."""
+    with _mapped_os_errors(missing, action):
+        if os.path.isdir(source):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", source)
+        with open(source, "rb"):
+            pass
+    def fill(tmp: str) -> None:
+        shutil.copyfile(source, tmp)
+    _atomic_file(destination, action, fill)
+
+
+class LocalFileWriter(ObjectWriter):
+    """Writes a temp file next to ``path``; ``close`` renames it into place, ``abort`` removes it."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        with _mapped_os_errors(path, "open for writing"):
+            if os.path.isdir(path):
+                raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+            os.makedirs(directory, exist_ok=True)
+            fd, self._tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+        self._fh: Optional[BinaryIO] = os.fdopen(fd, "wb")
+
+    def _write(self, view: memoryview) -> None:
+        assert self._fh is not None
+        with _mapped_os_errors(self.uri, "write"):
+            self._fh.write(view)
+
+    def _commit(self) -> None:
+        assert self._fh is not None
+        with _mapped_os_errors(self.uri, "write"):
+            self._fh.close()
+            self._fh = None
+            os.replace(self._tmp, self.uri)
+
+    def _abort(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if os.path.exists(self._tmp):
+            os.unlink(self._tmp)

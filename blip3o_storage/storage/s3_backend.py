@@ -13,13 +13,30 @@ need are methods on top of it, so the boto3 client stays inside this module.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import hashlib
 import logging
 import os
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import (
+    Any,
+    BinaryIO,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    TypeVar,
+    Union,
+    cast,
+)
 from urllib.parse import urlsplit
 
 import boto3
@@ -37,9 +54,14 @@ from blip3o_storage.errors import (
     StorageError,
     TransientStorageError,
 )
+from blip3o_storage.storage import s3_transfers
 from blip3o_storage.storage.backend import ObjectInfo, StorageBackend
 from blip3o_storage.storage.config import S3Settings
+from blip3o_storage.storage.multipart_writer import MultipartWriter
+from blip3o_storage.storage.parallel import new_pool
+from blip3o_storage.storage.part_sizing import MAX_SINGLE_PUT
 from blip3o_storage.storage.process_state import ProcessLocal
+from blip3o_storage.storage.range_reader import ObjectChangedError, RangeReader
 from blip3o_storage.storage.retry import (
     DeadlineExceeded,
     OperationClock,
@@ -199,6 +221,20 @@ def map_error(exc: BaseException, uri: str, action: str, where: str = "") -> Sto
     return StorageError(f"{uri}: {action} failed ({type(exc).__name__}: {exc})")
 
 
+@contextlib.contextmanager
+def _changed_object_check(uri: str, if_match: Optional[str]) -> Iterator[None]:
+    """A 412 answer to a GET that was If-Match ``if_match`` becomes ObjectChangedError (final, not retried)."""
+    try:
+        yield
+    except ClientError as exc:
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if if_match and (status == 412 or exc.response.get("Error", {}).get("Code") == "PreconditionFailed"):
+            raise ObjectChangedError(
+                f"{uri}: the object changed while it was being read in parts (its ETag is no longer "
+                f"{if_match}); nothing was returned: read it again") from None
+        raise
+
+
 @dataclass(frozen=True)
 class PartInfo:
     """One part of a multipart object, from ``HEAD ?partNumber=N``: its size, and the
@@ -220,7 +256,7 @@ class S3Backend(ProcessLocal, StorageBackend):
     caller needs the client itself.
     """
 
-    _process_state = ("_lock", "_client", "_http", "_client_pid")
+    _process_state = ("_lock", "_client", "_http", "_client_pid", "_pool")
 
     def __init__(self, settings: S3Settings, *, cluster: Optional[str] = None) -> None:
         self.settings = settings
@@ -234,6 +270,8 @@ class S3Backend(ProcessLocal, StorageBackend):
         self._http: Optional[SignedHTTP] = None
         #: The pid that built ``_client`` (None until this process builds one).
         self._client_pid: Optional[int] = None
+        #: Threads for the parts of large transfers; made on first use, per process (never crosses a fork).
+        self._pool: Optional[ThreadPoolExecutor] = None
 
     def __repr__(self) -> str:
         return f"S3Backend({self.settings.describe()}, cluster={self.cluster!r})"
@@ -265,6 +303,19 @@ class S3Backend(ProcessLocal, StorageBackend):
         """This process's signed-HTTP path for object GET/PUT, or None (boto3 for everything)."""
         self.client  # noqa: B018 - creates both per process
         return self._http
+
+    @property
+    def transfer_pool(self) -> ThreadPoolExecutor:
+        """This process's threads for the parts of large transfers (``max_concurrency`` of them),
+        created on first use; a forked child builds its own."""
+        self._check_process()
+        pool = self._pool
+        if pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = new_pool(self.settings.transfer_concurrency, f"s3-parts-{self.cluster or 'default'}")
+                pool = self._pool
+        return pool
 
     def connect(self) -> None:
         """Build this process's client and pool now (e.g. before a thread pool starts using them)."""
@@ -337,24 +388,43 @@ class S3Backend(ProcessLocal, StorageBackend):
 
     # -- protocol --------------------------------------------------------
     def get(self, uri: str) -> bytes:
+        """The whole object. One GET up to ``multipart_threshold``; a larger object is
+        fetched as parallel ranged GETs (each If-Match its ETag) into one buffer (the
+        first response is dropped after its headers: one round trip, no extra HEAD for
+        the small objects that are nearly every read)."""
+        p = self._parse(uri)
+        limit = self.settings.multipart_threshold
+
+        def op() -> Union[bytes, Tuple[int, str]]:
+            http = self.http
+            if http is not None:
+                return http.get_object_below(p.bucket, p.key, limit)
+            response = self.client.get_object(Bucket=p.bucket, Key=p.key)
+            size = response.get("ContentLength")
+            if size is not None and int(size) > limit:
+                response["Body"].close()
+                return int(size), str(response.get("ETag", "")).strip('"')
+            return self._read_body(response, uri)
+        result = self._run(uri, "get", op)
+        if isinstance(result, bytes):
+            return result
+        return s3_transfers.get_large(self, uri, *result)
+
+    def _get_range(self, uri: str, start: int, length: int, *, if_match: Optional[str] = None) -> bytes:
+        """The range; with ``if_match`` (an ETag), ObjectChangedError if the object is no longer that version."""
         p = self._parse(uri)
 
         def op() -> bytes:
+            with _changed_object_check(uri, if_match):
+                return fetch()
+
+        def fetch() -> bytes:
             http = self.http
             if http is not None:
-                return http.get_object(p.bucket, p.key)
-            return self._read_body(self.client.get_object(Bucket=p.bucket, Key=p.key), uri)
-        return self._run(uri, "get", op)
-
-    def _get_range(self, uri: str, start: int, length: int) -> bytes:
-        p = self._parse(uri)
-
-        def op() -> bytes:
-            http = self.http
-            if http is not None:
-                return http.get_object(p.bucket, p.key, (start, start + length - 1))
+                return http.get_object(p.bucket, p.key, (start, start + length - 1), if_match=if_match)
             end = start + length - 1
-            response = self.client.get_object(Bucket=p.bucket, Key=p.key, Range=f"bytes={start}-{end}")
+            extra = {"IfMatch": f'"{if_match}"'} if if_match else {}
+            response = self.client.get_object(Bucket=p.bucket, Key=p.key, Range=f"bytes={start}-{end}", **extra)
             problem = range_problem(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0),
                                     response.get("ContentRange"), start, end)
             if problem:
@@ -366,6 +436,22 @@ class S3Backend(ProcessLocal, StorageBackend):
                 raise UnexpectedResponse(problem)
             return data
         return self._run(uri, f"ranged get {start}+{length}", op)
+
+    def _get_range_into(self, uri: str, start: int, view: memoryview, *, if_match: Optional[str] = None) -> None:
+        """Fill ``view`` with the bytes from ``start`` (straight from the socket on the signed-HTTP path)."""
+        http = self.http
+        if http is None:
+            data = self._get_range(uri, start, len(view), if_match=if_match)
+            if len(data) != len(view):
+                raise CorruptDataError(f"{uri}: asked for {len(view)} bytes at {start}, got {len(data)}")
+            view[:] = data
+            return
+        p = self._parse(uri)
+
+        def op() -> None:
+            with _changed_object_check(uri, if_match):
+                http.get_range_into(p.bucket, p.key, start, view, if_match=if_match)
+        self._run(uri, f"ranged get {start}+{len(view)}", op)
 
     def stat(self, uri: str) -> ObjectInfo:
         p = self._parse(uri)
@@ -412,6 +498,16 @@ class S3Backend(ProcessLocal, StorageBackend):
 
     def put(self, uri: str, data: bytes, content_type: Optional[str] = None, *,
             md5_digest: Optional[bytes] = None) -> str:
+        """Upload ``data``; returns the ETag. Up to ``multipart_threshold`` bytes (or whenever
+        ``md5_digest`` is given: the caller wants that one PUT's MD5 as the ETag), one PUT with
+        Content-MD5 (:meth:`put_single`); above it, a multipart upload of memoryview slices
+        of ``data`` in parallel (a part-sized copy per part in flight, never of the whole)."""
+        if len(data) > MAX_SINGLE_PUT or (md5_digest is None and len(data) > self.settings.multipart_threshold):
+                return s3_transfers.put_large(self, uri, data, content_type)
+        return self.put_single(uri, data, content_type, md5_digest=md5_digest)
+
+    def put_single(self, uri: str, data: bytes, content_type: Optional[str] = None, *,
+                   md5_digest: Optional[bytes] = None) -> str:
         """Upload ``data`` in one PUT with an explicit Content-MD5 so the server
         checks integrity; returns the ETag. ``md5_digest`` saves re-hashing."""
         p = self._parse(uri)
@@ -495,7 +591,7 @@ class S3Backend(ProcessLocal, StorageBackend):
             Bucket=p.bucket, Key=p.key, **extra))
         return str(created["UploadId"])
 
-    def upload_part(self, uri: str, upload_id: str, number: int, data: bytes, *,
+    def upload_part(self, uri: str, upload_id: str, number: int, data: Union[bytes, bytearray], *,
                     md5_digest: Optional[bytes] = None) -> str:
         """Send part ``number`` (1-based) with its Content-MD5 (the server rejects a damaged
         body); the part's ETag as the server gave it. ``md5_digest`` saves re-hashing."""
@@ -548,3 +644,85 @@ class S3Backend(ProcessLocal, StorageBackend):
             Bucket=p.bucket, Key=p.key, PartNumber=number))
         count = response.get("PartsCount")
         return PartInfo(size=int(response.get("ContentLength", 0)), parts_count=None if count is None else int(count))
+
+    # -- large objects (streams, files, copies) --------------------------
+    def open_read(self, uri: str) -> BinaryIO:
+        """A seekable reader of the object as it is now (its ETag is pinned: every ranged GET is
+        If-Match it, so a replaced object is an ObjectChangedError, never a mix)."""
+        info = self.stat(uri)
+        etag = info.etag or None
+        part, limit = self.settings.multipart_chunksize, self.settings.transfer_concurrency
+        return cast(BinaryIO, RangeReader(
+            uri, info.size, lambda start, view: s3_transfers.fetch_into(self, uri, etag, start, view),
+            block_size=part, max_ahead=part * limit))
+
+    def open_write(self, uri: str, content_type: Optional[str] = None) -> MultipartWriter:
+        """A writer whose bytes become the object on close (see :class:`MultipartWriter`)."""
+        return MultipartWriter(self, uri, content_type)
+
+    def put_file(self, uri: str, local_path: Union[str, os.PathLike[str]],
+                 content_type: Optional[str] = None) -> Optional[str]:
+        """Upload a local file (parallel parts above the threshold, read part by part); its ETag."""
+        return s3_transfers.put_file(self, uri, os.fspath(local_path), content_type)
+
+    def get_file(self, uri: str, local_path: Union[str, os.PathLike[str]]) -> None:
+        """Download into a temp file next to ``local_path``, renamed into place when whole."""
+        s3_transfers.get_file(self, uri, os.fspath(local_path))
+
+    def copy(self, src_uri: str, dst_uri: str) -> None:
+        """Server-side copy on this cluster (CopyObject, or parallel UploadPartCopy above the threshold)."""
+        s3_transfers.copy(self, src_uri, dst_uri)
+
+    def list_multipart_uploads(self, uri_prefix: str) -> List[MultipartUploadInfo]:
+        """Unfinished multipart uploads under ``uri_prefix`` (``s3://bucket/prefix``), oldest first."""
+        p = self._parse(uri_prefix, need_key=False)
+        found: List[MultipartUploadInfo] = []
+        markers: Dict[str, str] = {}
+        while True:
+            page = self._request(uri_prefix, "list multipart uploads", "list_multipart_uploads",
+                                 Bucket=p.bucket, Prefix=p.key, **markers)
+            for upload in page.get("Uploads", []):
+                initiated = upload.get("Initiated")
+                found.append(MultipartUploadInfo(
+                    uri=f"{p.cluster + ':' if p.cluster else ''}s3://{p.bucket}/{upload['Key']}",
+                    upload_id=str(upload["UploadId"]),
+                    initiated=initiated.timestamp() if hasattr(initiated, "timestamp") else None))
+            if not page.get("IsTruncated"):
+                break
+            markers = {"KeyMarker": page.get("NextKeyMarker", ""), "UploadIdMarker": page.get("NextUploadIdMarker", "")}
+            if not markers["KeyMarker"]:
+                raise StorageError(f"{uri_prefix}: multipart upload listing truncated without a next marker")
+        found.sort(key=lambda info: info.initiated or 0.0)
+        return found
+
+    def abort_incomplete_uploads(self, uri_prefix: str, older_than_s: float = 24 * 3600.0) -> int:
+        """Abort the unfinished multipart uploads under ``uri_prefix`` started more than
+        ``older_than_s`` seconds ago; how many were aborted.
+
+        A process killed mid-upload (SIGKILL, OOM, node loss) cannot abort its own: its parts
+        stay (invisible, but stored and billed) until this, or a bucket lifecycle rule with
+        ``AbortIncompleteMultipartUpload``, removes them. The default of one day leaves uploads
+        that may still be running alone; 0 aborts every one (nothing else may be writing).
+        """
+        now = time.time()
+        aborted = 0
+        for upload in self.list_multipart_uploads(uri_prefix):
+            if upload.initiated is not None and now - upload.initiated < older_than_s:
+                continue
+            try:
+                self.abort_multipart_upload(upload.uri, upload.upload_id)
+            except ObjectNotFoundError:
+                continue  # finished or aborted meanwhile
+            aborted += 1
+        if aborted:
+            logger.info("%s: aborted %d unfinished multipart upload(s)", uri_prefix, aborted)
+        return aborted
+
+
+@dataclass(frozen=True)
+class MultipartUploadInfo:
+    """One unfinished multipart upload: the object it would become, its id, when it started (epoch s)."""
+
+    uri: str
+    upload_id: str
+    initiated: Optional[float]

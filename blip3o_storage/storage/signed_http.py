@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from urllib.parse import quote, urlsplit
 
 import urllib3
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.exceptions import ClientError, NoCredentialsError, ResponseStreamingError
+from botocore.exceptions import ClientError, IncompleteReadError, NoCredentialsError, ResponseStreamingError
 from urllib3.exceptions import ProtocolError
 
 from blip3o_storage.storage.config import S3Settings
@@ -51,6 +51,9 @@ _CODE_RE = re.compile(rb"<Code>([^<]*)</Code>")
 _MESSAGE_RE = re.compile(rb"<Message>([^<]*)</Message>")
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _GET_OK = {200, 206}
+#: Ranged reads into a buffer copy through pieces of this size (1 MiB: the copy stays in cache,
+#: and a part in flight costs its buffer plus 1 MiB, not twice its size).
+_READ_CHUNK = 1 << 20
 
 
 class UnexpectedResponse(Exception):
@@ -164,13 +167,32 @@ class SignedHTTP:
         S3SigV4Auth(credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
         return dict(request.headers.items())
 
-    def get_object(self, bucket: str, key: str, byte_range: Optional[Tuple[int, int]] = None) -> bytes:
+    def get_object(self, bucket: str, key: str, byte_range: Optional[Tuple[int, int]] = None, *,
+                   if_match: Optional[str] = None) -> bytes:
         """The object's bytes as stored (or ``byte_range`` = (start, end inclusive),
         checked by :func:`range_problem`); the length is checked against
-        Content-Length by urllib3."""
+        Content-Length by urllib3. ``if_match`` (an ETag) makes a replaced object a
+        412 PreconditionFailed instead of other bytes."""
+        data = self.get_object_below(bucket, key, None, byte_range, if_match=if_match)
+        assert isinstance(data, bytes)
+        return data
+
+    def get_object_below(self, bucket: str, key: str, limit: Optional[int],
+                         byte_range: Optional[Tuple[int, int]] = None, *,
+                         if_match: Optional[str] = None) -> Union[bytes, Tuple[int, str]]:
+        """:meth:`get_object`, except that a whole object over ``limit`` bytes is not read:
+        its (size, ETag) come back instead, from the response headers, and the connection
+        is dropped (the caller fetches it in parallel ranges; one wasted round trip)."""
         headers = {"Range": f"bytes={byte_range[0]}-{byte_range[1]}"} if byte_range else {}
+        if if_match:
+            headers["If-Match"] = f'"{if_match}"'
         response = self._send("GET", bucket, key, headers, None, preload_content=False)
         try:
+            length = response.headers.get("Content-Length")
+            if (limit is not None and byte_range is None and response.status == 200 and length is not None
+                    and int(length) > limit):
+                response.close()  # unread body: this connection is not reused
+                return int(length), (response.headers.get("ETag") or "").strip('"')
             try:
                 data = response.read(decode_content=False)
             except (ProtocolError, OSError) as exc:
@@ -186,6 +208,43 @@ class SignedHTTP:
             if problem:
                 raise UnexpectedResponse(problem)
         return data
+
+    def get_range_into(self, bucket: str, key: str, start: int, view: memoryview, *,
+                       if_match: Optional[str] = None) -> None:
+        """Bytes ``start .. start+len(view)`` of the object read into ``view`` in 1 MiB pieces
+        (parallel downloads fill their destination buffer directly, no part-sized temp).
+        The answer must be a 206 with that exact Content-Range and that many bytes."""
+        end = start + len(view) - 1
+        headers = {"Range": f"bytes={start}-{end}"}
+        if if_match:
+            headers["If-Match"] = f'"{if_match}"'
+        response = self._send("GET", bucket, key, headers, None, preload_content=False)
+        try:
+            if response.status != 206:
+                if response.status in _GET_OK:  # the whole object, not the range: do not read it
+                    response.close()
+                    raise UnexpectedResponse(range_problem(response.status, None, start, end) or "no range")
+                raise client_error(response.status, response.read(decode_content=False), "GetObject")
+            problem = range_problem(206, response.headers.get("Content-Range"), start, end)
+            if problem or response.headers.get("Content-Length") not in (None, str(len(view))):
+                response.close()
+                raise UnexpectedResponse(problem or f"asked for bytes {start}-{end}, got Content-Length "
+                                         f"{response.headers.get('Content-Length')}")
+            got = 0
+            try:
+                while got < len(view):  # urllib3's readinto reads the whole length into a temp: chunk it
+                    chunk = response.read(min(_READ_CHUNK, len(view) - got), decode_content=False)
+                    if not chunk:
+                        break
+                    view[got:got + len(chunk)] = chunk
+                    got += len(chunk)
+            except (ProtocolError, OSError) as exc:
+                raise ResponseStreamingError(error=exc) from exc
+            if got != len(view):
+                response.close()
+                raise IncompleteReadError(actual_bytes=got, expected_bytes=len(view))
+        finally:
+            response.release_conn()
 
     def put_object(self, bucket: str, key: str, body: bytes, content_md5: str,
                    content_type: Optional[str] = None) -> Dict[str, str]:

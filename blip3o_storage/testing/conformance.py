@@ -4,8 +4,9 @@ Subclass :class:`BackendConformance` once per backend (its name starting with ``
 collects it) and provide two fixtures:
 
 * ``backend``: the object under test; anything with the public storage methods (``get``, ``get_text``,
-  ``get_range``, ``exists``, ``isdir``, ``stat``, ``put``, ``list``, ``delete``) taking full URIs: a
-  backend (``LocalBackend``, ``S3Backend``) or the :class:`~blip3o_storage.Storage` facade.
+  ``get_range``, ``exists``, ``isdir``, ``stat``, ``put``, ``list``, ``delete``, ``put_file``,
+  ``get_file``, ``copy``, and ``open_read``/``open_write`` or the facade's ``open``) taking full URIs:
+  a backend (``LocalBackend``, ``S3Backend``) or the :class:`~blip3o_storage.Storage` facade.
 * ``root_uri``: a folder URI on that backend that starts empty.
 
 For example::
@@ -21,7 +22,10 @@ For example::
 """
 from __future__ import annotations
 
+import io
+import os
 import pickle
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +35,16 @@ from blip3o_storage.storage.uri import join_uri
 
 NAMES = ["plain.txt", "with space.jpg", "plus+sign.txt", "percent%41.txt", "hash#tag.txt",
          "unicodé-日本.txt", "a=b&c.txt", "deep/er/path/file.bin"]
+
+
+def open_read(storage: Any, uri: str) -> Any:
+    """``open_read`` of a backend, or the facade's ``open(uri, "rb")`` (a BinaryIO that also has ``readinto``)."""
+    return storage.open_read(uri) if hasattr(storage, "open_read") else storage.open(uri, "rb")
+
+
+def open_write(storage: Any, uri: str) -> Any:
+    """``open_write`` of a backend, or the facade's ``open(uri, "wb")``."""
+    return storage.open_write(uri) if hasattr(storage, "open_write") else storage.open(uri, "wb")
 
 
 class BackendConformance:
@@ -150,3 +164,95 @@ class BackendConformance:
         for bad in ["../etc/passwd", "a/../../b", "/abs/path.jpg", ""]:
             with pytest.raises(InvalidPathError):
                 join_uri(folder, bad)
+
+    # -- large-object methods (small objects here; the multipart paths: tests/integration/test_large_objects.py)
+    def test_open_write_visible_only_after_close(self, root: tuple[Any, str]) -> None:
+        storage, folder = root
+        uri = join_uri(folder, "w/streamed.bin")
+        writer = open_write(storage, uri)
+        for piece in (b"ab", bytearray(b"cd"), memoryview(b"ef")):
+            assert writer.write(piece) == 2
+        assert writer.tell() == 6
+        writer.flush()
+        assert not storage.exists(uri)
+        writer.close()
+        assert storage.get(uri) == b"abcdef"
+        writer.close()  # a second close is a no-op
+
+    def test_open_write_exception_or_abort_leaves_nothing(self, root: tuple[Any, str]) -> None:
+        storage, folder = root
+        uri = join_uri(folder, "w/aborted.bin")
+        with pytest.raises(RuntimeError), open_write(storage, uri) as writer:
+            writer.write(b"half a checkpoint")
+            raise RuntimeError("training crashed")
+        assert not storage.exists(uri)
+        writer = open_write(storage, uri)
+        writer.write(b"x")
+        writer.abort()
+        assert writer.closed and not storage.exists(uri)
+        assert [info.key for info in storage.list(folder)] == []
+        storage.put(uri, b"old")  # an aborted overwrite keeps the old object
+        with pytest.raises(RuntimeError), open_write(storage, uri) as writer:
+            writer.write(b"new")
+            raise RuntimeError("crashed")
+        assert storage.get(uri) == b"old"
+
+    def test_open_read_seek_tell_readinto(self, root: tuple[Any, str]) -> None:
+        storage, folder = root
+        uri = join_uri(folder, "r/blob.bin")
+        payload = bytes(i % 253 for i in range(50_000))
+        storage.put(uri, payload)
+        with open_read(storage, uri) as reader:
+            assert reader.readable() and reader.seekable()
+            assert reader.read(10) == payload[:10] and reader.tell() == 10
+            reader.seek(-5, io.SEEK_END)
+            assert reader.read() == payload[-5:]
+            assert reader.read(3) == b""
+            reader.seek(1000)
+            buffer = bytearray(2000)
+            assert reader.readinto(buffer) == 2000 and bytes(buffer) == payload[1000:3000]
+            reader.seek(10, io.SEEK_CUR)
+            assert reader.tell() == 3010 and reader.read(5) == payload[3010:3015]
+            reader.seek(0)
+            assert reader.read() == payload
+        assert reader.closed
+
+    def test_open_read_missing_names_uri(self, root: tuple[Any, str]) -> None:
+        storage, folder = root
+        uri = join_uri(folder, "r/missing.pth")
+        with pytest.raises(ObjectNotFoundError, match="missing.pth"):
+            open_read(storage, uri)
+
+    def test_put_file_get_file_roundtrip(self, root: tuple[Any, str], tmp_path: Path) -> None:
+        storage, folder = root
+        source = tmp_path / "src.bin"
+        payload = os.urandom(70_000)
+        source.write_bytes(payload)
+        uri = join_uri(folder, "f/file.bin")
+        storage.put_file(uri, source)
+        assert storage.get(uri) == payload
+        target = tmp_path / "deep" / "er" / "dst.bin"
+        storage.get_file(uri, target)
+        assert target.read_bytes() == payload
+        assert sorted(p.name for p in target.parent.iterdir()) == ["dst.bin"]  # no temp file left
+
+    def test_put_file_and_get_file_missing(self, root: tuple[Any, str], tmp_path: Path) -> None:
+        storage, folder = root
+        with pytest.raises(ObjectNotFoundError, match="nope.bin"):
+            storage.put_file(join_uri(folder, "f/x.bin"), tmp_path / "nope.bin")
+        with pytest.raises(ObjectNotFoundError, match="absent.bin"):
+            storage.get_file(join_uri(folder, "f/absent.bin"), tmp_path / "out" / "absent.bin")
+        out = tmp_path / "out"
+        assert (list(out.iterdir()) if out.exists() else []) == []  # no file, no temp file
+
+    def test_copy(self, root: tuple[Any, str]) -> None:
+        storage, folder = root
+        src, dst = join_uri(folder, "c/src.bin"), join_uri(folder, "c/sub/dst.bin")
+        storage.put(src, b"copied bytes")
+        storage.copy(src, dst)
+        assert storage.get(dst) == b"copied bytes" and storage.get(src) == b"copied bytes"
+        storage.put(src, b"changed")
+        storage.copy(src, dst)  # overwrites
+        assert storage.get(dst) == b"changed"
+        with pytest.raises(ObjectNotFoundError, match="missing.bin"):
+            storage.copy(join_uri(folder, "c/missing.bin"), dst)

@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
-from s3transfer.utils import ChunksizeAdjuster
-
 from blip3o_storage.errors import InvalidPathError, StorageError, TransientStorageError
+from blip3o_storage.storage.part_sizing import MAX_PART_SIZE, MIN_PART_SIZE, MiB, effective_part_size
+from blip3o_storage.storage.part_sizing import MAX_PARTS as MAX_PARTS  # re-exported: callers import it from here
 from blip3o_storage.storage.retry import retry_reason
 from blip3o_storage.storage.s3_backend import S3Backend
 from blip3o_storage.storage.uri import check_relpath
@@ -46,12 +46,8 @@ from blip3o_storage.transfer.tree_walk import is_hidden, walk_tree
 
 logger = logging.getLogger(__name__)
 
-MiB = 1 << 20
 DEFAULT_MULTIPART_THRESHOLD = 64 * MiB
 DEFAULT_PART_SIZE = 16 * MiB
-MIN_PART_SIZE = 5 * MiB  # S3's minimum for every part but the last
-MAX_PART_SIZE = 5 * 1024 * MiB  # S3's maximum part size (5 GiB)
-MAX_PARTS = 10_000  # S3's maximum number of parts
 MAX_KEY_BYTES = 1024  # S3's maximum key length (UTF-8)
 _READ_CHUNK = 1 * MiB
 #: A file found changed after its upload is sent this many more times before it fails
@@ -355,17 +351,6 @@ def plan_upload(src_dir: os.PathLike | str, prefix: str = "", only_referenced_by
 
 
 # -- hashing -----------------------------------------------------------------
-#: s3transfer's own sizing (what boto3's upload_file uses), with S3's limits spelled out.
-_PART_SIZER = ChunksizeAdjuster(max_size=MAX_PART_SIZE, min_size=MIN_PART_SIZE, max_parts=MAX_PARTS)
-
-
-def effective_part_size(size: int, part_size: int) -> int:
-    """The part size actually used for ``size`` bytes, by s3transfer's ``ChunksizeAdjuster``:
-    ``part_size`` doubled until there are at most 10,000 parts, then kept within S3's
-    5 MiB..5 GiB. Upload and verify both size parts here, so their ETags agree."""
-    return int(_PART_SIZER.adjust_chunksize(part_size, size))
-
-
 def file_md5(path: Path) -> str:
     h = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as fh:
