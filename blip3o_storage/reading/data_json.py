@@ -69,7 +69,7 @@ def parse_data_json(data: bytes, source: str) -> list[Entry]:
     body = data[len(_BOM):] if data.startswith(_BOM) else data
     try:
         entries = _DECODER.decode(body)
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, ValueError):  # ValueError: e.g. UnicodeDecodeError, a bad string
         entries = None
     if entries is not None and _paths_clean(entries):
         return entries

@@ -62,8 +62,8 @@ from blip3o_storage.errors import (
     TransientStorageError,
 )
 from blip3o_storage.reading.bounded_json import loads_bounded
-from blip3o_storage.reading.prefetch import Prefetcher
 from blip3o_storage.reading.data_json import entry_dict
+from blip3o_storage.reading.prefetch import Prefetcher
 from blip3o_storage.reading.sample_table import SampleTable
 from blip3o_storage.reading.sources import LocalityKey, ObjectSource, SampleSource, build_source
 from blip3o_storage.reading.table_cache import CacheDir, data_files, load_sample_table, missing_bucket, read_entries
