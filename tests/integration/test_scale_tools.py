@@ -52,7 +52,8 @@ def test_verify_keeps_a_bounded_window(tree: Path, moto_endpoint: S3Endpoint) ->
     storage, bucket = new_bucket(moto_endpoint)
     backend = Storage(moto_endpoint.ceph_config()).s3_backend(f"{bucket}/x")
     plan = plan_upload(tree)
-    remote: dict[str, tuple[int, Optional[str]]] = {i.key: (i.size, hashlib.md5(i.local_path.read_bytes()).hexdigest()) for i in plan.items}
+    remote: dict[str, tuple[int, Optional[str]]] = {
+        i.key: (i.size, hashlib.md5(i.local_path.read_bytes()).hexdigest()) for i in plan.items}
     first = next(iter(plan.items))
     remote[first.key] = (first.size, "0" * 32)  # one mismatch, so the check can fail
     check, peak = _peak(lambda: verify(plan.items, backend, bucket[len("s3://"):], part_size=5 << 20,
