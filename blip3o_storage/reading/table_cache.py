@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import glob
 import hashlib
+import io
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Union
 
 from blip3o_storage.errors import BucketNotFoundError, ConfigError, ObjectNotFoundError
-from blip3o_storage.reading.data_json import Entry, parse_data_json
+from blip3o_storage.reading.data_json import Entry, Parsed, parse_data_json_columns
 from blip3o_storage.reading.disk_cache import check_cache_root
 from blip3o_storage.reading.sample_table import FORMAT_VERSION, SampleTable, TableWriter
 from blip3o_storage.storage.facade import Storage
@@ -89,8 +90,14 @@ def _read(path: str, data_path: str, storage: Storage) -> bytes:
 
 def read_entries(data_path: str, storage: Storage, files: list[str] | None = None) -> Iterator[list[Entry]]:
     """The validated entries of each data file of ``data_path``, one file at a time."""
+    for parsed in read_parsed(data_path, storage, files):
+        yield parsed.entries
+
+
+def read_parsed(data_path: str, storage: Storage, files: list[str] | None = None) -> Iterator[Parsed]:
+    """:func:`read_entries` with the path columns the table stores (see :func:`parse_data_json_columns`)."""
     for path in files if files is not None else data_files(data_path, storage):
-        yield parse_data_json(_read(path, data_path, storage), path)
+        yield parse_data_json_columns(_read(path, data_path, storage), path)
 
 
 def _identity(files: list[str], storage: Storage) -> str:
@@ -118,9 +125,9 @@ def _write_table(path: Path, data_path: str, files: list[str], storage: Storage)
     try:
         with open(tmp, "wb") as f:
             writer = TableWriter(f)
-            for entries in read_entries(data_path, storage, files):
-                writer.add_list(entries)
-                del entries
+            for parsed in read_parsed(data_path, storage, files):
+                writer.add(parsed)
+                del parsed  # one data file's entries in memory at a time
             writer.close()
             if writer.count == 0:
                 raise _no_entries(data_path, files)
@@ -140,12 +147,14 @@ def load_sample_table(data_path: str, storage: Storage, cache_dir: CacheDir = No
     data_path = os.fspath(data_path)
     files = data_files(data_path, storage)
     if cache_dir is False:
-        entries: list[Entry] = []
-        for part in read_entries(data_path, storage, files):
-            entries += part
-        if not entries:
+        out = io.BytesIO()
+        writer = TableWriter(out)
+        for parsed in read_parsed(data_path, storage, files):
+            writer.add(parsed)
+        writer.close()
+        if writer.count == 0:
             raise _no_entries(data_path, files)
-        return SampleTable.from_entries(entries)
+        return SampleTable(out.getvalue())
     root = default_cache_dir() if cache_dir is None or cache_dir is True else Path(cache_dir)
     try:
         check_cache_root(root)

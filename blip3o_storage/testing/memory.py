@@ -20,20 +20,20 @@ def private_dirty(pid: int | None = None) -> int:
     return smaps_rollup(pid)["Private_Dirty"]
 
 
-def mapping_pss(path: str, pid: int | None = None) -> tuple[int, int]:
-    """(Rss, Pss) in bytes of this process's mappings of the file ``path`` (``/proc/<pid>/smaps``)."""
-    rss = pss = 0
+def mapping_stats(path: str, pid: int | None = None) -> dict[str, int]:
+    """Rss, Pss, Private_Clean, Private_Dirty (bytes) of this process's mappings of the file ``path``,
+    summed (``/proc/<pid>/smaps``)."""
+    keys = ("Rss", "Pss", "Private_Clean", "Private_Dirty", "Shared_Clean")
+    out = dict.fromkeys(keys, 0)
     inside = False
     with open(f"/proc/{pid or os.getpid()}/smaps") as f:
         for line in f:
             first = line.split(None, 1)[0]
-            if "-" in first and not first.endswith(":"):  # a mapping's header line
+            if not first.endswith(":"):  # a mapping's header line: "start-end perms offset dev inode path"
                 inside = line.rstrip("\n").endswith(" " + path)
-            elif inside and first == "Rss:":
-                rss += int(line.split()[1]) * 1024
-            elif inside and first == "Pss:":
-                pss += int(line.split()[1]) * 1024
-    return rss, pss
+            elif inside and first[:-1] in out:
+                out[first[:-1]] += int(line.split()[1]) * 1024
+    return out
 
 
 def peak_rss() -> int:

@@ -48,6 +48,23 @@ def test_table_holds_every_entry_as_the_list_did(tmp_path: Path, n: int) -> None
     assert table[0] == entries[0]
 
 
+def test_folder_of_clean_and_normalised_files(tmp_path: Path) -> None:
+    """A clean file is stored as path columns, one whose paths need normalising as entries: one table."""
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    clean = _entries(BLOCK + 5)
+    rough = [{"image": f"./x//{i}.jpg", "annotation": f"x/{i}.txt", **({"caption": "c"} if i % 2 else {})}
+             for i in range(BLOCK + 3)]
+    _write(folder / "a.json", clean)
+    _write(folder / "b.json", rough)
+    expected = clean + [{**e, "image": e["image"].replace("./", "").replace("//", "/")} for e in rough]
+    for cache in (tmp_path / "cache", False):
+        table = load_sample_table(str(folder), Storage(), cache)
+        assert len(table) == len(expected) and table == expected
+        assert [table[i] for i in (0, BLOCK, BLOCK + 4, BLOCK + 5, len(expected) - 1)] == \
+            [expected[i] for i in (0, BLOCK, BLOCK + 4, BLOCK + 5, len(expected) - 1)]
+
+
 def test_in_memory_table_and_pickle(tmp_path: Path) -> None:
     entries = _entries(300)
     path = _write(tmp_path / "d.json", entries)
