@@ -23,12 +23,10 @@ written in one pass, one block in memory).
 """
 from __future__ import annotations
 
-import collections
 import mmap
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from operator import attrgetter
 from typing import Any, BinaryIO, Union, overload
 
@@ -77,16 +75,14 @@ Buffer = Union[bytes, mmap.mmap]
 
 
 class TableWriter:
-    """Streams entries into a table file (or an in-memory buffer) block by block: memory is a few
-    blocks plus two ints per block, however many entries are written. Blocks are compressed in a
-    second thread (zlib releases the GIL) while the next is made."""
+    """Streams entries into a table file (or an in-memory buffer) block by block: memory is one
+    block plus two ints per block, however many entries are written. (Compressing in a second
+    thread was tried: no faster on the shared 2-core machine, so blocks are compressed inline.)"""
 
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
         self._offsets: list[int] = [_HEADER.size]
         self._starts: list[int] = [0]
-        self._inflight: collections.deque[Future[bytes]] = collections.deque()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="table-zlib")
         self.count = 0
         out.write(b"\0" * _HEADER.size)  # rewritten by close() once the counts are known
 
@@ -94,16 +90,20 @@ class TableWriter:
         """Add one data file's entries, in order (its last block may be short)."""
         entries, columns = parsed.entries, parsed.columns
         n = len(entries)
-        captions = list(map(attrgetter("caption"), entries)) if columns is not None else []
+        captions = list(map(attrgetter("caption"), entries)) if columns is not None and parsed.captions else []
         with_captions = captions.count(msgspec.UNSET) != len(captions)
-        for j in range(0, n, BLOCK):
+        if columns is not None:  # block boundaries as ints (numpy scalars index bytes slowly)
+            bounds = list(range(0, n, BLOCK)) + [n]
+            image_ends = columns[0].ends[bounds].tolist()
+            annotation_ends = columns[1].ends[bounds].tolist()
+        for block, j in enumerate(range(0, n, BLOCK)):
             k = min(n, j + BLOCK)
             if columns is None:
                 payload = _ENTRIES + _ENCODER.encode(entries[j:k])
             else:
                 images, annotations = columns
-                image_col = images.data[images.ends[j] + 1:images.ends[k]]
-                annotation_col = annotations.data[annotations.ends[j] + 1:annotations.ends[k]]
+                image_col = images.data[image_ends[block] + 1:image_ends[block + 1]]
+                annotation_col = annotations.data[annotation_ends[block] + 1:annotation_ends[block + 1]]
                 derived = _derive(image_col, annotation_col)
                 if derived is not None:  # annotation = image with another extension: stored as the two extensions
                     parts = [_DERIVED, image_col, b"\0", derived]
@@ -112,24 +112,14 @@ class TableWriter:
                 if with_captions:
                     parts += [b"\0", _ENCODER.encode([None if c is msgspec.UNSET else c for c in captions[j:k]])]
                 payload = b"".join(parts)
-            self._inflight.append(self._pool.submit(zlib.compress, payload, 1))
+            data = zlib.compress(payload, 1)
+            self._out.write(data)
+            self._offsets.append(self._offsets[-1] + len(data))
             self.count += k - j
             self._starts.append(self.count)
-            while len(self._inflight) > 8 or (self._inflight and self._inflight[0].done()):
-                self._drain_one()
-
-    def _drain_one(self) -> None:
-        data = self._inflight.popleft().result()
-        self._out.write(data)
-        self._offsets.append(self._offsets[-1] + len(data))
 
     def close(self) -> None:
         """Write the last blocks, the block offsets and first entries after them, and the header."""
-        try:
-            while self._inflight:
-                self._drain_one()
-        finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
         n_blocks = len(self._offsets) - 1
         offsets_at = self._offsets[-1]
         self._out.write(np.asarray(self._offsets, dtype="<u8").tobytes())

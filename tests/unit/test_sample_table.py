@@ -65,6 +65,13 @@ def test_folder_of_clean_and_normalised_files(tmp_path: Path) -> None:
             [expected[i] for i in (0, BLOCK, BLOCK + 4, BLOCK + 5, len(expected) - 1)]
 
 
+def test_escaped_caption_key_is_kept(tmp_path: Path) -> None:
+    """JSON may spell a key with escapes: the quick "no captions in this file" test must not drop it."""
+    path = tmp_path / "d.json"
+    path.write_text('[{"image": "a.jpg", "annotation": "a.txt", "\\u0063aption": "hi"}]', encoding="utf-8")
+    assert load_sample_table(str(path), Storage(), tmp_path / "cache")[0]["caption"] == "hi"
+
+
 def test_in_memory_table_and_pickle(tmp_path: Path) -> None:
     entries = _entries(300)
     path = _write(tmp_path / "d.json", entries)
