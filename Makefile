@@ -43,6 +43,7 @@ test-unit: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 	$(PY) benchmarks/shards.py $(BENCH_ARGS)
+	$(PY) benchmarks/scale.py $(SCALE_ARGS)
 
 ceph-up:
 	bash tools/ceph_dev.sh up

@@ -206,6 +206,9 @@ class CaptionDataset(Dataset, ProcessLocal):
     :class:`~blip3o_storage.training.locality_sampler.LocalitySampler`, which keeps
     each worker inside a block (see :meth:`locality_groups`).
     ``image_processor`` is built and kept (as OpenUni does) but not applied.
+    ``table_cache_dir``: where the packed data.json table is built once per node and mapped by
+    every rank and worker (default ``$BLIP3O_TABLE_CACHE``, else ``<tempdir>/blip3o-cache-<uid>/tables``;
+    ``False`` keeps it in memory, one copy per rank); see :mod:`blip3o_storage.reading.table_cache`.
     """
 
     #: Per process (rebuilt in a forked worker or an unpickled copy): the Storage with its clients,
