@@ -54,13 +54,9 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from blip3o_storage import Storage  # noqa: E402
-from blip3o_storage.reading.table_cache import load_sample_table  # noqa: E402
-from blip3o_storage.testing.memory import mapping_stats, peak_rss, private_dirty  # noqa: E402
+from blip3o_storage import Storage
+from blip3o_storage.reading.table_cache import load_sample_table
+from blip3o_storage.testing.memory import mapping_stats, peak_rss, private_dirty
 
 MB = 1 << 20
 RANKS = 4
