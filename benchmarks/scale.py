@@ -279,6 +279,15 @@ def measure_upload(sizes: list[int], work: Path, rows: list[tuple[str, str, str,
         server.stop()
 
 
+class _Rows(list[tuple[str, str, str, str]]):
+    """The table's rows, each also printed (stderr) as it is measured: a long run that is stopped
+    still shows what it measured."""
+
+    def append(self, row: tuple[str, str, str, str]) -> None:
+        super().append(row)
+        print("  row: | " + " | ".join(row) + " |", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="60000,1000000,10000000", help="comma-separated entry counts")
@@ -301,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     upload_sizes = [int(s) for s in args.upload_files.split(",") if s]
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="blip3o-scale-"))
     work.mkdir(parents=True, exist_ok=True)
-    rows: list[tuple[str, str, str, str]] = []
+    rows = _Rows()
     started = time.time()
     try:
         for n in sizes:
