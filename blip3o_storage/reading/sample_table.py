@@ -4,22 +4,26 @@ A list of dicts costs about 820 bytes per entry and, worse, every forked
 DataLoader worker that indexes it writes to the pages of those objects
 (reference counts), so each worker ends up with a private copy (issue #14:
 410 MB per worker per 2M entries). Here the entries are packed in blocks of
-:data:`BLOCK` entries, each block msgpack-encoded and zlib-compressed (level
-1), in one buffer, with one numpy array of block offsets: a handful of Python
-objects whatever the number of entries, so indexing in a worker touches no
-shared page for writing. The buffer is either a ``bytes`` or a read-only
-``mmap`` of a table file (:mod:`blip3o_storage.reading.table_cache`), which all
-ranks and workers of a node then share as page cache.
+:data:`BLOCK` entries, each zlib-compressed (level 1): the image paths and the
+annotation paths as newline-joined columns (an annotation that is its image
+with another extension is stored as that swap), captions msgpack'd, or, for a
+file whose paths the exact parser normalised, the msgpack'd entries. With two
+numpy arrays (block offsets, first entry of each block) that is a handful of
+Python objects whatever the number of entries, so indexing in a worker
+touches no shared page for writing. The buffer is either a ``bytes`` or a
+read-only ``mmap`` of a table file (:mod:`blip3o_storage.reading.table_cache`),
+which all ranks and workers of a node then share as page cache.
 
-Measured on 1,000,000 make_data_json entries (73 MB of data.json): the table
-is 5.6 MB (0.08x), a random lookup decodes one block in about 40 us, and
-:class:`SampleTable` keeps the last block decoded per process, so sequential
-reads (LocalitySampler) decode each block once.
+Measured (benchmarks/scale.py, make_data_json-shaped entries): 1,000,000
+entries (70 MB of data.json) make a 2.4 MB table (0.035x), 10,000,000 a 24.3 MB
+one; a forked worker reading all 10M entries grows by 3.7 MB of private memory.
+A lookup in block order takes 3.7 us (the last decoded block is kept per
+process), a random one 40-75 us (one block decoded).
 
-File layout (little-endian): ``MAGIC`` (8 bytes), version, entries, block
-size, blocks, offsets position (5 x uint64), the blocks, then ``blocks + 1``
-uint64 block offsets from the start of the file (written last, so a table is
-written in one pass, one block in memory).
+File layout (little-endian): ``MAGIC`` (8 bytes), version, entries, blocks,
+offsets position (4 x uint64), the blocks, then ``blocks + 1`` uint64 block
+offsets from the start of the file and ``blocks + 1`` uint64 first entries
+(written last, so a table is written in one pass, one block in memory).
 """
 from __future__ import annotations
 
