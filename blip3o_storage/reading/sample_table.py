@@ -44,7 +44,7 @@ __all__ = ["BLOCK", "FORMAT_VERSION", "SampleTable", "TableWriter"]
 
 MAGIC = b"B3OTABLE"
 FORMAT_VERSION = 2
-BLOCK = 128  # entries per block: 128 keeps a lookup near 40 us and the table near 0.08x of the JSON
+BLOCK = 128  # entries per block: a random lookup decodes one (40-75 us); the table is 0.035x of the JSON
 _HEADER = struct.Struct("<8sQQQQ")  # magic, version, entries, blocks, where the offsets start
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(list[dict[str, str]])
