@@ -74,7 +74,7 @@ class Parsed:
 
     entries: list[Entry]
     columns: tuple[Column, Column] | None = None
-    #: False only when no entry can have a caption (the file never says "caption", not even escaped)
+    #: False only when no entry can have a caption (the file never says "caption" and has no escape)
     captions: bool = True
 
 
@@ -116,7 +116,8 @@ def parse_data_json_columns(data: bytes, source: str) -> Parsed:
         images = _clean_column(entries, "image")
         annotations = _clean_column(entries, "annotation") if images is not None else None
         if images is not None and annotations is not None:
-            return Parsed(entries, (images, annotations), captions=b'"caption"' in body or b"\\u" in body)
+            # any backslash (an escaped key, 0.004 s a memchr) rather than b"\\u" (0.075 s on 73 MB)
+            return Parsed(entries, (images, annotations), captions=b'"caption"' in body or b"\\" in body)
     return Parsed([Entry(**{k: v for k, v in e.items() if k in ("image", "annotation", "caption")})
                    for e in parse_data_json_exact(data, source)])
 

@@ -75,6 +75,20 @@ def _derive(images: bytes, annotations: bytes) -> bytes | None:
         return None
     return old + b"/" + new
 
+
+def _derive_file(images: bytes, annotations: bytes) -> bytes | None:
+    """:func:`_derive` for a whole file's joined columns at once (one ``replace`` over the image
+    column, 0.03 s for 1M entries, instead of one per block, 0.11 s): every block is then stored
+    with these extensions. The swap matches only at the end of a path (it ends with the newline),
+    so the file's columns agree if and only if every block's do."""
+    first, ann = images[1:images.find(b"\n", 1)], annotations[1:annotations.find(b"\n", 1)]
+    derived = _derive(first, ann)
+    if derived is None:
+        return None
+    old, _, new = derived.partition(b"/")
+    return derived if images.replace(_swap(old), _swap(new)) == annotations else None
+
+
 Buffer = Union[bytes, mmap.mmap]
 
 
@@ -100,6 +114,7 @@ class TableWriter:
             bounds = list(range(0, n, BLOCK)) + [n]
             image_ends = columns[0].ends[bounds].tolist()
             annotation_ends = columns[1].ends[bounds].tolist()
+            derived_file = _derive_file(columns[0].data, columns[1].data) if n else None
         for block, j in enumerate(range(0, n, BLOCK)):
             k = min(n, j + BLOCK)
             if columns is None:
@@ -107,8 +122,11 @@ class TableWriter:
             else:
                 images, annotations = columns
                 image_col = images.data[image_ends[block] + 1:image_ends[block + 1]]
-                annotation_col = annotations.data[annotation_ends[block] + 1:annotation_ends[block + 1]]
-                derived = _derive(image_col, annotation_col)
+                annotation_col = b""
+                derived = derived_file
+                if derived is None:
+                    annotation_col = annotations.data[annotation_ends[block] + 1:annotation_ends[block + 1]]
+                    derived = _derive(image_col, annotation_col)
                 if derived is not None:  # annotation = image with another extension: stored as the two extensions
                     parts = [_DERIVED, image_col, b"\0", derived]
                 else:
