@@ -4,13 +4,10 @@ A list of dicts costs about 820 bytes per entry and, worse, every forked
 DataLoader worker that indexes it writes to the pages of those objects
 (reference counts), so each worker ends up with a private copy (issue #14:
 410 MB per worker per 2M entries). Here the entries are packed in blocks of
-:data:`BLOCK` entries: the image paths and the annotation paths as
-newline-joined columns (an annotation that is its image with another extension
-is stored as that swap), captions msgpack'd, or, for a file whose paths the
-exact parser normalised, the msgpack'd entries. A block that is only an image
-column (the swap, no captions) is stored raw after its CRC-32 (at most about
-half the JSON's bytes, and not compressing it saves ~0.1 s a million entries
-of a ~1 s build); any other block is zlib-compressed (level 1). With two
+:data:`BLOCK` entries, each zlib-compressed (level 1): the image paths and the
+annotation paths as newline-joined columns (an annotation that is its image
+with another extension is stored as that swap), captions msgpack'd, or, for a
+file whose paths the exact parser normalised, the msgpack'd entries. With two
 numpy arrays (block offsets, first entry of each block) that is a handful of
 Python objects whatever the number of entries, so indexing in a worker
 touches no shared page for writing. The buffer is either a ``bytes`` or a
@@ -18,15 +15,13 @@ read-only ``mmap`` of a table file (:mod:`blip3o_storage.reading.table_cache`),
 which all ranks and workers of a node then share as page cache.
 
 Measured (benchmarks/scale.py, make_data_json-shaped entries): 1,000,000
-entries (70 MB of data.json) make a 20.2 MB table (0.29x; 2.4 MB, 0.035x, when
-every block was zlib'd, format version 2); a forked worker reading all 1M
-entries grows by 1 MB of private memory. A lookup in block order takes a few
-us (the last decoded block is kept per process), a random one 40-75 us (one
-block decoded).
+entries (70 MB of data.json) make a 2.4 MB table (0.035x), 10,000,000 a 24.3 MB
+one; a forked worker reading all 10M entries grows by 3.7 MB of private memory.
+A lookup in block order takes 3.7 us (the last decoded block is kept per
+process), a random one 40-75 us (one block decoded).
 
 File layout (little-endian): ``MAGIC`` (8 bytes), version, entries, blocks,
-offsets position (4 x uint64), the blocks (each ``b"z"`` + zlib data, or ``b"r"`` + CRC-32 as
-uint32 + the raw payload), then ``blocks + 1`` uint64 block
+offsets position (4 x uint64), the blocks, then ``blocks + 1`` uint64 block
 offsets from the start of the file and ``blocks + 1`` uint64 first entries
 (written last, so a table is written in one pass, one block in memory).
 """
@@ -48,17 +43,14 @@ from blip3o_storage.reading.data_json import Entry, Parsed
 __all__ = ["BLOCK", "FORMAT_VERSION", "SampleTable", "TableWriter"]
 
 MAGIC = b"B3OTABLE"
-FORMAT_VERSION = 3
-BLOCK = 128  # entries per block: a random lookup decodes one (40-75 us)
+FORMAT_VERSION = 2
+BLOCK = 128  # entries per block: a random lookup decodes one (40-75 us); the table is 0.035x of the JSON
 _HEADER = struct.Struct("<8sQQQQ")  # magic, version, entries, blocks, where the offsets start
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(list[dict[str, str]])
 _CAPTIONS = msgspec.msgpack.Decoder(list[Union[str, None]])
 # block kinds: path columns, image column + extension swap, msgpack'd entries (each + captions)
 _COLUMNS, _DERIVED, _ENTRIES = b"C", b"D", b"M"
-# how a block is stored: zlib'd (level 1), or raw after its CRC-32 (little-endian)
-_ZLIB, _RAW = b"z", b"r"
-_CRC = struct.Struct("<I")
 
 
 def _swap(ext: bytes) -> bytes:
@@ -125,7 +117,6 @@ class TableWriter:
             derived_file = _derive_file(columns[0].data, columns[1].data) if n else None
         for block, j in enumerate(range(0, n, BLOCK)):
             k = min(n, j + BLOCK)
-            raw = False
             if columns is None:
                 payload = _ENTRIES + _ENCODER.encode(entries[j:k])
             else:
@@ -143,17 +134,9 @@ class TableWriter:
                 if with_captions:
                     parts += [b"\0", _ENCODER.encode([None if c is msgspec.UNSET else c for c in captions[j:k]])]
                 payload = b"".join(parts)
-                # the image column alone: at most about half the data.json's bytes (which hold the
-                # image and the annotation, ~30 bytes of keys and quotes more), 0.29x for
-                # make_data_json's entries. Not compressing it took ~0.1 s off 1M entries (of ~1 s)
-                raw = derived is not None and not with_captions
-            if raw:
-                head = _RAW + _CRC.pack(zlib.crc32(payload))
-            else:
-                head, payload = _ZLIB, zlib.compress(payload, 1)
-            self._out.write(head)
-            self._out.write(payload)
-            self._offsets.append(self._offsets[-1] + len(head) + len(payload))
+            data = zlib.compress(payload, 1)
+            self._out.write(data)
+            self._offsets.append(self._offsets[-1] + len(data))
             self.count += k - j
             self._starts.append(self.count)
 
@@ -234,15 +217,7 @@ class SampleTable(Sequence[dict[str, str]]):
     def _read_block(self, b: int) -> list[dict[str, str]]:
         start, end = int(self._offsets[b]), int(self._offsets[b + 1])
         try:
-            stored = self._view[start:end]
-            if stored[:1] == _RAW:
-                raw = bytes(stored[1 + _CRC.size:])
-                if _CRC.unpack(stored[1:1 + _CRC.size])[0] != zlib.crc32(raw):
-                    raise ValueError("CRC-32 mismatch")
-            elif stored[:1] == _ZLIB:
-                raw = zlib.decompress(stored[1:])
-            else:
-                raise ValueError(f"unknown block storage {bytes(stored[:1])!r}")
+            raw = zlib.decompress(self._view[start:end])
             if raw[:1] == _ENTRIES:
                 return _DECODER.decode(memoryview(raw)[1:])
             parts = raw[1:].split(b"\0", 2)
@@ -255,7 +230,7 @@ class SampleTable(Sequence[dict[str, str]]):
                 return [{"image": i, "annotation": a} for i, a in zip(images, annotations)]
             return [{"image": i, "annotation": a} if c is None else {"image": i, "annotation": a, "caption": c}
                     for i, a, c in zip(images, annotations, _CAPTIONS.decode(parts[2]))]
-        except (zlib.error, msgspec.MsgspecError, ValueError, IndexError, struct.error) as exc:
+        except (zlib.error, msgspec.MsgspecError, UnicodeDecodeError, IndexError) as exc:
             raise CorruptDataError(f"sample table {self.source}: block {b} is corrupt ({exc}); "
                                    f"delete the file to rebuild it") from None
 
