@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/checkpoint.py $(filter-out --split-cpus,$(BENCH_ARGS))
 	$(PY) benchmarks/peers.py $(if $(findstring ceph,$(BENCH_ARGS)),--target ceph) --json $(PEERS_JSON) $(PEERS_ARGS)
 	$(PY) benchmarks/plots.py $(PEERS_JSON) --out $(BENCH_PLOTS)/peers
+	$(PY) benchmarks/scale.py $(SCALE_ARGS)
 
 ceph-up:
 	bash tools/ceph_dev.sh up

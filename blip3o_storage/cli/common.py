@@ -33,7 +33,7 @@ import logging
 import re
 import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from blip3o_storage.errors import (
     AccessDeniedError,
@@ -231,7 +231,7 @@ def list_target(backend: S3Backend, args: argparse.Namespace, prefix: str) -> di
         raise
 
 
-def verify_after_upload(log: logging.Logger, items: list[UploadItem], backend: S3Backend,
+def verify_after_upload(log: logging.Logger, items: Iterable[UploadItem], backend: S3Backend,
                         args: argparse.Namespace, prefix: str, *, part_size: int,
                         known_etags: dict[str, str], known_stats: dict[str, Signature] | None = None) -> bool:
     """One more LIST: every item present with its size and ETag. Logs problems, prints the

@@ -25,25 +25,32 @@ written).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from blip3o_storage.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, interruptible, parser_from_doc
 from blip3o_storage.errors import StorageError
-from blip3o_storage.transfer.safe_tar import build_data_json, data_json_text, fsync_dir, log_unpaired
+from blip3o_storage.transfer.safe_tar import build_data_json, fsync_dir, log_unpaired
 
 log = logging.getLogger("make_data_json")
 
 
-def write_json_atomic(entries: list[dict[str, str]], out: Path) -> None:
-    """Write one entry per line (diff-friendly, still plain JSON) via temp + rename."""
+def write_json_atomic(entries: Iterable[dict[str, str]], out: Path) -> int:
+    """Write one entry per line (diff-friendly, still plain JSON; the bytes of
+    :func:`~blip3o_storage.transfer.safe_tar.data_json_text`) via temp + rename, entry by entry as
+    ``entries`` yields them (no text of the whole file in memory); returns the number written."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    count = 0
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            f.write(data_json_text(entries))
+            for entry in entries:
+                f.write(("[\n" if count == 0 else ",\n") + json.dumps(entry))
+                count += 1
+            f.write("\n]\n" if count else "[\n]\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, out)
@@ -51,17 +58,26 @@ def write_json_atomic(entries: list[dict[str, str]], out: Path) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(out.parent)  # persist the rename (best effort)
+    return count
 
 
-def inline_captions(entries: list[dict[str, str]], raw: Path) -> None:
-    """Add ``caption`` (the stripped UTF-8 text of ``annotation``) to every entry."""
+class CaptionError(Exception):
+    """A caption file that cannot be read as UTF-8 text (for --inline-captions)."""
+
+
+def inline_captions(entries: Iterable[dict[str, str]], raw: Path) -> Iterator[dict[str, str]]:
+    """Each entry with ``caption`` (the stripped UTF-8 text of ``annotation``), read as the entry
+    is written: the captions are never all in memory at once."""
     for entry in entries:
         path = raw / entry["annotation"]
         try:
-            entry["caption"] = path.read_bytes().decode("utf-8").strip()
+            caption = path.read_bytes().decode("utf-8").strip()
         except UnicodeDecodeError as exc:
-            raise UnicodeDecodeError(exc.encoding, exc.object, exc.start, exc.end,
-                                     f"{path} is not UTF-8 text") from None
+            raise CaptionError(str(UnicodeDecodeError(exc.encoding, exc.object, exc.start, exc.end,
+                                                      f"{path} is not UTF-8 text"))) from None
+        except OSError as exc:
+            raise CaptionError(str(exc)) from None
+        yield {**entry, "caption": caption}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -108,14 +124,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.strict and report.has_orphans:
         log.error("--strict: unpaired files found, %s not written", args.out)
         return EXIT_FAILED
-    if args.inline_captions:
-        try:
-            inline_captions(entries, args.raw)
-        except (OSError, UnicodeDecodeError) as exc:
-            log.error("cannot inline captions: %s; fix or remove that file, or run without --inline-captions", exc)
-            return EXIT_FAILED
-    write_json_atomic(entries, args.out)
-    log.info("wrote %d entries to %s", len(entries), args.out)
+    try:
+        written = write_json_atomic(inline_captions(entries, args.raw) if args.inline_captions else entries, args.out)
+    except CaptionError as exc:
+        log.error("cannot inline captions: %s; fix or remove that file, or run without --inline-captions", exc)
+        return EXIT_FAILED
+    log.info("wrote %d entries to %s", written, args.out)
     return EXIT_OK
 
 

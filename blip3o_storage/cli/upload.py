@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"verified {report.skipped} ok, 0 missing, 0 mismatched (by the listing before the upload; "
               "nothing was sent)", flush=True)
         return status
-    uploaded_ok = [i for i in plan.items if i.key in report.etags]
+    uploaded_ok = (i for i in plan.items if i.key in report.etags)  # made as verify goes: no list of items
     passed = verify_after_upload(log, uploaded_ok, backend, args, prefix, part_size=part_size,
                                  known_etags=report.etags, known_stats=report.stats)
     return status if passed else EXIT_FAILED

@@ -55,7 +55,7 @@ from blip3o_storage.cli.common import (
     verify_after_upload,
 )
 from blip3o_storage.errors import ConfigError, CorruptDataError, StorageError
-from blip3o_storage.transfer.safe_tar import data_json_text, log_unpaired
+from blip3o_storage.transfer.safe_tar import log_unpaired
 from blip3o_storage.transfer.shard_indexing import build_index, data_json_from_index
 from blip3o_storage.transfer.upload import (
     MiB,
@@ -119,10 +119,15 @@ def write_metadata(index: dict, entries: list | None, folder: Path) -> list[Path
     """index.json (and data.json, as :func:`~blip3o_storage.transfer.safe_tar.data_json_text`) in ``folder``;
     deterministic bytes, so a re-run finds them unchanged and skips them."""
     out = [folder / INDEX_NAME]
-    out[0].write_text(json.dumps(index, sort_keys=True, separators=(",", ":")) + "\n", encoding="utf-8")
+    with open(out[0], "w", encoding="utf-8") as f:  # json.dump writes in pieces: no text of the whole index
+        json.dump(index, f, sort_keys=True, separators=(",", ":"))
+        f.write("\n")
     if entries is not None:
         path = folder / DATA_JSON_NAME
-        path.write_text(data_json_text(entries), encoding="utf-8")
+        with open(path, "w", encoding="utf-8") as f:  # data_json_text's bytes, one entry at a time
+            for i, entry in enumerate(entries):
+                f.write(("[\n" if i == 0 else ",\n") + json.dumps(entry))
+            f.write("\n]\n" if entries else "[\n]\n")
         out.append(path)
     return out
 

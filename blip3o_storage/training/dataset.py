@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import collections
 import functools
-import glob
 import io
-import json
 import logging
 import os
 import random
@@ -64,12 +62,15 @@ from blip3o_storage.errors import (
     TransientStorageError,
 )
 from blip3o_storage.reading.bounded_json import loads_bounded
+from blip3o_storage.reading.data_json import entry_dict
 from blip3o_storage.reading.prefetch import Prefetcher
+from blip3o_storage.reading.sample_table import SampleTable
 from blip3o_storage.reading.sources import LocalityKey, ObjectSource, SampleSource, build_source
+from blip3o_storage.reading.table_cache import CacheDir, data_files, load_sample_table, missing_bucket, read_entries
 from blip3o_storage.storage.facade import ConfigLike, Storage
 from blip3o_storage.storage.local_backend import PathTooLongError
 from blip3o_storage.storage.process_state import ProcessLocal
-from blip3o_storage.storage.uri import check_relpath, is_s3_uri, join_uri, parse_uri
+from blip3o_storage.storage.uri import is_s3_uri, join_uri, parse_uri
 from blip3o_storage.training.image_ops import ImageRejectedError, load_pixel_values
 from blip3o_storage.training.registry import BUILDER, build_component
 from blip3o_storage.training.tokenizers import prompt_input_ids
@@ -163,75 +164,21 @@ def _should_fall_back(exc: BaseException) -> bool:
 
 
 # -- data.json ------------------------------------------------------------
-def _parse_data_file(data: bytes, source: str) -> list[dict[str, str]]:
-    try:
-        entries = loads_bounded(data.decode("utf-8-sig"))  # -sig: a leading BOM is dropped, not an error
-    except UnicodeDecodeError as exc:
-        raise CorruptDataError(f"data file {source}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise CorruptDataError(f"data file {source}: malformed JSON ({exc.msg} at line {exc.lineno} "
-                               f"column {exc.colno})") from None
-    except ValueError as exc:
-        raise CorruptDataError(f"data file {source}: {exc}; write it as a flat list of entries") from None
-    if not isinstance(entries, list):
-        raise CorruptDataError(f"data file {source}: expected a JSON list of {{'image', 'annotation'}} "
-                               f"entries, got a {type(entries).__name__}")
-    out: list[dict[str, str]] = []
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise CorruptDataError(f"data file {source}: entry {i} is a {type(entry).__name__}, not an object")
-        missing = [k for k in ("image", "annotation") if k not in entry]
-        if missing:
-            raise CorruptDataError(f"data file {source}: entry {i} has no {' or '.join(repr(k) for k in missing)}")
-        if "caption" in entry and not isinstance(entry["caption"], str):
-            raise CorruptDataError(f"data file {source}: entry {i} 'caption' is a "
-                                   f"{type(entry['caption']).__name__}, not a string")
-        normalised = dict(entry)
-        for k in ("image", "annotation"):
-            normalised[k] = check_relpath(entry[k], source=f"data file {source} entry {i} {k!r}")
-        out.append(normalised)
-    return out
-
-
 def load_data_list(data_path: str, storage: Storage) -> list[dict[str, str]]:
-    """Entries of ``data_path``: one ``.json`` file, or every ``*.json`` in a
-    folder (sorted, so every rank sees the same order), local or S3."""
-    if not isinstance(data_path, (str, os.PathLike)) or not os.fspath(data_path):
-        raise ConfigError(f"data_path must be a path or s3:// URI, got {data_path!r}")
-    data_path = os.fspath(data_path)
-    if data_path.endswith(".json"):
-        files = [data_path]
-    elif is_s3_uri(data_path):
-        base = data_path.rstrip("/")
-        try:
-            files = [f"{base}/{info.key}" for info in storage.list(data_path, recursive=False)
-                     if not info.is_dir and info.key.endswith(".json")]
-        except BucketNotFoundError:
-            raise _missing_bucket(data_path, "data_path", data_path) from None
-    else:
-        files = sorted(glob.glob(os.path.join(glob.escape(data_path), "*.json")))
-    if not files:
-        raise ObjectNotFoundError(f"data_path {data_path}: no .json file there; pass data.json or a folder of them")
-    entries: list[dict[str, str]] = []
-    for path in sorted(files):
-        try:
-            raw = storage.get(path)
-        except BucketNotFoundError:
-            raise _missing_bucket(path, "data_path", data_path) from None
-        except ObjectNotFoundError:
-            raise ObjectNotFoundError(f"data file {path} does not exist (data_path={data_path})") from None
-        entries += _parse_data_file(raw, path)
+    """Entries of ``data_path`` as a list of dicts: one ``.json`` file, or every ``*.json``
+    in a folder (sorted, so every rank sees the same order), local or S3. The datasets
+    hold a :class:`~blip3o_storage.reading.sample_table.SampleTable` instead (see
+    :func:`~blip3o_storage.reading.table_cache.load_sample_table`); this list is for tools
+    and small files."""
+    files = data_files(data_path, storage)
+    entries = [entry_dict(e) for part in read_entries(os.fspath(data_path), storage, files) for e in part]
     if not entries:  # an empty list is valid JSON, but a 0-sample dataset only fails later, far from here
-        raise ConfigError(f"data_path {data_path}: no entries in {', '.join(sorted(files))}; "
+        raise ConfigError(f"data_path {data_path}: no entries in {', '.join(files)}; "
                           f"write the samples there (tools/make_data_json.py) or point data_path elsewhere")
     return entries
 
 
-def _missing_bucket(uri: str, option: str, value: str) -> BucketNotFoundError:
-    """A BucketNotFoundError naming the bucket and the option that points into it."""
-    bucket = parse_uri(uri).bucket if is_s3_uri(uri) else uri
-    return BucketNotFoundError(f"bucket {bucket!r} does not exist ({uri}, {option}={value}); "
-                               f"create the bucket, or fix {option} or the endpoint in ceph_config")
+_missing_bucket = missing_bucket
 
 
 # -- the datasets ---------------------------------------------------------
@@ -259,6 +206,9 @@ class CaptionDataset(Dataset, ProcessLocal):
     :class:`~blip3o_storage.training.locality_sampler.LocalitySampler`, which keeps
     each worker inside a block (see :meth:`locality_groups`).
     ``image_processor`` is built and kept (as OpenUni does) but not applied.
+    ``table_cache_dir``: where the packed data.json table is built once per node and mapped by
+    every rank and worker (default ``$BLIP3O_TABLE_CACHE``, else ``<tempdir>/blip3o-cache-<uid>/tables``;
+    ``False`` keeps it in memory, one copy per rank); see :mod:`blip3o_storage.reading.table_cache`.
     """
 
     #: Per process (rebuilt in a forked worker or an unpickled copy): the Storage with its clients,
@@ -299,7 +249,8 @@ class CaptionDataset(Dataset, ProcessLocal):
                  prefetch: int = 0,
                  prefetch_threads: int = 4,
                  inline_captions: bool = True,
-                 shard_block_bytes: int = 0) -> None:
+                 shard_block_bytes: int = 0,
+                 table_cache_dir: CacheDir = None) -> None:
         super().__init__()
         if max_retries < 0:
             raise ConfigError(f"max_retries must be >= 0, not {max_retries}")
@@ -359,6 +310,8 @@ class CaptionDataset(Dataset, ProcessLocal):
         self.fallback_cooldown = fallback_cooldown
         #: Use an entry's ``caption`` (``make_data_json.py --inline-captions``) instead of reading its file.
         self.inline_captions = inline_captions
+        #: Node-local folder of the packed data.json table (None: the default, False: in memory).
+        self.table_cache_dir = table_cache_dir
 
         #: Bad samples per reason (missing, corrupt, too_small, bad_aspect, bad_caption, empty_caption,
         #: bad_path, transient, access_denied, storage_error), in this process.
@@ -389,8 +342,10 @@ class CaptionDataset(Dataset, ProcessLocal):
     def _load_data(self, data_path: str, storage: Storage | None = None) -> None:
         """Read data.json with a throwaway Storage (``storage``, else a new one): the
         dataset itself holds no client until the first sample (DataLoader workers fork)."""
-        self.data_list = load_data_list(data_path, storage if storage is not None else Storage(self.ceph_config))
-        logger.info("loaded %d samples from %s", len(self.data_list), data_path)
+        #: The entries, packed (see :mod:`blip3o_storage.reading.sample_table`): ``data_list[i]`` is a dict.
+        self.data_list: SampleTable = load_sample_table(
+            data_path, storage if storage is not None else Storage(self.ceph_config), self.table_cache_dir)
+        logger.info("loaded %d samples from %s (%s)", len(self.data_list), data_path, self.data_list)
 
     @property
     def storage(self) -> Storage:

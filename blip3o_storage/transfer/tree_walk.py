@@ -26,11 +26,11 @@ import os
 import stat as stat_mode
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Set, Tuple, Union
+from typing import Iterator, List, Set, Tuple, Union
 
 from blip3o_storage.errors import StorageError
 
-__all__ = ["TreeWalk", "is_hidden", "walk_tree"]
+__all__ = ["TreeWalk", "is_hidden", "iter_tree", "walk_tree"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 SHOW = 20  # problems named in an error before "... and N more"
@@ -66,13 +66,21 @@ class TreeWalk:
 
 def walk_tree(root: PathLike) -> TreeWalk:
     """Walk ``root`` by the rule above; problems are collected, not raised (see :meth:`TreeWalk.raise_problems`)."""
-    top = Path(root)
-    walk = TreeWalk(root=top)
+    walk = TreeWalk(root=Path(root))
+    walk.files.extend(iter_tree(walk))
+    return walk
+
+
+def iter_tree(walk: TreeWalk) -> Iterator[Tuple[str, Path]]:
+    """Walk ``walk.root``, yielding ``(relpath, path)`` per regular file as it is found (nothing kept
+    per file: a 1,000,000-file tree costs the memory of one folder listing); folders, hidden and special
+    entries and problems are recorded in ``walk`` as :func:`walk_tree` does. ``walk.files`` is not touched."""
+    top = walk.root
     try:
         st = top.stat()
     except OSError as exc:
         walk.problems.append((str(top), f"cannot stat ({exc.strerror or exc})"))
-        return walk
+        return
     # Depth-first, explicit stack: (folder, relpath prefix, (dev, inode) of the folder and its ancestors).
     stack: List[Tuple[Path, str, Set[Tuple[int, int]]]] = [(top, "", {(st.st_dev, st.st_ino)})]
     while stack:
@@ -111,9 +119,8 @@ def walk_tree(root: PathLike) -> TreeWalk:
                 walk.dirs.append(rel)
                 subdirs.append((path, rel + "/", ancestors | {ident}))
             elif stat_mode.S_ISREG(st.st_mode):
-                walk.files.append((rel, path))
+                yield rel, path
             else:
                 walk.special.append(rel)
         stack.extend(reversed(subdirs))
-    # Folders were popped depth-first in sorted order; files were appended in that order too.
-    return walk
+    # Folders were popped depth-first in sorted order; files were yielded in that order too.
