@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import os
 import pickle
+import random
 from pathlib import Path
 
 import pytest
@@ -195,3 +196,21 @@ def test_forked_worker_does_not_copy_the_table(tmp_path: Path) -> None:
         os.close(r)
     assert growth["table"] < 8 << 20, growth
     assert growth["list"] > 3 * growth["table"], growth  # the check can tell the two apart
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 8])
+def test_path_check_in_chunks_matches_one_pass(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    """The column check runs in chunks (big columns); a bad pair across a chunk's end is still found."""
+    from blip3o_storage.reading import data_json
+
+    rng = random.Random(chunk)
+    for _ in range(300):
+        paths = ["".join(rng.choice("ab/.") for _ in range(rng.randint(1, 6))) for _ in range(rng.randint(1, 5))]
+        entries = [data_json.Entry(image=p, annotation="k.txt") for p in paths]
+        monkeypatch.setattr(data_json, "_CHUNK", 1 << 22)
+        whole = data_json._clean_column(entries, "image")
+        monkeypatch.setattr(data_json, "_CHUNK", chunk)
+        chunked = data_json._clean_column(entries, "image")
+        assert (whole is None) == (chunked is None), paths
+        if whole is not None and chunked is not None:
+            assert whole.data == chunked.data and whole.ends.tolist() == chunked.ends.tolist()
