@@ -22,7 +22,7 @@ import os
 import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator, Optional, Union, cast
+from typing import BinaryIO, Callable, Iterator, Optional, Union, cast
 
 from blip3o_storage.errors import CorruptDataError, InvalidPathError, ObjectNotFoundError, StorageError
 from blip3o_storage.storage.object_writer import BufferedPutWriter, ObjectWriter
@@ -57,6 +57,24 @@ def check_range(uri: str, start: int, length: int) -> None:
     """InvalidPathError naming ``uri`` unless ``start`` and ``length`` are non-negative."""
     if start < 0 or length < 0:
         raise InvalidPathError(f"{uri}: invalid range start={start} length={length}")
+
+
+def write_atomically(path: str, fill: Callable[[str], None]) -> None:
+    """Create ``path``'s folder, ``fill(tmp)`` a temp file beside it, then rename it to ``path``:
+    a reader never sees half a file, and no temp file is left on any failure (Ctrl-C included).
+    The one temp-and-rename of the storage layer (local writes, downloads, copies)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    os.close(fd)
+    try:
+        fill(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
 
 
 class StorageBackend(ABC):
@@ -156,19 +174,12 @@ class StorageBackend(ABC):
 
     def get_file(self, uri: str, local_path: LocalPath) -> None:
         """Download ``uri`` to ``local_path`` (folders created) through a temp file renamed into place."""
-        path = os.fspath(local_path)
         data = self.get(uri)
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as fh:
+
+        def fill(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
                 fh.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_atomically(os.fspath(local_path), fill)
 
     def copy(self, src_uri: str, dst_uri: str) -> None:
         """Copy one object to another URI of this backend."""

@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import BinaryIO, Callable, Iterator, Literal, Optional
 
 from blip3o_storage.errors import AccessDeniedError, InvalidPathError, ObjectNotFoundError, StorageError
-from blip3o_storage.storage.backend import LocalPath, ObjectInfo, StorageBackend
+from blip3o_storage.storage.backend import LocalPath, ObjectInfo, StorageBackend, write_atomically
 from blip3o_storage.storage.object_writer import ObjectWriter
 from blip3o_storage.storage.uri import parse_uri
 
@@ -100,19 +100,10 @@ class LocalBackend(StorageBackend):
 
     def put(self, uri: str, data: bytes, content_type: Optional[str] = None) -> None:
         """Write ``data`` through a temp file in the same folder, renamed into place; no ETag."""
-        path = _path(uri)
-        directory = os.path.dirname(os.path.abspath(path))
-        with _mapped_os_errors(path, "write"):
-            os.makedirs(directory, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                os.replace(tmp, path)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
+        def fill(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+        _atomic_file(_path(uri), "write", fill)
 
     def list(self, uri: str, recursive: bool = True) -> Iterator[ObjectInfo]:
         root = _path(uri)
@@ -179,18 +170,8 @@ class LocalBackend(StorageBackend):
 
 def _atomic_file(path: str, action: str, fill: Callable[[str], None]) -> None:
     """``fill(tmp)`` a temp file in ``path``'s folder (created), then rename it to ``path``; no temp left on failure."""
-    directory = os.path.dirname(os.path.abspath(path))
     with _mapped_os_errors(path, action):
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-        os.close(fd)
-        try:
-            fill(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_atomically(path, fill)
 
 
 def _copy_atomically(source: str, destination: str, action: str, missing: str) -> None:

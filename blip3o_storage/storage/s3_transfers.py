@@ -25,10 +25,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import tempfile
 from typing import TYPE_CHECKING, Callable, Iterator, Optional, Union
 
 from blip3o_storage.errors import CorruptDataError, InvalidPathError, ObjectNotFoundError, StorageError
+from blip3o_storage.storage.backend import write_atomically
 from blip3o_storage.storage.multipart_writer import MultipartUpload
 from blip3o_storage.storage.parallel import run_bounded
 from blip3o_storage.storage.part_sizing import MAX_SINGLE_PUT, effective_part_size, part_ranges
@@ -131,30 +131,24 @@ def _pread_exact(fd: int, length: int, offset: int, path: str) -> bytes:
 def get_file(backend: S3Backend, uri: str, local_path: str) -> None:
     """Download to ``local_path`` through a temp file in its folder; nothing is left on failure."""
     info = backend.stat(uri)
-    directory = os.path.dirname(os.path.abspath(local_path))
     if os.path.isdir(local_path):
         raise InvalidPathError(f"{local_path}: is a directory; give the file path to download {uri} to")
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        if info.size <= backend.settings.multipart_threshold:
-            data = backend._get_range(uri, 0, info.size, if_match=info.etag) if info.size else b""
-            if len(data) != info.size:
-                raise CorruptDataError(f"{uri}: got {len(data)} bytes, the object has {info.size}")
-            _write_all(fd, data, 0)
-        else:
-            os.ftruncate(fd, info.size)
-            run_bounded(backend.transfer_pool, _download_parts(backend, uri, info.etag, info.size, fd),
-                        backend.settings.transfer_concurrency)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, local_path)
-    except BaseException:
-        if fd >= 0:
+
+    def fill(tmp: str) -> None:
+        fd = os.open(tmp, os.O_WRONLY)
+        try:
+            if info.size <= backend.settings.multipart_threshold:
+                data = backend._get_range(uri, 0, info.size, if_match=info.etag) if info.size else b""
+                if len(data) != info.size:
+                    raise CorruptDataError(f"{uri}: got {len(data)} bytes, the object has {info.size}")
+                _write_all(fd, data, 0)
+            else:
+                os.ftruncate(fd, info.size)
+                run_bounded(backend.transfer_pool, _download_parts(backend, uri, info.etag, info.size, fd),
+                            backend.settings.transfer_concurrency)
+        finally:
             os.close(fd)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomically(local_path, fill)
 
 
 def _download_parts(backend: S3Backend, uri: str, etag: Optional[str], size: int,
