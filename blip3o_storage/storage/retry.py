@@ -24,6 +24,7 @@ from __future__ import annotations
 import http.client
 import logging
 import random
+import ssl
 import threading
 import time
 from contextlib import contextmanager
@@ -44,6 +45,7 @@ from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeout
 from urllib3.exceptions import SSLError as Urllib3SSLError
 
+from blip3o_storage.storage.http1 import TransportError
 from blip3o_storage.storage.stats import Counters
 
 logger = logging.getLogger(__name__)
@@ -80,7 +82,7 @@ def tls_verify_failure(exc: BaseException) -> Optional[str]:
     every retry gets the same certificate."""
     if isinstance(exc, BotoSSLError):
         text = str(exc.kwargs.get("error", exc))
-    elif isinstance(exc, Urllib3SSLError):  # the signed-HTTP path
+    elif isinstance(exc, (Urllib3SSLError, ssl.SSLError)):  # the signed-HTTP path (http1: the stdlib's)
         text = str(exc)
     else:
         return None
@@ -94,6 +96,8 @@ def retry_reason(exc: BaseException) -> Optional[str]:
     if tls_verify_failure(exc):
         return None
     if isinstance(exc, DeadlineExceeded):
+        return exc.reason
+    if isinstance(exc, TransportError):  # the signed-HTTP path (storage/http1.py)
         return exc.reason
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})

@@ -247,7 +247,7 @@ def test_https_put_leaves_the_payload_unsigned_like_boto3() -> None:
 
     http = SignedHTTP(S3Settings(endpoint_url="https://rgw.example:7443", access_key="AKIAX", secret_key=SECRET),
                       lambda: Credentials("AKIAX", SECRET))
-    headers = http._sign("PUT", "https://rgw.example:7443/b/k", {"Content-MD5": "x" * 24}, b"body")
+    headers = http._sign("PUT", "/b/k", {"Content-MD5": "x" * 24}, b"body")
     assert headers["X-Amz-Content-SHA256"] == "UNSIGNED-PAYLOAD"
     assert "content-md5" in headers["Authorization"] and headers["host"] == "rgw.example:7443"
     assert SECRET not in str(headers)
