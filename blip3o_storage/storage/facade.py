@@ -90,7 +90,10 @@ class Storage(ProcessLocal):
 
     # -- protocol, delegated --------------------------------------------
     def get(self, uri: PathLike) -> bytes:
-        return self.backend_for(uri).get(os.fspath(uri))
+        parsed = parse_uri(uri)  # once: the S3 backend takes it as is
+        if parsed.is_s3:
+            return self._s3_backend(parsed.cluster).get(os.fspath(uri), parsed=parsed)
+        return self._local.get(os.fspath(uri))
 
     def get_text(self, uri: PathLike, encoding: str = "utf-8") -> str:
         return self.backend_for(uri).get_text(os.fspath(uri), encoding)
@@ -111,7 +114,11 @@ class Storage(ProcessLocal):
         return self.backend_for(uri).stat(os.fspath(uri))
 
     def put(self, uri: PathLike, data: bytes, content_type: Optional[str] = None) -> None:
-        self.backend_for(uri).put(os.fspath(uri), data, content_type)
+        parsed = parse_uri(uri)
+        if parsed.is_s3:
+            self._s3_backend(parsed.cluster).put(os.fspath(uri), data, content_type, parsed=parsed)
+        else:
+            self._local.put(os.fspath(uri), data, content_type)
 
     def list(self, uri: PathLike, recursive: bool = True) -> Iterator[ObjectInfo]:
         return self.backend_for(uri).list(os.fspath(uri), recursive)

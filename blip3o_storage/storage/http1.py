@@ -346,9 +346,9 @@ class ConnectionPool(ProcessLocal):
 
 def _parse_head(head: bytes) -> Tuple[int, Dict[str, str]]:
     """(status, {lower-case name: value}) from a response head without its final CRLFCRLF."""
-    lines = head.split(b"\r\n")
+    lines = head.decode("latin-1").split("\r\n")
     status_line = lines[0]
-    if not status_line.startswith(b"HTTP/1.") or len(status_line) < 12:
+    if not status_line.startswith("HTTP/1.") or len(status_line) < 12:
         raise BadResponse(f"not an HTTP/1.x status line: {status_line[:80]!r}")
     try:
         status = int(status_line[9:12])
@@ -356,13 +356,15 @@ def _parse_head(head: bytes) -> Tuple[int, Dict[str, str]]:
         raise BadResponse(f"bad status line {status_line[:80]!r}") from None
     headers: Dict[str, str] = {}
     for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name[:1] in b" \t":
+        name, sep, value = line.partition(":")
+        if not sep or not name or name[0] in " \t":
             raise BadResponse(f"bad header line {line[:80]!r}")
-        key = name.decode("latin-1").lower()
-        text = value.strip().decode("latin-1")
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
-    if status_line.startswith(b"HTTP/1.0") and headers.get("connection", "").lower() != "keep-alive":
+        key = name.lower()
+        if key in headers:
+            headers[key] = f"{headers[key]}, {value.strip()}"
+        else:
+            headers[key] = value.strip()
+    if status_line.startswith("HTTP/1.0") and headers.get("connection", "").lower() != "keep-alive":
         headers["connection"] = "close"
     return status, headers
 

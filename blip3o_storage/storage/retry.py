@@ -158,11 +158,12 @@ class OperationClock:
     botocore's: :meth:`active` makes it the calling thread's current operation,
     which the botocore hooks and the signed-HTTP path read."""
 
-    def __init__(self, deadline: Optional[float]) -> None:
+    def __init__(self, deadline: Optional[float], *, started: Optional[float] = None, requests: int = 0) -> None:
         self.deadline = deadline
-        self.started = time.monotonic()
+        #: ``time.monotonic()`` when the operation started (given when its first attempt ran before the clock).
+        self.started = time.monotonic() if started is None else started
         #: HTTP requests sent for this operation (botocore's retries included).
-        self.requests = 0
+        self.requests = requests
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -246,7 +247,7 @@ def install_deadline_hooks(client: Any) -> None:
 
 def call_with_retries(fn: Callable[[], T], *, what: str, attempts: int, stats: RetryStats,
                       base_delay: float = 0.05, max_delay: float = 2.0,
-                      clock: Optional[OperationClock] = None) -> T:
+                      clock: Optional[OperationClock] = None, failed: Optional[Exception] = None) -> T:
     """Run ``fn`` up to ``attempts`` times, retrying only retryable failures.
 
     Body-read failures (truncation, resets and timeouts mid-body) get the full
@@ -256,29 +257,38 @@ def call_with_retries(fn: Callable[[], T], *, what: str, attempts: int, stats: R
     reach it (see the module docstring). The last
     exception is re-raised for the caller to map; ``what`` (a URI, never a
     secret) is logged.
+
+    ``failed``: the first attempt already ran, outside this machinery, and raised this (the
+    success fast path of :meth:`S3Backend._run <blip3o_storage.storage.s3_backend.S3Backend._run>`:
+    nearly every request succeeds at once, and the clock, its thread-local and this loop cost
+    ~8% of a GET's CPU); it is handled exactly as attempt 1's failure would be.
     """
     clock = clock or OperationClock(None)
     request_rounds = 0
     with clock.active():
         for attempt in range(1, attempts + 1):
-            try:
-                return fn()
-            except Exception as exc:
-                reason = retry_reason(exc)
-                if reason is not None and _request_phase(exc):
-                    request_rounds += 1
-                exhausted = attempt == attempts or request_rounds > REQUEST_PHASE_REASONS_EXTRA_ROUNDS
-                delay = min(max_delay, base_delay * (2 ** (attempt - 1))) * (0.5 + random.random())
-                out_of_time = isinstance(exc, DeadlineExceeded) or clock.remaining() <= delay
-                if reason is None or exhausted or out_of_time:
-                    if reason is not None:
-                        stats.add(failures=1)
-                        if out_of_time:
-                            logger.debug("giving up on %s after %s: deadline %.3gs reached (%.1fs, %d requests)",
-                                         what, reason, clock.deadline, clock.elapsed(), clock.requests)
-                    raise
-                stats.record_retry(reason)
-                logger.debug("retrying %s after %s (attempt %d/%d, sleeping %.2fs)", what, reason,
-                             attempt, attempts, delay)
-                time.sleep(delay)
+            if attempt == 1 and failed is not None:
+                exc: Exception = failed
+            else:
+                try:
+                    return fn()
+                except Exception as caught:
+                    exc = caught
+            reason = retry_reason(exc)
+            if reason is not None and _request_phase(exc):
+                request_rounds += 1
+            exhausted = attempt == attempts or request_rounds > REQUEST_PHASE_REASONS_EXTRA_ROUNDS
+            delay = min(max_delay, base_delay * (2 ** (attempt - 1))) * (0.5 + random.random())
+            out_of_time = isinstance(exc, DeadlineExceeded) or clock.remaining() <= delay
+            if reason is None or exhausted or out_of_time:
+                if reason is not None:
+                    stats.add(failures=1)
+                    if out_of_time:
+                        logger.debug("giving up on %s after %s: deadline %.3gs reached (%.1fs, %d requests)",
+                                     what, reason, clock.deadline, clock.elapsed(), clock.requests)
+                raise exc
+            stats.record_retry(reason)
+            logger.debug("retrying %s after %s (attempt %d/%d, sleeping %.2fs)", what, reason,
+                         attempt, attempts, delay)
+            time.sleep(delay)
     raise AssertionError("unreachable")
