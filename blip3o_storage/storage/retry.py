@@ -272,7 +272,7 @@ def call_with_retries(fn: Callable[[], T], *, what: str, attempts: int, stats: R
             else:
                 try:
                     return fn()
-                except Exception as caught:
+                except Exception as caught:  # noqa: BLE001 - classified below, re-raised when final
                     exc = caught
             reason = retry_reason(exc)
             if reason is not None and _request_phase(exc):

@@ -363,7 +363,7 @@ class S3Backend(ProcessLocal, StorageBackend):
             started = time.monotonic()
             try:
                 return fn()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - handed to call_with_retries, re-raised when final
                 failed = exc
             clock = OperationClock(self.settings.deadline, started=started, requests=1)
         else:

@@ -50,9 +50,9 @@ class S3Signer:
         if cached_secret == secret and cached_day == day and key:
             return key
         digest = hashlib.sha256
-        key = hmac.new(f"AWS4{secret}".encode("utf-8"), day.encode("utf-8"), digest).digest()
+        key = hmac.new(f"AWS4{secret}".encode(), day.encode(), digest).digest()
         for part in (self.region, "s3", "aws4_request"):
-            key = hmac.new(key, part.encode("utf-8"), digest).digest()
+            key = hmac.new(key, part.encode(), digest).digest()
         self._key = (secret, day, key)
         return key
 
@@ -99,8 +99,8 @@ class S3Signer:
         request = "\n".join((method, path, "", "\n".join(f"{n}:{canonical[n]}" for n in names) + "\n",
                              signed_headers, payload))
         scope = day + self._scope_tail
-        to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(request.encode('utf-8')).hexdigest()}"
-        signature = hmac.new(self._signing_key(secret_key, day), to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+        to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(request.encode()).hexdigest()}"
+        signature = hmac.new(self._signing_key(secret_key, day), to_sign.encode(), hashlib.sha256).hexdigest()
         out["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, "
                                 f"SignedHeaders={signed_headers}, Signature={signature}")
         return out

@@ -109,11 +109,9 @@ def test_signing_key_follows_the_secret_and_the_day() -> None:
     """The cached key must not outlive a credential rotation or a day change."""
     signer = S3Signer("us-east-1", https=False)
     day1 = datetime.datetime(2026, 11, 30, 23, 59, 59, tzinfo=datetime.timezone.utc).timestamp()
-    args = dict(host="h", access_key="AK", token=None)
-    first = signer.sign("GET", "/b/k", {}, None, secret_key="one", now=day1, **args)["Authorization"]
-    rotated = signer.sign("GET", "/b/k", {}, None, secret_key="two", now=day1, **args)["Authorization"]
-    next_day = signer.sign("GET", "/b/k", {}, None, secret_key="two", now=day1 + 1, **args)["Authorization"]
-    fresh = S3Signer("us-east-1", https=False).sign("GET", "/b/k", {}, None, secret_key="two", now=day1 + 1,
-                                                    **args)["Authorization"]
+    def auth(on: S3Signer, secret: str, now: float) -> str:
+        return on.sign("GET", "/b/k", {}, None, host="h", access_key="AK", secret_key=secret, now=now)["Authorization"]
+    first, rotated, next_day = auth(signer, "one", day1), auth(signer, "two", day1), auth(signer, "two", day1 + 1)
+    fresh = auth(S3Signer("us-east-1", https=False), "two", day1 + 1)
     assert len({first, rotated, next_day}) == 3 and next_day == fresh
     assert "/20261201/us-east-1/s3/aws4_request" in next_day
