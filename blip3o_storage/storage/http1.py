@@ -30,7 +30,7 @@ import logging
 import socket
 import ssl
 from collections import deque
-from typing import Deque, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Callable, Deque, Dict, List, Mapping, Optional, Tuple, Union
 
 from blip3o_storage.storage.process_state import ProcessLocal
 
@@ -189,12 +189,15 @@ class ConnectionPool(ProcessLocal):
     ``verify``: False (no certificate check), True (``ca_bundle``, else the system's) or a CA
     bundle path. At most ``max_size`` idle connections are kept (more threads than that still
     work, as with urllib3, but discard their connection after each request and log it).
+    ``on_resend`` is called when a request is sent again because its reused connection
+    turned out closed (so the caller can count it as a retry).
     """
 
     _process_state = ("_idle", "_tls")
 
     def __init__(self, scheme: str, host: str, port: int, *, connect_timeout: float, read_timeout: float,
-                 max_size: int, verify: Union[bool, str] = True, ca_bundle: Optional[str] = None) -> None:
+                 max_size: int, verify: Union[bool, str] = True, ca_bundle: Optional[str] = None,
+                 on_resend: Optional[Callable[[], None]] = None) -> None:
         if scheme not in ("http", "https"):
             raise ValueError(f"unsupported scheme {scheme!r}")
         self.scheme, self.host, self.port = scheme, host, port
@@ -202,6 +205,7 @@ class ConnectionPool(ProcessLocal):
         self.max_size = max_size
         self.verify = verify
         self.ca_bundle = ca_bundle
+        self.on_resend = on_resend
         super().__init__()
 
     def _init_process_state(self) -> None:
@@ -284,6 +288,8 @@ class ConnectionPool(ProcessLocal):
             conn.close()
             logger.debug("idle connection to %s:%s was closed by the server; resending on a new one",
                          self.host, self.port)
+            if self.on_resend is not None:
+                self.on_resend()
             return self._exchange(self._connect(), False, method, head, body)
 
     def _exchange(self, conn: Connection, reused: bool, method: str, head: bytes, body: Optional[Buffer]) -> Response:

@@ -63,7 +63,9 @@ class RetryStats(Counters):
 
     ``calls`` are operations started; ``botocore_retries`` are retries botocore
     did inside one call; ``retries`` are the extra attempts made here on top of
-    that (tallied ``by_reason``); ``failures`` are retryable failures that
+    that (tallied ``by_reason``; ``stale-connection``: a request sent again at once because
+    the idle keep-alive connection it went on had been closed by the server, see
+    :mod:`~blip3o_storage.storage.http1`); ``failures`` are retryable failures that
     outlasted every attempt. A forked or unpickled copy starts at zero
     (:class:`~blip3o_storage.storage.stats.Counters`).
     """

@@ -290,7 +290,8 @@ class S3Backend(ProcessLocal, StorageBackend):
                 if self._client is None:
                     session = make_session(self.settings)
                     new_client = make_client(self.settings, session)
-                    self._http = (SignedHTTP(self.settings, session.get_credentials)
+                    self._http = (SignedHTTP(self.settings, session.get_credentials,
+                                             on_resend=lambda: self.stats.record_retry("stale-connection"))
                                   if self.settings.use_fast_path else None)
                     self._client_pid = os.getpid()
                     self._client = new_client  # last: a thread that sees it sees the rest

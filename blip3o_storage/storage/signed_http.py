@@ -100,10 +100,12 @@ class SignedHTTP:
 
     ``credentials`` is a callable returning botocore credentials (a boto3
     session's, so refreshable credentials keep working); it is called per
-    request and is cheap for static keys.
+    request and is cheap for static keys. ``on_resend`` is called for each request
+    sent again after a stale keep-alive connection (the backend counts it as a retry).
     """
 
-    def __init__(self, settings: S3Settings, credentials: Any) -> None:
+    def __init__(self, settings: S3Settings, credentials: Any,
+                 on_resend: Optional[Callable[[], None]] = None) -> None:
         if not settings.endpoint_url:
             raise ValueError("SignedHTTP needs an endpoint_url (path-style access)")
         self.settings = settings
@@ -126,7 +128,8 @@ class SignedHTTP:
         self._pool = ConnectionPool(
             parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
             connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
-            max_size=settings.max_pool_connections, verify=verify, ca_bundle=ca_bundle)
+            max_size=settings.max_pool_connections, verify=verify, ca_bundle=ca_bundle, on_resend=self._resent)
+        self._on_resend = on_resend
         #: "/bucket/" per bucket, quoted once (the per-request work is the key's quoting only).
         self._bucket_paths: Dict[str, str] = {}
         #: Called with the operation name ("GetObject", "PutObject") before each request,
@@ -136,6 +139,12 @@ class SignedHTTP:
     def close(self) -> None:
         """Close this process's idle connections."""
         self._pool.close()
+
+    def _resent(self) -> None:
+        """A request went again on a fresh connection (its idle one had been closed by the server)."""
+        note_request()
+        if self._on_resend is not None:
+            self._on_resend()
 
     def _path(self, bucket: str, key: str) -> str:
         prefix = self._bucket_paths.get(bucket)
