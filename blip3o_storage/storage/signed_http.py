@@ -200,12 +200,12 @@ class SignedHTTP:
         if (limit is not None and byte_range is None and status == 200 and response.length is not None
                 and response.length > limit):
             response.close()  # unread body: this connection is not reused
-            return response.length, response.headers.get("etag", "").strip('"')
+            return response.length, (response.header("etag") or "").strip('"')
         data = response.read()
         if status not in _GET_OK:
             raise client_error(status, data, "GetObject")
         if byte_range is not None:
-            problem = range_problem(status, response.headers.get("content-range"),
+            problem = range_problem(status, response.header("content-range"),
                                     byte_range[0], byte_range[1], len(data))
             if problem:
                 raise UnexpectedResponse(problem)
@@ -226,11 +226,11 @@ class SignedHTTP:
                 response.close()
                 raise UnexpectedResponse(range_problem(response.status, None, start, end) or "no range")
             raise client_error(response.status, response.read(), "GetObject")
-        problem = range_problem(206, response.headers.get("content-range"), start, end)
+        problem = range_problem(206, response.header("content-range"), start, end)
         if problem or response.length != len(view):
             response.close()
             raise UnexpectedResponse(problem or f"asked for bytes {start}-{end}, got Content-Length "
-                                     f"{response.headers.get('content-length')}")
+                                     f"{response.header('content-length')}")
         response.read_into(view)
 
     def put_object(self, bucket: str, key: str, body: bytes, content_md5: str,

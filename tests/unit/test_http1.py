@@ -145,7 +145,8 @@ def test_keep_alive_reuses_one_connection_and_sends_the_target_as_given(server_f
     pool = server.pool()
     for _ in range(5):
         response = pool.request("PUT", "/b/a/./b%20c", {"Host": "h", "Content-Length": "3"}, b"xyz")
-        assert response.status == 200 and response.headers["etag"] == '"e"'
+        assert response.status == 200 and response.headers["etag"] == response.header("etag") == '"e"'
+        assert response.header("x-missing") is None
         assert response.read() == b"PUT /b/a/./b%20c HTTP/1.1|xyz"
     assert server.connections == 1 and len(server.requests) == 5
 
