@@ -27,6 +27,7 @@ What it does:
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
 from collections import deque
@@ -280,7 +281,10 @@ class ConnectionPool(ProcessLocal):
             return self._connect(), False
 
     def put_back(self, conn: Connection) -> None:
-        if self._owner_pid is not None and len(self._idle) < self.max_size:
+        if self._owner_pid != os.getpid():  # never hand a connection to another process's pool
+            conn.close()
+            return
+        if len(self._idle) < self.max_size:
             self._idle.append(conn)
             return
         conn.close()
@@ -329,7 +333,9 @@ class ConnectionPool(ProcessLocal):
                 # The server may already have answered (e.g. an error before reading a large body):
                 # read what it said; if nothing, a reused connection was stale.
                 try:
-                    return self._read_head(conn, reused, method)
+                    early = self._read_head(conn, reused, method)
+                    early._keep = False  # the request was not sent whole: never reuse this connection
+                    return early
                 except (TransportError, _Stale):
                     if reused:
                         raise _Stale() from exc
