@@ -31,8 +31,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from cpu_split import ceph_pids
 from peer_stats import round_order
 from peer_tools import READERS, importable, measure, project_getter
