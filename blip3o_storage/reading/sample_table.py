@@ -175,6 +175,7 @@ class SampleTable(Sequence[dict[str, str]]):
         #: The file this table maps (None: an in-memory table).
         self.path = path
         self.source = source
+        self._inode = -1
         self._cached: tuple[int, list[dict[str, str]]] = (-1, [])
 
     # -- construction ----------------------------------------------------------
@@ -183,7 +184,10 @@ class SampleTable(Sequence[dict[str, str]]):
         """Map the table file ``path`` read-only (shared with every process mapping it)."""
         with open(path, "rb") as f:
             buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        return cls(buf, source=path, path=path)
+            inode = os.fstat(f.fileno()).st_ino
+        table = cls(buf, source=path, path=path)
+        table._inode = inode
+        return table
 
     @classmethod
     def from_entries(cls, entries: Sequence[Entry]) -> SampleTable:
@@ -198,8 +202,13 @@ class SampleTable(Sequence[dict[str, str]]):
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # a pickled (spawned, deep-copied) table maps the same file again, or copies the bytes
+        # (also when the file was pruned from the cache since: this process's mapping still holds it)
         if self.path is not None:
-            return (SampleTable.open, (self.path,))
+            try:
+                if os.stat(self.path).st_ino == self._inode:
+                    return (SampleTable.open, (self.path,))
+            except FileNotFoundError:
+                pass
         return (SampleTable, (bytes(self._buf), self.source))
 
     # -- reading ---------------------------------------------------------------
