@@ -239,8 +239,11 @@ def _scan(body: bytes) -> tuple[bytes, bytes, int] | None:
             body.decode("utf-8")
         except UnicodeDecodeError:
             return None
-    with ThreadPoolExecutor(_SCAN_THREADS) as pool:
-        scanned = list(pool.map(_scan_units, _cuts(body)))
+    if len(body) <= 2 * _SCAN_CHUNK or _SCAN_THREADS == 1:  # no pool for a small file (~1 ms to start)
+        scanned = list(map(_scan_units, _cuts(body)))
+    else:
+        with ThreadPoolExecutor(_SCAN_THREADS) as pool:
+            scanned = list(pool.map(_scan_units, _cuts(body)))
     if not scanned or any(s is None for s in scanned):
         return None
     images: list[Any] = [b"\n"]  # bytes and uint8 arrays (both buffers)

@@ -116,6 +116,10 @@ class TableWriter:
         group: list[bytes] = []
         sizes: list[int] = []
         pending: deque[tuple[Future[list[bytes]], list[int]]] = deque()
+        if parsed.count <= BLOCK * _GROUP or _THREADS == 1:  # one group: no pool (~1 ms to start)
+            payloads = list(_payloads(parsed))
+            self._write_all(_compress([p for p, _ in payloads]), [n for _, n in payloads])
+            return
         with ThreadPoolExecutor(_THREADS) as pool:
             for payload, size in _payloads(parsed):
                 group.append(payload)
@@ -131,7 +135,10 @@ class TableWriter:
                 self._write(*pending.popleft())
 
     def _write(self, future: Future[list[bytes]], sizes: list[int]) -> None:
-        for data, size in zip(future.result(), sizes):
+        self._write_all(future.result(), sizes)
+
+    def _write_all(self, blocks: list[bytes], sizes: list[int]) -> None:
+        for data, size in zip(blocks, sizes):
             self._out.write(data)
             self._offsets.append(self._offsets[-1] + len(data))
             self.count += size
