@@ -31,7 +31,7 @@ import re
 import shutil
 import tarfile
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 from blip3o_storage.errors import CorruptDataError, InvalidPathError, StorageError
@@ -562,6 +562,16 @@ def image_caption_exts(image_exts: Iterable[str], caption_ext: str) -> tuple[set
     return img_exts, cap_ext
 
 
+def key_and_ext(rel: str) -> tuple[str, str]:
+    """``a/b.JPG`` -> (``a/b``, ``.jpg``): a normalised relpath without its extension, and the
+    extension in lower case. String slicing, not PurePosixPath: pathlib interns every name it
+    parses, and the interpreter's table of interned strings then grows with the file count
+    (about 190 bytes a file, measured)."""
+    name = rel[rel.rfind("/") + 1:]
+    ext = os.path.splitext(name)[1]
+    return (rel[:len(rel) - len(ext)] if ext else rel), ext.lower()
+
+
 def add_candidate(
     rel: str,
     key: str,
@@ -705,9 +715,7 @@ def iter_data_json(
             if shard is not None:
                 yield from done(shard)
             shard = name
-        pure = PurePosixPath(rel)
-        stem, ext = os.path.splitext(pure.name)
-        add_candidate(rel, str(pure.with_name(stem)), ext.lower(), exts, images, captions, report)
+        add_candidate(rel, *key_and_ext(rel), exts, images, captions, report)
     if shard is not None:
         yield from done(shard)
     yield from order.finish()

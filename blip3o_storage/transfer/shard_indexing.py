@@ -11,7 +11,7 @@ import json
 import os
 import tarfile
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from blip3o_storage.errors import CorruptDataError, InvalidPathError
@@ -25,6 +25,7 @@ from blip3o_storage.transfer.safe_tar import (
     check_member,
     finish_report,
     image_caption_exts,
+    key_and_ext,
     pair_shard,
     scan_tar,
     shard_name,
@@ -114,10 +115,7 @@ def _shard_pairs(shard: str, members: Iterable[str], exts: Tuple[set, str], repo
         if is_hidden(rel):  # the tree walk's rule: dot-files and dot-folders are not samples
             report.hidden.append(rel)
             continue
-        pure = PurePosixPath(rel)
-        key = str(pure.with_name(os.path.splitext(pure.name)[0]))
-        ext = os.path.splitext(pure.name)[1].lower()
-        add_candidate(rel, key, ext, exts, images, captions, report)
+        add_candidate(rel, *key_and_ext(rel), exts, images, captions, report)
     entries: List[Dict[str, str]] = []
     pair_shard(images, captions, entries, report)
     return entries
