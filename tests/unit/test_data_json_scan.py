@@ -144,8 +144,10 @@ PATHS: list[tuple[str, bytes]] = [  # the layout, but paths that the exact parse
     ("empty extension", layout([{"image": "a.jpg", "annotation": "a."}])),
     ("same path", layout([{"image": "a.jpg", "annotation": "a.jpg"}, {"image": "b.jpg", "annotation": "b.jpg"}])),
     ("some derived", layout([{"image": "a.jpg", "annotation": "a.txt"}, {"image": "b.png", "annotation": "b.png"}])),
-    ("mixed extensions", layout([{"image": "a.jpg", "annotation": "a.txt"}, {"image": "b.png", "annotation": "b.txt"}])),
-    ("dots in extension", layout([{"image": "a.jpg", "annotation": "a..txt"}, {"image": "b.jpg", "annotation": "b..txt"}])),
+    ("mixed extensions",
+     layout([{"image": "a.jpg", "annotation": "a.txt"}, {"image": "b.png", "annotation": "b.txt"}])),
+    ("dots in extension",
+     layout([{"image": "a.jpg", "annotation": "a..txt"}, {"image": "b.jpg", "annotation": "b..txt"}])),
     ("no extension", layout([{"image": "a", "annotation": "a.txt"}])),
     ("backslash path", layout([{"image": "a\\b.jpg", "annotation": "a.txt"}])),
 ]
@@ -166,12 +168,14 @@ def test_bom_is_dropped() -> None:
     assert assert_same(b"\xef\xbb\xbf" + layout(pairs(3))) is not None
 
 
-ALPHABET = ["a", "b", "Z", "0", "/", "/", ".", ".", "-", "_", " ", ":", "\\", '"', "ü", "😀", "\t", "\n", "\x00", "\x7f"]
+ALPHABET = ["a", "b", "Z", "0", "/", "/", ".", ".", "-", "_", " ", ":", "\\", '"', "ü", "😀",
+            "\t", "\n", "\x00", "\x7f"]
 
 
 def _path(rng: random.Random, nasty: float, unicode: bool = False) -> str:
     if rng.random() >= nasty:  # plain paths (any of them may still need normalising)
-        return "/".join(rng.choice(["a", "bb", "s001", "x-y", "ü" if unicode else "c"]) for _ in range(rng.randint(1, 3))) + \
+        segments = ["a", "bb", "s001", "x-y", "ü" if unicode else "c"]
+        return "/".join(rng.choice(segments) for _ in range(rng.randint(1, 3))) + \
             rng.choice([".jpg", ".png", ".txt", ""])
     return "".join(rng.choice(ALPHABET) for _ in range(rng.randint(0, 8)))
 

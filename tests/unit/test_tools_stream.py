@@ -106,7 +106,8 @@ def test_index_files_are_the_bytes_of_the_in_memory_index(tmp_path: Path, with_d
     assert sorted(p.name for p in got.iterdir()) == sorted(names)
     for name in names:
         assert (got / name).read_bytes() == (ref / name).read_bytes(), name
-    assert summary.shards == 9 and summary.members == sum(len(s["members"]) for s in build_index(tars)["shards"].values())
+    shards = build_index(tars)["shards"].values()
+    assert summary.shards == 9 and summary.members == sum(len(s["members"]) for s in shards)
     assert summary.repeated == {"a.b": ["0.jpg"]}
     if with_data_json:
         assert summary.entries == len(entries) == report.pairs == summary.report.pairs
