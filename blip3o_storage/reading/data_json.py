@@ -243,7 +243,7 @@ def _scan(body: bytes) -> tuple[bytes, bytes, int] | None:
             body.decode("utf-8")
         except UnicodeDecodeError:
             return None
-    if len(body) <= 2 * _SCAN_CHUNK or _SCAN_THREADS == 1:  # no pool for a small file (~1 ms to start)
+    if len(body) <= 8 * _SCAN_CHUNK or _SCAN_THREADS == 1:  # a small file: starting threads costs more
         scanned = list(map(_scan_units, _cuts(body)))
     else:
         with ThreadPoolExecutor(_SCAN_THREADS) as pool:

@@ -116,7 +116,7 @@ class TableWriter:
         group: list[bytes] = []
         sizes: list[int] = []
         pending: deque[tuple[Future[list[bytes]], list[int]]] = deque()
-        if parsed.count <= BLOCK * _GROUP or _THREADS == 1:  # one group: no pool (~1 ms to start)
+        if parsed.count <= 8 * BLOCK * _GROUP or _THREADS == 1:  # small: starting threads costs more
             payloads = list(_payloads(parsed))
             self._write_all(_compress([p for p, _ in payloads]), [n for _, n in payloads])
             return
