@@ -221,3 +221,20 @@ def test_random_documents_agree(monkeypatch: pytest.MonkeyPatch) -> None:
         scanned += data_json._scan(data) is not None
         assert_same(data)
     assert scanned > 500  # the scan itself was exercised, not only the fallback
+
+
+def test_threaded_scan_and_compression_give_the_same_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large files are scanned and compressed by thread pools: shrink the thresholds so that 5,000
+    entries take those paths (chunks of 1 KB, groups of 2 blocks) and compare with the exact parser."""
+    from blip3o_storage.reading import sample_table
+
+    monkeypatch.setattr(data_json, "_SCAN_CHUNK", 1024)
+    monkeypatch.setattr(data_json, "_SCAN_THREADS", 2)
+    monkeypatch.setattr(sample_table, "_GROUP", 2)
+    monkeypatch.setattr(sample_table, "_THREADS", 2)
+    data = layout(pairs(5000))
+    assert len(data) > 8 * 1024 and 5000 > 8 * sample_table.BLOCK * 2  # both pools are used
+    parsed = assert_same(data)
+    assert parsed is not None and parsed.count == 5000
+    mixed = layout(pairs(2500) + pairs(2500, ext=".json"))  # annotation column stored, not derived
+    assert assert_same(mixed) is not None
