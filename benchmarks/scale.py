@@ -291,7 +291,7 @@ class _Rows(list[tuple[str, str, str, str]]):
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="60000,1000000,10000000", help="comma-separated entry counts")
-    ap.add_argument("--rounds", type=int, default=3, help="timing rounds per size (sizes >= 5M: at most 2)")
+    ap.add_argument("--rounds", type=int, default=3, help="timing rounds per size (sizes >= 5M: at most 3)")
     ap.add_argument("--upload-files", default="2000,8000", help="two or more tree sizes for the upload rows")
     ap.add_argument("--work-dir", type=Path, default=None, help="where the files go (default: a temp folder)")
     ap.add_argument("--quick", action="store_true", help="small sizes: --sizes 20000,200000 --upload-files 300,1200")
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         for n in sizes:
-            measure_size(n, args.rounds if n < 5_000_000 else min(args.rounds, 2), work, rows)
+            measure_size(n, args.rounds if n < 5_000_000 else min(args.rounds, 3), work, rows)
         if len(upload_sizes) >= 2:
             measure_upload(upload_sizes, work, rows)
     finally:

@@ -8,7 +8,8 @@ Usage::
 Pairs ``{key}.jpg`` with ``{key}.txt`` (see
 ``blip3o_storage.transfer.safe_tar.build_data_json``), logs how many pairs, orphan
 images and orphan captions there are, and writes the file atomically (temp
-file + ``os.replace``) so a reader never sees half a file. ``--strict`` exits
+file + ``os.replace``) so a reader never sees half a file. Entries are written
+as each shard folder is paired: memory is one shard's, however large the tree. ``--strict`` exits
 non-zero, without writing, when anything could not be paired.
 
 The folder is walked by the rule ``tools/upload.py`` uses
@@ -28,20 +29,22 @@ import argparse
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from blip3o_storage.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, interruptible, parser_from_doc
 from blip3o_storage.errors import StorageError
-from blip3o_storage.transfer.safe_tar import build_data_json, fsync_dir, log_unpaired
+from blip3o_storage.transfer.safe_tar import DataJsonReport, fsync_dir, iter_data_json, log_unpaired
 
 log = logging.getLogger("make_data_json")
 
 
-def write_json_atomic(entries: Iterable[dict[str, str]], out: Path) -> int:
+def write_json_atomic(entries: Iterable[dict[str, str]], out: Path,
+                      check: Callable[[int], None] | None = None) -> int:
     """Write one entry per line (diff-friendly, still plain JSON; the bytes of
     :func:`~blip3o_storage.transfer.safe_tar.data_json_text`) via temp + rename, entry by entry as
-    ``entries`` yields them (no text of the whole file in memory); returns the number written."""
+    ``entries`` yields them (no text of the whole file in memory); returns the number written.
+    ``check(count)`` runs before the rename: if it raises, nothing is written."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     count = 0
@@ -51,6 +54,8 @@ def write_json_atomic(entries: Iterable[dict[str, str]], out: Path) -> int:
                 f.write(("[\n" if count == 0 else ",\n") + json.dumps(entry))
                 count += 1
             f.write("\n]\n" if count else "[\n]\n")
+            if check is not None:
+                check(count)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, out)
@@ -63,6 +68,10 @@ def write_json_atomic(entries: Iterable[dict[str, str]], out: Path) -> int:
 
 class CaptionError(Exception):
     """A caption file that cannot be read as UTF-8 text (for --inline-captions)."""
+
+
+class Refused(Exception):
+    """Nothing to write (no pairs), or --strict and unpaired files: the temp file is dropped."""
 
 
 def inline_captions(entries: Iterable[dict[str, str]], raw: Path) -> Iterator[dict[str, str]]:
@@ -98,13 +107,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """Everything after argument parsing."""
+    """Everything after argument parsing. The entries are written as the walk pairs them, one
+    shard folder in memory at a time (:func:`~blip3o_storage.transfer.safe_tar.iter_data_json`), into
+    a temp file that becomes ``--out`` only once the walk is complete and the checks pass."""
+    report = DataJsonReport()
+
+    def check(count: int) -> None:
+        _log_report(report)
+        if not count:
+            raise Refused(f"no image/caption pairs under {args.raw}; run tools/extract.py first")
+        if args.strict and report.has_orphans:
+            raise Refused(f"--strict: unpaired files found, {args.out} not written")
+
+    entries = iter_data_json(args.raw, report)
     try:
-        entries, report = build_data_json(args.raw)
+        written = write_json_atomic(inline_captions(entries, args.raw) if args.inline_captions else entries,
+                                    args.out, check)
     except StorageError as e:
         log.error("%s", e)
         return EXIT_USAGE
+    except Refused as e:
+        log.error("%s", e)
+        return EXIT_FAILED
+    except CaptionError as exc:
+        log.error("cannot inline captions: %s; fix or remove that file, or run without --inline-captions", exc)
+        return EXIT_FAILED
+    log.info("wrote %d entries to %s", written, args.out)
+    return EXIT_OK
 
+
+def _log_report(report: DataJsonReport) -> None:
     log.info("shards: %s", ", ".join(report.shards) or "(none)")
     if report.unmarked_shards:
         log.warning("shard folders without a done-marker (not made by tools/extract.py, "
@@ -117,20 +149,6 @@ def _run(args: argparse.Namespace) -> int:
                  len(report.hidden), "y" if len(report.hidden) == 1 else "ies", ", ".join(report.hidden[:5]),
                  f" (+{len(report.hidden) - 5} more)" if len(report.hidden) > 5 else "")
     log_unpaired(log, report)  # the same lines as tools/upload_shards.py
-
-    if not entries:
-        log.error("no image/caption pairs under %s; run tools/extract.py first", args.raw)
-        return EXIT_FAILED
-    if args.strict and report.has_orphans:
-        log.error("--strict: unpaired files found, %s not written", args.out)
-        return EXIT_FAILED
-    try:
-        written = write_json_atomic(inline_captions(entries, args.raw) if args.inline_captions else entries, args.out)
-    except CaptionError as exc:
-        log.error("cannot inline captions: %s; fix or remove that file, or run without --inline-captions", exc)
-        return EXIT_FAILED
-    log.info("wrote %d entries to %s", written, args.out)
-    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ from blip3o_storage.cli.common import (
 )
 from blip3o_storage.errors import ConfigError, CorruptDataError, StorageError
 from blip3o_storage.transfer.safe_tar import log_unpaired
-from blip3o_storage.transfer.shard_indexing import build_index, data_json_from_index
+from blip3o_storage.transfer.shard_indexing import write_index_files
 from blip3o_storage.transfer.upload import (
     MiB,
     UploadInterrupted,
@@ -116,8 +116,9 @@ def find_tars(sources: list[Path]) -> list[Path]:
 
 
 def write_metadata(index: dict, entries: list | None, folder: Path) -> list[Path]:
-    """index.json (and data.json, as :func:`~blip3o_storage.transfer.safe_tar.data_json_text`) in ``folder``;
-    deterministic bytes, so a re-run finds them unchanged and skips them."""
+    """index.json (and data.json, as :func:`~blip3o_storage.transfer.safe_tar.data_json_text`) in ``folder``
+    from an index and entries in memory; deterministic bytes, so a re-run finds them unchanged and
+    skips them. The tool itself streams the same bytes (:func:`_index`); this is the reference."""
     out = [folder / INDEX_NAME]
     with open(out[0], "w", encoding="utf-8") as f:  # json.dump writes in pieces: no text of the whole index
         json.dump(index, f, sort_keys=True, separators=(",", ":"))
@@ -139,40 +140,40 @@ def _items(paths: list[Path], prefix: str) -> list[UploadItem]:
     return items
 
 
-def _index(args: argparse.Namespace) -> tuple:
-    """Validate and index every tar; build data.json entries. Nothing is sent yet."""
+def _index(args: argparse.Namespace, folder: Path) -> tuple[list[Path], list[Path], bool]:
+    """Validate and index every tar, writing index.json (and data.json) into ``folder`` one shard
+    at a time (:func:`~blip3o_storage.transfer.shard_indexing.write_index_files`: the bytes
+    :func:`write_metadata` writes, without the whole index in memory). Nothing is sent yet."""
     tars = find_tars(args.sources)
-    index = build_index(tars)
-    members = sum(len(s["members"]) for s in index["shards"].values())
-    log.info("indexed %d shard(s), %d members, %.1f MB", len(tars), members, sum(p.stat().st_size for p in tars) / 1e6)
-    repeated = {name: s["duplicates"] for name, s in index["shards"].items() if s.get("duplicates")}
+    paths = [folder / INDEX_NAME] + ([] if args.no_data_json else [folder / DATA_JSON_NAME])
+    summary = write_index_files(tars, paths[0], None if args.no_data_json else paths[1])
+    log.info("indexed %d shard(s), %d members, %.1f MB", len(tars), summary.members,
+             sum(p.stat().st_size for p in tars) / 1e6)
+    repeated = summary.repeated
     if repeated:
         log.warning("%d repeated member name(s) in %d shard(s) (%s); the last copy of each is indexed, as "
                     "extraction keeps it", sum(len(d) for d in repeated.values()), len(repeated),
                     ", ".join(sorted(repeated)))
-    entries = None
     if not args.no_data_json:
-        entries, report = data_json_from_index(index)
-        log_unpaired(log, report)  # the same lines as tools/make_data_json.py
-        if not entries:
+        log_unpaired(log, summary.report)  # the same lines as tools/make_data_json.py
+        if not summary.entries:
             raise Unpaired("no image/caption pairs in the shards; nothing to train on")
-        if args.strict and report.has_orphans:
+        if args.strict and summary.report.has_orphans:
             raise Unpaired("--strict: unpaired files in the shards; nothing uploaded")
-    return tars, index, entries
+    return tars, paths, not args.no_data_json
 
 
 def run(args: argparse.Namespace) -> int:
     """Everything after argument parsing; StorageErrors escape to :func:`main`."""
-    tars, index, entries = _index(args)
-    prefix = normalise_prefix(args.prefix)
-    backend = connect(args, prefix)
-    part_size = int(args.part_size_mb * MiB)
-    threshold = int(args.multipart_threshold_mb * MiB)
-    create_bucket(log, backend, args)
-
     with tempfile.TemporaryDirectory(prefix="upload-shards-") as tmp:
+        tars, meta_paths, with_data_json = _index(args, Path(tmp))
+        prefix = normalise_prefix(args.prefix)
+        backend = connect(args, prefix)
+        part_size = int(args.part_size_mb * MiB)
+        threshold = int(args.multipart_threshold_mb * MiB)
+        create_bucket(log, backend, args)
         tar_items = _items(tars, prefix)
-        meta_items = _items(write_metadata(index, entries, Path(tmp)), prefix)
+        meta_items = _items(meta_paths, prefix)
         all_items = tar_items + meta_items
         existing = list_target(backend, args, prefix)
         if args.verify_only:
@@ -204,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
                                      known_etags=total.etags)
         base = f"s3://{args.bucket}/{prefix}"
         print(f"shard mode: ceph_folder='{base.rstrip('/')}', shard_index='{base}{INDEX_NAME}'"
-              + (f", data_path='{base}{DATA_JSON_NAME}'" if entries is not None else ""), flush=True)
+              + (f", data_path='{base}{DATA_JSON_NAME}'" if with_data_json else ""), flush=True)
         return status if passed else EXIT_FAILED
 
 

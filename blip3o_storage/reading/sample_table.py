@@ -28,9 +28,12 @@ offsets from the start of the file and ``blocks + 1`` uint64 first entries
 from __future__ import annotations
 
 import mmap
+import os
 import struct
 import zlib
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from operator import attrgetter
 from typing import Any, BinaryIO, Union, overload
 
@@ -38,7 +41,7 @@ import msgspec
 import numpy as np
 
 from blip3o_storage.errors import CorruptDataError
-from blip3o_storage.reading.data_json import Entry, Parsed
+from blip3o_storage.reading.data_json import Entry, Parsed, derive, derive_file, swap
 
 __all__ = ["BLOCK", "FORMAT_VERSION", "SampleTable", "TableWriter"]
 
@@ -53,40 +56,44 @@ _CAPTIONS = msgspec.msgpack.Decoder(list[Union[str, None]])
 _COLUMNS, _DERIVED, _ENTRIES = b"C", b"D", b"M"
 
 
-def _swap(ext: bytes) -> bytes:
-    return b"." + ext + b"\n"
+_GROUP = 64  # blocks compressed per task: ~25 us of task overhead each, not per block
+_THREADS = max(1, min(4, os.cpu_count() or 1))  # zlib releases the GIL while it compresses
 
 
-def _derive(images: bytes, annotations: bytes) -> bytes | None:
-    """``old + b"/" + new`` when replacing ``.old`` by ``.new`` at the end of every image of the
-    block gives exactly its annotations (``x.jpg`` -> ``x.txt``, make_data_json's pairs), else
-    None. Not storing (nor compressing) the annotation column takes 0.16 s off 1M entries."""
-    first = images[:images.find(b"\n")] if b"\n" in images else images
-    name = first[first.rfind(b"/") + 1:]
-    dot = name.rfind(b".")
-    end = annotations.find(b"\n")
-    ann = annotations[:end] if end >= 0 else annotations
-    if dot < 0 or ann[:len(first) - len(name) + dot + 1] != first[:len(first) - len(name) + dot + 1]:
-        return None
-    old, new = name[dot + 1:], ann[len(first) - len(name) + dot + 1:]
-    if b"/" in old + new or b"\0" in old + new:
-        return None
-    if (images + b"\n").replace(_swap(old), _swap(new)) != annotations + b"\n":
-        return None
-    return old + b"/" + new
+def _compress(payloads: list[bytes]) -> list[bytes]:
+    return [zlib.compress(p, 1) for p in payloads]
 
 
-def _derive_file(images: bytes, annotations: bytes) -> bytes | None:
-    """:func:`_derive` for a whole file's joined columns at once (one ``replace`` over the image
-    column, 0.03 s for 1M entries, instead of one per block, 0.11 s): every block is then stored
-    with these extensions. The swap matches only at the end of a path (it ends with the newline),
-    so the file's columns agree if and only if every block's do."""
-    first, ann = images[1:images.find(b"\n", 1)], annotations[1:annotations.find(b"\n", 1)]
-    derived = _derive(first, ann)
-    if derived is None:
-        return None
-    old, _, new = derived.partition(b"/")
-    return derived if images.replace(_swap(old), _swap(new)) == annotations else None
+def _payloads(parsed: Parsed) -> Iterator[tuple[bytes, int]]:
+    """Each block's uncompressed payload and its number of entries."""
+    columns, n = parsed.columns, parsed.count
+    entries = parsed.entries if columns is None or parsed.captions else []
+    captions = list(map(attrgetter("caption"), entries)) if columns is not None and parsed.captions else []
+    with_captions = captions.count(msgspec.UNSET) != len(captions)
+    if columns is not None:  # block boundaries as ints (numpy scalars index bytes slowly)
+        bounds = list(range(0, n, BLOCK)) + [n]
+        image_ends = columns[0].ends[bounds].tolist()
+        annotation_ends = columns[1].ends[bounds].tolist()
+        derived_file = (parsed.derived or derive_file(columns[0].data, columns[1].data)) if n else None
+    for block, j in enumerate(range(0, n, BLOCK)):
+        k = min(n, j + BLOCK)
+        if columns is None:
+            yield _ENTRIES + _ENCODER.encode(entries[j:k]), k - j
+            continue
+        images, annotations = columns
+        image_col = images.data[image_ends[block] + 1:image_ends[block + 1]]
+        annotation_col = b""
+        derived = derived_file
+        if derived is None:
+            annotation_col = annotations.data[annotation_ends[block] + 1:annotation_ends[block + 1]]
+            derived = derive(image_col, annotation_col)
+        if derived is not None:  # annotation = image with another extension: stored as the two extensions
+            parts = [_DERIVED, image_col, b"\0", derived]
+        else:
+            parts = [_COLUMNS, image_col, b"\0", annotation_col]
+        if with_captions:
+            parts += [b"\0", _ENCODER.encode([None if c is msgspec.UNSET else c for c in captions[j:k]])]
+        yield b"".join(parts), k - j
 
 
 Buffer = Union[bytes, mmap.mmap]
@@ -94,8 +101,8 @@ Buffer = Union[bytes, mmap.mmap]
 
 class TableWriter:
     """Streams entries into a table file (or an in-memory buffer) block by block: memory is one
-    block plus two ints per block, however many entries are written. (Compressing in a second
-    thread was tried: no faster on the shared 2-core machine, so blocks are compressed inline.)"""
+    few groups of :data:`_GROUP` blocks plus two ints per block, however many entries are written.
+    Groups are compressed by :data:`_THREADS` threads (zlib releases the GIL)."""
 
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
@@ -106,38 +113,35 @@ class TableWriter:
 
     def add(self, parsed: Parsed) -> None:
         """Add one data file's entries, in order (its last block may be short)."""
-        entries, columns = parsed.entries, parsed.columns
-        n = len(entries)
-        captions = list(map(attrgetter("caption"), entries)) if columns is not None and parsed.captions else []
-        with_captions = captions.count(msgspec.UNSET) != len(captions)
-        if columns is not None:  # block boundaries as ints (numpy scalars index bytes slowly)
-            bounds = list(range(0, n, BLOCK)) + [n]
-            image_ends = columns[0].ends[bounds].tolist()
-            annotation_ends = columns[1].ends[bounds].tolist()
-            derived_file = _derive_file(columns[0].data, columns[1].data) if n else None
-        for block, j in enumerate(range(0, n, BLOCK)):
-            k = min(n, j + BLOCK)
-            if columns is None:
-                payload = _ENTRIES + _ENCODER.encode(entries[j:k])
-            else:
-                images, annotations = columns
-                image_col = images.data[image_ends[block] + 1:image_ends[block + 1]]
-                annotation_col = b""
-                derived = derived_file
-                if derived is None:
-                    annotation_col = annotations.data[annotation_ends[block] + 1:annotation_ends[block + 1]]
-                    derived = _derive(image_col, annotation_col)
-                if derived is not None:  # annotation = image with another extension: stored as the two extensions
-                    parts = [_DERIVED, image_col, b"\0", derived]
-                else:
-                    parts = [_COLUMNS, image_col, b"\0", annotation_col]
-                if with_captions:
-                    parts += [b"\0", _ENCODER.encode([None if c is msgspec.UNSET else c for c in captions[j:k]])]
-                payload = b"".join(parts)
-            data = zlib.compress(payload, 1)
+        group: list[bytes] = []
+        sizes: list[int] = []
+        pending: deque[tuple[Future[list[bytes]], list[int]]] = deque()
+        if parsed.count <= 8 * BLOCK * _GROUP or _THREADS == 1:  # small: starting threads costs more
+            payloads = list(_payloads(parsed))
+            self._write_all(_compress([p for p, _ in payloads]), [n for _, n in payloads])
+            return
+        with ThreadPoolExecutor(_THREADS) as pool:
+            for payload, size in _payloads(parsed):
+                group.append(payload)
+                sizes.append(size)
+                if len(group) == _GROUP:
+                    pending.append((pool.submit(_compress, group), sizes))
+                    group, sizes = [], []
+                    if len(pending) > 2 * _THREADS:  # a bounded window: a few groups in memory
+                        self._write(*pending.popleft())
+            if group:
+                pending.append((pool.submit(_compress, group), sizes))
+            while pending:
+                self._write(*pending.popleft())
+
+    def _write(self, future: Future[list[bytes]], sizes: list[int]) -> None:
+        self._write_all(future.result(), sizes)
+
+    def _write_all(self, blocks: list[bytes], sizes: list[int]) -> None:
+        for data, size in zip(blocks, sizes):
             self._out.write(data)
             self._offsets.append(self._offsets[-1] + len(data))
-            self.count += k - j
+            self.count += size
             self._starts.append(self.count)
 
     def close(self) -> None:
@@ -178,6 +182,7 @@ class SampleTable(Sequence[dict[str, str]]):
         #: The file this table maps (None: an in-memory table).
         self.path = path
         self.source = source
+        self._inode = -1
         self._cached: tuple[int, list[dict[str, str]]] = (-1, [])
 
     # -- construction ----------------------------------------------------------
@@ -186,7 +191,10 @@ class SampleTable(Sequence[dict[str, str]]):
         """Map the table file ``path`` read-only (shared with every process mapping it)."""
         with open(path, "rb") as f:
             buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        return cls(buf, source=path, path=path)
+            inode = os.fstat(f.fileno()).st_ino
+        table = cls(buf, source=path, path=path)
+        table._inode = inode
+        return table
 
     @classmethod
     def from_entries(cls, entries: Sequence[Entry]) -> SampleTable:
@@ -201,8 +209,13 @@ class SampleTable(Sequence[dict[str, str]]):
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # a pickled (spawned, deep-copied) table maps the same file again, or copies the bytes
+        # (also when the file was pruned from the cache since: this process's mapping still holds it)
         if self.path is not None:
-            return (SampleTable.open, (self.path,))
+            try:
+                if os.stat(self.path).st_ino == self._inode:
+                    return (SampleTable.open, (self.path,))
+            except FileNotFoundError:
+                pass
         return (SampleTable, (bytes(self._buf), self.source))
 
     # -- reading ---------------------------------------------------------------
@@ -224,7 +237,7 @@ class SampleTable(Sequence[dict[str, str]]):
             images = parts[0].decode().split("\n")
             if raw[:1] == _DERIVED:
                 old, _, new = parts[1].partition(b"/")
-                parts[1] = (parts[0] + b"\n").replace(_swap(old), _swap(new))[:-1]
+                parts[1] = (parts[0] + b"\n").replace(swap(old), swap(new))[:-1]
             annotations = parts[1].decode().split("\n")
             if len(parts) == 2:
                 return [{"image": i, "annotation": a} for i, a in zip(images, annotations)]

@@ -10,6 +10,10 @@ reader never maps half a table); the others wait on the lock and then map the
 finished file. ``flock`` is released by the kernel when a builder dies, so a
 crashed build leaves no stale lock.
 
+Tables are pruned when one is built: those not used for 30 days, then the least
+recently used beyond 20 GiB (:func:`prune_tables`; ``$BLIP3O_TABLE_MAX_AGE_DAYS``,
+``$BLIP3O_TABLE_MAX_BYTES``), each under its lock, so a rank never loses one it is opening.
+
 ``table_cache_dir=False`` keeps the table in memory (bytes, no file): still
 compact and free of copy-on-read in workers, but one copy per rank.
 """
@@ -23,7 +27,9 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Union
 
@@ -34,7 +40,7 @@ from blip3o_storage.reading.sample_table import FORMAT_VERSION, SampleTable, Tab
 from blip3o_storage.storage.facade import Storage
 from blip3o_storage.storage.uri import is_s3_uri, parse_uri
 
-__all__ = ["CacheDir", "data_files", "default_cache_dir", "load_sample_table", "read_entries"]
+__all__ = ["CacheDir", "data_files", "default_cache_dir", "load_sample_table", "prune_tables", "read_entries"]
 
 logger = logging.getLogger(__name__)
 
@@ -141,9 +147,101 @@ def _write_table(path: Path, data_path: str, files: list[str], storage: Storage)
             pass
 
 
+#: Tables not used (mapped) for this many days are removed when a table is built ($BLIP3O_TABLE_MAX_AGE_DAYS).
+MAX_AGE_DAYS = 30.0
+#: Then the least recently used are removed until the folder holds this much ($BLIP3O_TABLE_MAX_BYTES).
+MAX_BYTES = 20 << 30
+
+
+@contextmanager
+def _locked(root: Path, key: str, mode: int) -> Iterator[bool]:
+    """Hold ``flock(mode)`` on the table's lock file (True), or False when ``mode`` has LOCK_NB
+    and someone else holds it. The lock file may be removed by :func:`prune_tables` (under
+    LOCK_EX) between our open and our lock: then it is not the file at that name any more, and
+    we lock the new one, so two processes never think they hold the same table's lock."""
+    name = root / f".table-{key}.lock"
+    while True:
+        with open(name, "a") as lock:
+            try:
+                fcntl.flock(lock, mode)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                st = os.fstat(lock.fileno())
+                try:
+                    same = os.stat(name).st_ino == st.st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    yield True
+                    return
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"${name}={value!r} is not a number") from None
+
+
+def prune_tables(root: Path, max_age_days: float | None = None, max_bytes: float | None = None,
+                 keep: tuple[Path, ...] = ()) -> list[Path]:
+    """Remove the tables of ``root`` not used for ``max_age_days``, then the least recently used
+    until the rest fit in ``max_bytes`` (defaults: :data:`MAX_AGE_DAYS`, :data:`MAX_BYTES`, or
+    the environment variables named there); never one in ``keep``. Returns what was removed.
+
+    "Used" is the table's mtime, which every :func:`load_sample_table` sets. A table is removed
+    only under its exclusive lock, taken without waiting (a rank opening or building it holds
+    the lock: the table is skipped), together with its lock file. A rank that has already
+    mapped a removed table keeps reading it (an unlinked file stays valid while mapped); a
+    later load builds it again."""
+    max_age = _env_float("BLIP3O_TABLE_MAX_AGE_DAYS", MAX_AGE_DAYS) if max_age_days is None else max_age_days
+    budget = _env_float("BLIP3O_TABLE_MAX_BYTES", MAX_BYTES) if max_bytes is None else max_bytes
+    now = time.time()
+    tables = []
+    for path in root.glob("table-*.b3t"):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        tables.append((st.st_mtime, st.st_size, path))
+    tables.sort()  # least recently used first
+    total = sum(size for _, size, _ in tables)
+    kept = {p.resolve() for p in keep}
+    removed = []
+    for mtime, size, path in tables:
+        if now - mtime <= max_age * 86400 and total <= budget:
+            continue
+        if path.resolve() in kept:
+            continue
+        key = path.name[len("table-"):-len(".b3t")]
+        with _locked(root, key, fcntl.LOCK_EX | fcntl.LOCK_NB) as held:
+            if not held:
+                continue
+            try:
+                if path.stat().st_mtime != mtime:  # used since we looked
+                    continue
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            (root / f".table-{key}.lock").unlink(missing_ok=True)  # still ours: no one else can hold it
+        total -= size
+        removed.append(path)
+        logger.info("removed the sample table %s (%.1f MB, last used %.1f days ago)",
+                    path, size / 1e6, (now - mtime) / 86400)
+    return removed
+
+
 def load_sample_table(data_path: str, storage: Storage, cache_dir: CacheDir = None) -> SampleTable:
     """The entries of ``data_path`` (see :func:`data_files`) as a :class:`SampleTable`: mapped from
-    the node's cache folder (built there first if needed), or in memory with ``cache_dir=False``."""
+    the node's cache folder (built there first if needed, then the folder pruned: see
+    :func:`prune_tables`), or in memory with ``cache_dir=False``."""
     data_path = os.fspath(data_path)
     files = data_files(data_path, storage)
     if cache_dir is False:
@@ -163,13 +261,17 @@ def load_sample_table(data_path: str, storage: Storage, cache_dir: CacheDir = No
                           f"or set table_cache_dir=False to keep the table in memory") from None
     key = _identity(files, storage)
     path = root / f"table-{key}.b3t"
-    if not path.exists():
-        with open(root / f".table-{key}.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per node; the others wait, then map its file
-            try:
-                if not path.exists():
-                    logger.info("building the sample table of %s in %s", data_path, path)
-                    _write_table(path, data_path, files, storage)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-    return SampleTable.open(str(path))
+    with _locked(root, key, fcntl.LOCK_SH) as _:  # pruning waits while we find and map it
+        if path.exists():
+            os.utime(path)  # used now (what pruning goes by)
+            return SampleTable.open(str(path))
+    with _locked(root, key, fcntl.LOCK_EX) as _:  # one builder per node; the others wait, then map its file
+        built = not path.exists()
+        if built:
+            logger.info("building the sample table of %s in %s", data_path, path)
+            _write_table(path, data_path, files, storage)
+        os.utime(path)
+        table = SampleTable.open(str(path))
+    if built:
+        prune_tables(root, keep=(path,))
+    return table

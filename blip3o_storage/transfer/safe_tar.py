@@ -22,6 +22,7 @@ captions without images.
 """
 from __future__ import annotations
 
+import bisect
 import io
 import json
 import logging
@@ -30,11 +31,11 @@ import re
 import shutil
 import tarfile
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 from blip3o_storage.errors import CorruptDataError, InvalidPathError, StorageError
-from blip3o_storage.transfer.tree_walk import walk_tree
+from blip3o_storage.transfer.tree_walk import TreeWalk, iter_tree
 
 __all__ = [
     "MARKER_NAME",
@@ -561,6 +562,16 @@ def image_caption_exts(image_exts: Iterable[str], caption_ext: str) -> tuple[set
     return img_exts, cap_ext
 
 
+def key_and_ext(rel: str) -> tuple[str, str]:
+    """``a/b.JPG`` -> (``a/b``, ``.jpg``): a normalised relpath without its extension, and the
+    extension in lower case. String slicing, not PurePosixPath: pathlib interns every name it
+    parses, and the interpreter's table of interned strings then grows with the file count
+    (about 190 bytes a file, measured)."""
+    name = rel[rel.rfind("/") + 1:]
+    ext = os.path.splitext(name)[1]
+    return (rel[:len(rel) - len(ext)] if ext else rel), ext.lower()
+
+
 def add_candidate(
     rel: str,
     key: str,
@@ -637,6 +648,89 @@ def data_json_text(entries: list[dict[str, str]]) -> str:
     return "[\n" + ",\n".join(json.dumps(e) for e in entries) + ("\n]\n" if entries else "]\n")
 
 
+class ShardOrder:
+    """Puts each shard's sorted entries out in the order of one global sort by image path, while
+    shards come in name order, holding as few as it can (issue #14: no list of every entry).
+
+    A shard's images all start with ``shard + "/"``, so the global order is the shards ordered by
+    ``shard + "/"``, each sorted. That is name order except for a shard whose name extends
+    another's with a character below '/' (``a`` and ``a-1``: ``a-1/...`` sorts first). So a
+    finished shard waits only until a name at or after ``shard + "/"`` arrives (no later shard
+    can then sort before it): with names such as ``00000``, ``00001`` nothing waits at all."""
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[str, list[dict[str, str]]]] = []  # sorted by shard + "/"
+
+    def push(self, shard: str, entries: list[dict[str, str]]) -> Iterator[dict[str, str]]:
+        """Add the next shard (in name order) with its entries; yield what can go out now."""
+        entries.sort(key=lambda e: (e["image"], e["annotation"]))
+        bisect.insort(self._pending, (shard + "/", entries), key=lambda p: p[0])
+        while self._pending and shard >= self._pending[0][0]:
+            yield from self._pending.pop(0)[1]
+        # the shard just pushed may itself be first and final (a later name is >= it + "/")
+
+    def finish(self) -> Iterator[dict[str, str]]:
+        """Everything still held (no shard comes after)."""
+        while self._pending:
+            yield from self._pending.pop(0)[1]
+
+
+def iter_data_json(
+    raw_root: PathLike,
+    report: DataJsonReport,
+    image_exts: Iterable[str] = (".jpg", ".jpeg", ".png", ".webp"),
+    caption_ext: str = ".txt",
+) -> Iterator[dict[str, str]]:
+    """:func:`build_data_json`'s entries, yielded in the same order as the walk goes, one shard
+    folder in memory at a time (a 1,000,000-file tree: the memory of its largest shard, not of a
+    list of every entry). ``report`` is complete once the generator is exhausted; a folder that
+    cannot be walked raises StorageError then (after the last entry), so a writer that has not
+    finished writing (tools/make_data_json.py writes to a temp file) keeps nothing."""
+    raw = Path(raw_root)
+    if not raw.is_dir():
+        raise StorageError(f"raw folder {raw} does not exist; run tools/extract.py first")
+    exts = image_caption_exts(image_exts, caption_ext)
+    order = ShardOrder()
+    walk = TreeWalk(root=raw)
+    shard: str | None = None
+    images: dict[str, list[str]] = {}
+    captions: dict[str, list[str]] = {}
+
+    def done(name: str) -> Iterator[dict[str, str]]:
+        entries: list[dict[str, str]] = []
+        pair_shard(images, captions, entries, report)
+        images.clear()
+        captions.clear()
+        report.pairs += len(entries)
+        yield from order.push(name, entries)
+
+    # The walk tools/upload.py makes too (one rule: dot-entries skipped, symlinks followed,
+    # an unreadable folder or a link loop is an error), so data.json names only uploaded files.
+    for rel, _ in iter_tree(walk):  # depth-first in name order: one shard's files, then the next's
+        name, sep, _rest = rel.partition("/")
+        if not sep:  # a loose file directly in raw_root belongs to no shard
+            report.other_files.append(rel)
+            continue
+        if name != shard:
+            if shard is not None:
+                yield from done(shard)
+            shard = name
+        add_candidate(rel, *key_and_ext(rel), exts, images, captions, report)
+    if shard is not None:
+        yield from done(shard)
+    yield from order.finish()
+    walk.raise_problems()
+    report.hidden = [rel for rel in walk.hidden if rel.count("/") != 1 or not rel.endswith("/" + MARKER_NAME)]
+    report.other_files.extend(walk.special)  # fifos, sockets, devices: never read
+    for name in sorted(rel for rel in walk.dirs if "/" not in rel):
+        report.shards.append(name)
+        if not (raw / name / MARKER_NAME).is_file():
+            report.unmarked_shards.append(name)
+    pairs = report.pairs
+    finish_report([], report)  # sorts the report's lists
+    report.pairs = pairs
+
+
 def build_data_json(
     raw_root: PathLike,
     image_exts: Iterable[str] = (".jpg", ".jpeg", ".png", ".webp"),
@@ -647,46 +741,12 @@ def build_data_json(
     Returns entries ``{"image": relpath, "annotation": relpath}`` (relpaths
     '/'-separated, relative to ``raw_root``) sorted by image path, plus a
     report of everything that did not pair. Extensions match
-    case-insensitively. The tree is walked by :func:`blip3o_storage.transfer.tree_walk.walk_tree`,
+    case-insensitively. The tree is walked by :func:`blip3o_storage.transfer.tree_walk.iter_tree`,
     the rule ``tools/upload.py`` uses: dot-files and dot-dirs (temp dirs of running
     extractions, done-markers) are skipped and listed in ``report.hidden``, symlinked
     files and folders are followed; a folder that cannot be listed, a dangling link or
-    a link loop raises StorageError naming each one.
+    a link loop raises StorageError naming each one. The list of :func:`iter_data_json`.
     """
-    raw = Path(raw_root)
-    if not raw.is_dir():
-        raise StorageError(f"raw folder {raw} does not exist; run tools/extract.py first")
-    exts = image_caption_exts(image_exts, caption_ext)
-
     report = DataJsonReport()
-    entries: list[dict[str, str]] = []
-
-    # The walk tools/upload.py makes too (one rule: dot-entries skipped, symlinks followed,
-    # an unreadable folder or a link loop is an error), so data.json names only uploaded files.
-    walk = walk_tree(raw)
-    walk.raise_problems()
-    report.hidden = [rel for rel in walk.hidden if rel.count("/") != 1 or not rel.endswith("/" + MARKER_NAME)]
-    by_shard: dict[str, list[str]] = {rel: [] for rel in walk.dirs if "/" not in rel}
-    for rel, _ in walk.files:
-        shard, sep, _rest = rel.partition("/")
-        if sep:
-            by_shard[shard].append(rel)
-        else:  # a loose file directly in raw_root belongs to no shard
-            report.other_files.append(rel)
-    report.other_files.extend(walk.special)  # fifos, sockets, devices: never read
-
-    for shard in sorted(by_shard):
-        report.shards.append(shard)
-        if not (raw / shard / MARKER_NAME).is_file():
-            report.unmarked_shards.append(shard)
-        # key ('/'-joined relpath without extension) -> image relpaths / caption relpaths
-        images: dict[str, list[str]] = {}
-        captions: dict[str, list[str]] = {}
-        for rel in by_shard[shard]:
-            pure = PurePosixPath(rel)
-            stem, ext = os.path.splitext(pure.name)
-            add_candidate(rel, str(pure.with_name(stem)), ext.lower(), exts, images, captions, report)
-        pair_shard(images, captions, entries, report)
-
-    finish_report(entries, report)
+    entries = list(iter_data_json(raw_root, report, image_exts, caption_ext))
     return entries, report

@@ -6,10 +6,13 @@ loads and resolves; building needs the tar scanning of
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import tarfile
-from pathlib import Path, PurePosixPath
-from typing import Any, Dict, Iterable, List, Mapping, Tuple, Union
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from blip3o_storage.errors import CorruptDataError, InvalidPathError
 from blip3o_storage.reading.shard_index import INDEX_VERSION
@@ -17,10 +20,12 @@ from blip3o_storage.storage.uri import check_relpath
 from blip3o_storage.transfer.safe_tar import (
     MARKER_NAME,
     DataJsonReport,
+    ShardOrder,
     add_candidate,
     check_member,
     finish_report,
     image_caption_exts,
+    key_and_ext,
     pair_shard,
     scan_tar,
     shard_name,
@@ -29,7 +34,7 @@ from blip3o_storage.transfer.tree_walk import is_hidden
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-__all__ = ["build_index", "build_shard_index", "data_json_from_index"]
+__all__ = ["IndexSummary", "build_index", "build_shard_index", "data_json_from_index", "write_index_files"]
 
 
 def build_shard_index(tar_path: PathLike) -> Dict[str, Any]:
@@ -79,16 +84,41 @@ def build_shard_index(tar_path: PathLike) -> Dict[str, Any]:
     return entry
 
 
-def build_index(tar_paths: Iterable[PathLike]) -> Dict[str, Any]:
-    """The full index of several shards, keyed by shard name (sorted)."""
-    shards: Dict[str, Dict[str, Any]] = {}
+def _ordered(tar_paths: Iterable[PathLike]) -> list[tuple[str, Path]]:
+    """``(shard name, tar)`` in shard-name order (the index's key order); two tars giving one name
+    are an error naming both (the first such pair in path order)."""
+    seen: Dict[str, Path] = {}
     for tar_path in sorted(Path(p) for p in tar_paths):
         name = shard_name(tar_path)
-        if name in shards:
+        if name in seen:
             raise InvalidPathError(f"two shard files give the shard name {name!r} ({tar_path} and "
-                                   f"{shards[name]['uri_name']}); rename one")
-        shards[name] = build_shard_index(tar_path)
-    return {"version": INDEX_VERSION, "shards": shards}
+                                   f"{seen[name].name}); rename one")
+        seen[name] = tar_path
+    return sorted(seen.items())
+
+
+def build_index(tar_paths: Iterable[PathLike]) -> Dict[str, Any]:
+    """The full index of several shards, keyed by shard name (sorted)."""
+    return {"version": INDEX_VERSION, "shards": {name: build_shard_index(p) for name, p in _ordered(tar_paths)}}
+
+
+def _shard_pairs(shard: str, members: Iterable[str], exts: Tuple[set, str], report: DataJsonReport
+                 ) -> List[Dict[str, str]]:
+    """One shard's entries (unsorted) from its member names, :func:`data_json_from_index`'s rules."""
+    report.shards.append(shard)
+    images: Dict[str, List[str]] = {}
+    captions: Dict[str, List[str]] = {}
+    for member in sorted(members):
+        if member == MARKER_NAME:  # extraction writes its own marker there
+            continue
+        rel = f"{shard}/{member}"
+        if is_hidden(rel):  # the tree walk's rule: dot-files and dot-folders are not samples
+            report.hidden.append(rel)
+            continue
+        add_candidate(rel, *key_and_ext(rel), exts, images, captions, report)
+    entries: List[Dict[str, str]] = []
+    pair_shard(images, captions, entries, report)
+    return entries
 
 
 def data_json_from_index(index: Mapping[str, Any],
@@ -106,20 +136,59 @@ def data_json_from_index(index: Mapping[str, Any],
     report = DataJsonReport()
     entries: List[Dict[str, str]] = []
     for shard in sorted(index["shards"]):
-        report.shards.append(shard)
-        images: Dict[str, List[str]] = {}
-        captions: Dict[str, List[str]] = {}
-        for member in sorted(index["shards"][shard]["members"]):
-            if member == MARKER_NAME:  # extraction writes its own marker there
-                continue
-            rel = f"{shard}/{member}"
-            if is_hidden(rel):  # the tree walk's rule: dot-files and dot-folders are not samples
-                report.hidden.append(rel)
-                continue
-            pure = PurePosixPath(rel)
-            key = str(pure.with_name(os.path.splitext(pure.name)[0]))
-            ext = os.path.splitext(pure.name)[1].lower()
-            add_candidate(rel, key, ext, exts, images, captions, report)
-        pair_shard(images, captions, entries, report)
+        entries += _shard_pairs(shard, index["shards"][shard]["members"], exts, report)
     finish_report(entries, report)
     return entries, report
+
+
+@dataclass
+class IndexSummary:
+    """What :func:`write_index_files` wrote: counts for the log, and the data.json report."""
+
+    shards: int = 0
+    members: int = 0
+    entries: int = 0
+    #: shard name -> its repeated member names (only shards that repeat names)
+    repeated: Dict[str, List[str]] = field(default_factory=dict)
+    report: DataJsonReport = field(default_factory=DataJsonReport)
+
+
+def write_index_files(tar_paths: Iterable[PathLike], index_path: Path, data_json_path: Optional[Path],
+                      image_exts: Iterable[str] = (".jpg", ".jpeg", ".png", ".webp"),
+                      caption_ext: str = ".txt") -> IndexSummary:
+    """Write index.json (and data.json) of ``tar_paths`` one shard at a time: the bytes of
+    ``json.dump(build_index(...), sort_keys=True, separators=(",", ":"))`` plus a newline, and
+    of ``data_json_text(data_json_from_index(...))``, with one shard's members in memory instead
+    of every shard's (issue #14: an index of millions of members is not held)."""
+    exts = image_caption_exts(image_exts, caption_ext)
+    summary = IndexSummary()
+    order = ShardOrder()
+    with contextlib.ExitStack() as stack:
+        index = stack.enter_context(open(index_path, "w", encoding="utf-8"))
+        data = stack.enter_context(open(data_json_path, "w", encoding="utf-8")) if data_json_path else None
+
+        def put(entries: Iterable[Dict[str, str]]) -> None:
+            if data is None:
+                return
+            for entry in entries:
+                data.write(("[\n" if summary.entries == 0 else ",\n") + json.dumps(entry))
+                summary.entries += 1
+
+        index.write('{"shards":{')
+        for i, (name, tar) in enumerate(_ordered(tar_paths)):
+            entry = build_shard_index(tar)
+            index.write(("," if i else "") + json.dumps(name) + ":" + json.dumps(entry, sort_keys=True,
+                                                                                separators=(",", ":")))
+            summary.shards += 1
+            summary.members += len(entry["members"])
+            if entry.get("duplicates"):
+                summary.repeated[name] = entry["duplicates"]
+            if data is not None:
+                put(order.push(name, _shard_pairs(name, entry["members"], exts, summary.report)))
+        index.write("}," + json.dumps("version") + ":" + json.dumps(INDEX_VERSION) + "}\n")
+        put(order.finish())
+        if data is not None:
+            data.write("\n]\n" if summary.entries else "[\n]\n")
+    finish_report([], summary.report)
+    summary.report.pairs = summary.entries
+    return summary
