@@ -24,9 +24,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from run import REPO, Endpoint
+if TYPE_CHECKING:  # run.py is imported by peers.py; here only its type (this module loads on its own in tests)
+    from run import Endpoint
+
+REPO = Path(__file__).resolve().parents[1]
 
 LOCAL, PROJECT, SHARDS, S3TORCH = "local disk", "project", "shard mode", "s3torchconnector"
 
