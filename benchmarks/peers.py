@@ -13,8 +13,8 @@ concurrency (``--concurrency``, 16), every tool once per round in a rotated orde
 rounds (5); the ratio is the project's advantage over the round's fastest peer (> 1: ahead), median
 and range over the rounds, PASS/FAIL against the target:
 
-* upload of a BLIP3o-shaped tree (``--samples-per-shard 455``: 10,011 files, ~352 MB) into a fresh
-  prefix: ``tools/upload.py`` vs ``aws s3 sync``, ``s5cmd cp``, ``rclone copy``; target >= 1x;
+* upload of a BLIP3o-shaped tree (``--samples-per-shard``, see Size) into a fresh prefix:
+  ``tools/upload.py`` vs ``aws s3 sync``, ``s5cmd cp``, ``rclone copy``; target >= 1x;
 * no-op re-upload of the same tree: ``tools/upload.py`` vs ``aws s3 sync``, ``s5cmd sync``,
   ``rclone copy``; target >= 1x;
 * raw GET of every image with ``--threads`` threads in this process: ``Storage.get`` vs boto3,
@@ -32,8 +32,11 @@ and range over the rounds, PASS/FAIL against the target:
 
 Size: the issue's full tree (``--samples-per-shard 455``: 10,011 files, 352 MB) takes ~6 min a
 round for the upload rows alone on the shared 2-core dev machine (30+ min for 5 rounds), so the
-default is ``--samples-per-shard 150`` (3,301 files, 116 MB; ~3-4 min a round with every row);
-pass 455 for the full size. ``--rows`` runs a subset of the row groups (upload, get, loader).
+default is ``--samples-per-shard 150`` (3,301 files, 116 MB: ~4 min a round for upload + GET);
+pass 455 for the full size. The DataLoader rows (8 passes of 1,100 decoded samples a round) took
+~12 min a round at load average 10-25 on 2026-11-30 (~20 CPU-ms a sample: ~11 s a pass on 2 quiet
+cores); ``--rounds 3 --loader-samples 550`` halves that. ``--rows`` runs a subset of the row
+groups (upload, get, loader).
 
 A peer that is not installed is a column saying so, never left out. The table goes to stdout
 (markdown), progress to stderr.
