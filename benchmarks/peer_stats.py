@@ -32,6 +32,8 @@ class Measure:
     the ratio is always oriented so that > 1 means the project is ahead. ``target`` None = shown
     for information, not judged, unless ``limit`` is set: an absolute bound on the project's median
     (the issue's "GET client CPU <= 0.25 ms"). ``status`` holds why a tool has no values ("not installed", an error).
+    ``baseline`` names the one peer the ratio is taken against (the DataLoader rows: "local disk", not the
+    fastest peer); the other peers of such a row are shown with their own same-round ratio to it.
     """
 
     name: str
@@ -39,6 +41,7 @@ class Measure:
     higher_is_better: bool
     target: Optional[float] = None
     limit: Optional[float] = None
+    baseline: Optional[str] = None
     project: list[Optional[float]] = field(default_factory=list)
     peers: dict[str, list[Optional[float]]] = field(default_factory=dict)
     status: dict[str, str] = field(default_factory=dict)
@@ -65,13 +68,15 @@ def best_peer_value(values: Sequence[Optional[float]], higher_is_better: bool) -
     return max(present) if higher_is_better else min(present)
 
 
-def same_round_ratios(m: Measure) -> list[float]:
-    """Per round: the project's advantage over that round's fastest peer; rounds without both are left out."""
+def same_round_ratios(m: Measure, series: Optional[Sequence[Optional[float]]] = None) -> list[float]:
+    """Per round: the project's (or ``series``') advantage over that round's fastest peer, or over the
+    ``baseline`` peer when the row has one; rounds without both are left out."""
     ratios = []
-    for r, value in enumerate(m.project):
+    others = [m.peers.get(m.baseline, [])] if m.baseline is not None else list(m.peers.values())
+    for r, value in enumerate(m.project if series is None else series):
         if value is None:
             continue
-        best = best_peer_value([vals[r] if r < len(vals) else None for vals in m.peers.values()], m.higher_is_better)
+        best = best_peer_value([vals[r] if r < len(vals) else None for vals in others], m.higher_is_better)
         if best is not None:
             ratios.append(advantage(value, best, m.higher_is_better))
     return ratios
@@ -101,7 +106,9 @@ def verdict(ratio_median: Optional[float], target: Optional[float], project: Opt
 
 
 def fastest_peer(m: Measure) -> Optional[str]:
-    """The peer with the best median value (the one the ratio mostly compares against)."""
+    """The peer with the best median value (the one the ratio mostly compares against), or the baseline."""
+    if m.baseline is not None:
+        return m.baseline
     medians = {name: median_or_none(vals) for name, vals in m.peers.items()}
     present = {name: v for name, v in medians.items() if v is not None}
     if not present:
@@ -131,7 +138,16 @@ def summarize(m: Measure) -> dict[str, Any]:
         "target": m.target,
         "limit": m.limit,
         "verdict": verdict(ratio_median, m.target, project, m.limit, m.higher_is_better),
+        "baseline": m.baseline,
+        # with a baseline: each other peer's median same-round ratio to it (s3torchconnector vs local disk)
+        "peer_ratios": {name: _median_ratio(m, vals) for name, vals in m.peers.items()
+                        if m.baseline is not None and name != m.baseline},
     }
+
+
+def _median_ratio(m: Measure, series: Sequence[Optional[float]]) -> Optional[float]:
+    ratios = same_round_ratios(m, series)
+    return statistics.median(ratios) if ratios else None
 
 
 def _range(values: Sequence[Optional[float]]) -> Optional[list[float]]:
@@ -161,7 +177,9 @@ def render_table(rows: Sequence[dict[str, Any]], peer_names: Sequence[str]) -> s
                 cells.append(row["peer_status"].get(peer) or "n/a")
             else:  # a peer that failed some rounds shows its value and why the others are missing
                 why = row["peer_status"].get(peer)
-                cells.append(fmt_value(row["peers"][peer]) + (f" ({why})" if why else ""))
+                ratio = (row.get("peer_ratios") or {}).get(peer)
+                vs = f" ({ratio:.2f}x {row['baseline']})" if ratio is not None else ""
+                cells.append(fmt_value(row["peers"][peer]) + vs + (f" ({why})" if why else ""))
         if row["ratio_median"] is None:
             cells.append("n/a")
         else:

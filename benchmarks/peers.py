@@ -13,8 +13,8 @@ concurrency (``--concurrency``, 16), every tool once per round in a rotated orde
 rounds (5); the ratio is the project's advantage over the round's fastest peer (> 1: ahead), median
 and range over the rounds, PASS/FAIL against the target:
 
-* upload of a BLIP3o-shaped tree (``--samples-per-shard 455``: 10,011 files, ~352 MB) into a fresh
-  prefix: ``tools/upload.py`` vs ``aws s3 sync``, ``s5cmd cp``, ``rclone copy``; target >= 1x;
+* upload of a BLIP3o-shaped tree (``--samples-per-shard``, see Size) into a fresh prefix:
+  ``tools/upload.py`` vs ``aws s3 sync``, ``s5cmd cp``, ``rclone copy``; target >= 1x;
 * no-op re-upload of the same tree: ``tools/upload.py`` vs ``aws s3 sync``, ``s5cmd sync``,
   ``rclone copy``; target >= 1x;
 * raw GET of every image with ``--threads`` threads in this process: ``Storage.get`` vs boto3,
@@ -22,8 +22,21 @@ and range over the rounds, PASS/FAIL against the target:
 * the server's CPU per request (from /proc: radosgw + OSD + mon for Ceph, the moto process) beside
   the client's, and the uploaders' client CPU per file (informational rows);
 * a torch DataLoader (``--loader-workers`` forked workers, bytes only) over the same images: our
-  per-object dataset vs s3torchconnector's ``S3MapDataset`` (informational: the DataLoader targets,
-  against local disk, are judged by benchmarks/run.py).
+  per-object dataset vs s3torchconnector's ``S3MapDataset`` (informational);
+* the DataLoader rows of issue #16 item 5, the training pipeline (JPEG decode, the shipped configs;
+  benchmarks/peer_loaders.py) against local disk: per-object S3 (target >= 0.9x local disk) with
+  s3torchconnector's ``S3MapDataset`` as a peer column, and shard mode with block reads (>= 1.0x),
+  each on shared cores (the store on the same cores as the loader) and with the CPUs split
+  (benchmarks/cpu_split.py: the store on the first half, the loader and its workers on the rest;
+  per-object >= 1.0x). These read ``--loader-samples`` samples (default 1,100) of the tree.
+
+Size: the issue's full tree (``--samples-per-shard 455``: 10,011 files, 352 MB) takes ~6 min a
+round for the upload rows alone on the shared 2-core dev machine (30+ min for 5 rounds), so the
+default is ``--samples-per-shard 150`` (3,301 files, 116 MB: ~4 min a round for upload + GET);
+pass 455 for the full size. The DataLoader rows (8 passes of 1,100 decoded samples a round) took
+~12 min a round at load average 10-25 on 2026-11-30 (~20 CPU-ms a sample: ~11 s a pass on 2 quiet
+cores); ``--rounds 3 --loader-samples 550`` halves that. ``--rows`` runs a subset of the row
+groups (upload, get, loader).
 
 A peer that is not installed is a column saying so, never left out. The table goes to stdout
 (markdown), progress to stderr.
@@ -45,7 +58,8 @@ from typing import Any, Optional
 from blip3o_storage.cli import demo
 from blip3o_storage.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from blip3o_storage.cli.demo import StepFailed
-from cpu_split import ceph_pids
+from cpu_split import ceph_pids, split_cpus
+from peer_loaders import LOCAL, S3TORCH, SHARDS, LoaderSetup, factories, loader_pass, subset_entries
 from peer_stats import NOT_INSTALLED, Measure, render_table, round_order, summarize
 from peer_tools import (
     FIRST_UPLOAD,
@@ -69,6 +83,9 @@ from peer_tools import (
 from run import Endpoint, Uploaders, count_prefix, mirror_without_hidden, note
 
 PROJECT = "project"
+ROW_GROUPS = {"upload", "get", "loader"}
+LOADER_TARGET_SHARED = 0.9  # issue #16 item 5: per-object S3 >= 0.9x local disk on shared cores
+LOADER_TARGET_SPLIT = 1.0  # ... >= 1.0x with --split-cpus; shard mode >= 1.0x on both
 RATIO_TARGET = 1.0  # issue #16: every row >= 1.0x the fastest peer
 GET_CPU_LIMIT_MS = 0.25  # issue #16 item 4: GET client CPU per request <= 0.25 ms
 
@@ -88,7 +105,17 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     ap.add_argument("--loader-workers", type=int, default=2,
                     help="DataLoader workers for the per-object DataLoader row; 0 leaves the row out (default 2)")
     ap.add_argument("--samples-per-shard", type=int, default=None,
-                    help="default 455 (10,011 files, ~352 MB); 3 with --quick")
+                    help="default 150 (3,301 files, ~116 MB; 455 is the issue's full 10,011 files, ~352 MB, "
+                         "which does not fit a run on 2 shared cores); 3 with --quick")
+    ap.add_argument("--loader-samples", type=int, default=None,
+                    help="samples of the training-pipeline DataLoader rows (the first N/11 of each shard; "
+                         "default 1,100; 22 with --quick)")
+    ap.add_argument("--loader-image-size", type=int, default=None,
+                    help="image_size of those rows (default: the configs' 512; 64 with --quick)")
+    ap.add_argument("--loader-batch-size", type=int, default=4, help="default %(default)s (the configs')")
+    ap.add_argument("--rows", default="upload,get,loader",
+                    help="row groups to run: upload (upload + no-op), get (raw GET), loader (the DataLoader "
+                         "rows); default all")
     ap.add_argument("--image-size", type=int, default=None, help="default 1024 (256 with --quick)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--peers", default=None,
@@ -98,7 +125,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     ap.add_argument("--json", type=Path, default=None, help="also write the rows (list of dicts) as JSON here")
     args = ap.parse_args(argv)
     args.rounds = args.rounds or (2 if args.quick else 5)
-    args.samples_per_shard = args.samples_per_shard or (3 if args.quick else 455)
+    args.samples_per_shard = args.samples_per_shard or (3 if args.quick else 150)
+    args.loader_samples = args.loader_samples or (22 if args.quick else 1100)
+    args.loader_image_size = args.loader_image_size or (64 if args.quick else None)
+    args.row_groups = {g.strip() for g in args.rows.split(",") if g.strip()}
+    if not args.row_groups or args.row_groups - ROW_GROUPS:
+        ap.error(f"--rows: choose from {sorted(ROW_GROUPS)} (got {args.rows!r})")
     args.image_size = args.image_size or (256 if args.quick else 1024)
     if min(args.rounds, args.concurrency, args.threads, args.samples_per_shard) < 1 or args.loader_workers < 0:
         ap.error("--rounds, --concurrency, --threads and --samples-per-shard must be >= 1, --loader-workers >= 0")
@@ -169,13 +201,29 @@ class PeerBench:
         self.get_server = Measure("raw GET: server CPU per GET", "CPU-ms/GET", False)
         self.loader = Measure(f"DataLoader per-object, bytes only ({args.loader_workers} workers, batch 4)",
                               "samples/s", True)
+        pipeline = (f"{args.loader_workers} workers, batch {args.loader_batch_size}, JPEG decode, "
+                    f"{args.loader_samples:,} samples")
+        self.cpu_modes = ("shared", "split")
+        self.dl = {mode: Measure(f"DataLoader per-object S3 vs local disk ({pipeline}, {what})", "samples/s", True,
+                                 target, baseline=LOCAL)
+                   for mode, what, target in (("shared", "shared cores", LOADER_TARGET_SHARED),
+                                              ("split", "--split-cpus", LOADER_TARGET_SPLIT))}
+        self.shard = {mode: Measure(f"DataLoader shard mode (block reads) vs local disk ({pipeline}, {what})",
+                                    "samples/s", True, LOADER_TARGET_SPLIT, baseline=LOCAL)
+                      for mode, what in (("shared", "shared cores"), ("split", "--split-cpus"))}
+        self.split_text = ""
+        self.loader_setup: Optional[LoaderSetup] = None
         self.readers: dict[str, Any] = {}
         self.errors: dict[tuple[int, str, str], str] = {}  # (round, phase, tool) -> why that run has no value
         self._register_peers()
 
     def measures(self) -> list[Measure]:
-        rows = [self.upload, self.upload_cpu, self.upload_server, self.noop, self.get, self.get_cpu, self.get_server]
-        return rows + [self.loader] if self.args.loader_workers else rows
+        groups = self.args.row_groups
+        rows = [self.upload, self.upload_cpu, self.upload_server, self.noop] if "upload" in groups else []
+        rows += [self.get, self.get_cpu, self.get_server] if "get" in groups else []
+        if "loader" in groups and self.args.loader_workers:
+            rows += [self.loader, *self.dl.values(), *self.shard.values()]
+        return rows
 
     def _register_peers(self) -> None:
         """Every peer gets a column on its rows: a value, 'not installed', or 'not run (--peers)'."""
@@ -191,7 +239,13 @@ class PeerBench:
                 m.add_peer(name, status)
             if not status:
                 self.readers[name] = factory(self.ep, self.bucket, self.args.threads)
-        self.loader.add_peer("s3torchconnector", self._peer_status("s3torchconnector", importable("s3torchconnector")))
+        s3torch = self._peer_status("s3torchconnector", importable("s3torchconnector"))
+        self.loader.add_peer("s3torchconnector", s3torch)
+        for m in self.dl.values():
+            m.add_peer(LOCAL)
+            m.add_peer(S3TORCH, s3torch)
+        for m in self.shard.values():
+            m.add_peer(LOCAL)
         self.readers[PROJECT] = project_getter(self.ep, self.bucket, self.args.threads)
 
     def _peer_status(self, name: str, present: bool) -> str:
@@ -255,7 +309,8 @@ class PeerBench:
 
     # -- reads --
     def get_round(self, r: int) -> None:
-        keys = [f"{self.prefix(r, PROJECT)}raw/{image}" for image in self.images]
+        base = self.prefix(r, PROJECT) if "upload" in self.args.row_groups else self.loader_prefix
+        keys = [f"{base}raw/{image}" for image in self.images]
         expected = sum((self.src / "raw" / image).stat().st_size for image in self.images)
         n = len(keys)
         for tool in round_order(list(self.readers), r):
@@ -267,7 +322,7 @@ class PeerBench:
 
     def loader_round(self, r: int) -> None:
         """Our per-object dataset vs s3torchconnector's S3MapDataset, same objects, same DataLoader settings."""
-        uris = [f"s3://{self.bucket}/{self.prefix(r, PROJECT)}raw/{image}" for image in self.images]
+        uris = [f"s3://{self.bucket}/{self.loader_prefix}raw/{image}" for image in self.images]
         expected = sum((self.src / "raw" / image).stat().st_size for image in self.images)
         workers = self.args.loader_workers
         for tool in round_order(self.active(self.loader), r):
@@ -275,6 +330,77 @@ class PeerBench:
             dataset = ProjectBytes(str(self.ep.conf), uris) if tool == PROJECT else s3torch_dataset(self.ep, uris)
             cost = self._load_all(tool, dataset, workers, expected, r)
             self._record(tool, (self.loader,), cost, lambda c: len(uris) / c.seconds)
+
+    # -- the training-pipeline DataLoader rows (peer_loaders.py) --
+    @property
+    def loader_prefix(self) -> str:
+        return f"{self.run_id}/loader/"
+
+    def prepare_reads(self, work: Path) -> str:
+        """What the read rows need before round 1, untimed: '' when ready, else why the run stops."""
+        groups = self.args.row_groups
+        try:
+            if "loader" in groups and self.args.loader_workers or ("get" in groups and "upload" not in groups):
+                note(f"== read rows: upload the tree to s3://{self.bucket}/{self.loader_prefix} (untimed)")
+                run_command(self.up, PROJECT, project_upload(self.up, self.src, self.bucket, self.loader_prefix))
+            if "loader" in groups and self.args.loader_workers:
+                self.prepare_loader(work, work / "tars")
+        except (CommandFailed, OSError) as exc:
+            note(f"== preparing the read rows failed: {exc}")
+            return f"preparing the read rows failed: {exc}"
+        return ""
+
+    def cleanup_loader(self) -> None:
+        """Remove what prepare_reads uploaded (a failure is reported, the table still prints)."""
+        for prefix in (self.loader_prefix, f"{self.run_id}/shards/"):
+            try:
+                removed = delete_prefix(self.storage, self.bucket, prefix)
+            except Exception as exc:  # noqa: BLE001 - cleanup only
+                note(f"== cleanup of s3://{self.bucket}/{prefix} failed: {exc}")
+                continue
+            if removed:
+                note(f"== removed {removed} objects under s3://{self.bucket}/{prefix}")
+
+    def prepare_loader(self, work: Path, tars: Path) -> None:
+        """Upload the tars (shard mode) once, untimed; the subset's data.json."""
+        note("== DataLoader rows: upload the shards (untimed)")
+        bucket = self.bucket
+        run_command(self.up, PROJECT, [sys.executable, "tools/upload_shards.py", str(tars), "--bucket", bucket,
+                                       "--prefix", f"{self.run_id}/shards", "--config", str(self.ep.conf),
+                                       "--no-data-json"])
+        entries = subset_entries(json.loads((self.src / "data.json").read_text()), self.args.loader_samples)
+        data_json = work / "loader-data.json"
+        data_json.write_text(json.dumps(entries))
+        self.loader_setup = LoaderSetup(data_json=data_json, raw=self.src / "raw",
+                                        objects=f"s3://{bucket}/{self.loader_prefix}raw",
+                                        shards=f"s3://{bucket}/{self.run_id}/shards",
+                                        conf=self.ep.conf, image_size=self.args.loader_image_size,
+                                        workers=self.args.loader_workers, batch_size=self.args.loader_batch_size)
+        note(f"   {len(entries)} samples")
+
+    def pipeline_round(self, r: int) -> None:
+        """Local disk, our per-object and shard-mode datasets, s3torchconnector: shared cores, then split."""
+        assert self.loader_setup is not None
+        setup = self.loader_setup
+        makers = factories(self.ep, setup, with_s3torch=not self.dl["shared"].status.get(S3TORCH))
+        for mode in self.cpu_modes:
+            with (split_cpus(self.server_pids) if mode == "split" else contextlib.nullcontext("")) as split:
+                if split:
+                    self.split_text = split
+                for tool in round_order(list(makers), r):
+                    note(f"   round {r + 1}: DataLoader ({mode}), {tool}")
+                    try:
+                        rate: Optional[float] = loader_pass(makers[tool](), setup, seed=r, locality=tool == SHARDS)
+                        note(f"      {rate:.1f} samples/s")
+                    except (RuntimeError, OSError) as exc:  # a store error is an OSError (errors.py)
+                        note(f"   {tool}: {exc!r}")
+                        self.errors[(r, f"dl-{mode}", tool)] = f"error: {type(exc).__name__}"
+                        rate = None
+                    targets = {LOCAL: [self.dl[mode].peers[LOCAL], self.shard[mode].peers[LOCAL]],
+                               PROJECT: [self.dl[mode].project], SHARDS: [self.shard[mode].project],
+                               S3TORCH: [self.dl[mode].peers[S3TORCH]]}[tool]
+                    for series in targets:
+                        series.append(rate)
 
     def _load_all(self, tool: str, dataset: Any, workers: int, expected: int, r: int) -> Optional[Cost]:
         """One DataLoader pass (worker start-up included, as a training epoch pays it), checked by bytes."""
@@ -311,11 +437,16 @@ class PeerBench:
 
     def mark_failures(self) -> None:
         """Rounds a tool failed show in its cell as 'failed in N of M rounds (why)' (details on stderr)."""
-        groups = {"upload": (self.upload, self.upload_cpu, self.upload_server), "noop": (self.noop,),
-                  "get": (self.get, self.get_cpu, self.get_server), "loader": (self.loader,)}
-        for phase, measures in groups.items():
+        # (phase in ``errors``, the measures it fills, the tool name its project series ran as)
+        groups: list[tuple[str, tuple[Measure, ...], str]] = [
+            ("upload", (self.upload, self.upload_cpu, self.upload_server), PROJECT), ("noop", (self.noop,), PROJECT),
+            ("get", (self.get, self.get_cpu, self.get_server), PROJECT), ("loader", (self.loader,), PROJECT)]
+        for mode in self.cpu_modes:
+            groups += [(f"dl-{mode}", (self.dl[mode],), PROJECT), (f"dl-{mode}", (self.shard[mode],), SHARDS)]
+        for phase, measures, project_as in groups:
             for tool in self.active(measures[0]):
-                whys = sorted({why for (_, p, t), why in self.errors.items() if (p, t) == (phase, tool)})
+                ran_as = project_as if tool == PROJECT else tool
+                whys = sorted({why for (_, p, t), why in self.errors.items() if (p, t) == (phase, ran_as)})
                 series = measures[0].project if tool == PROJECT else measures[0].peers[tool]
                 failed = sum(v is None for v in series)
                 if failed:
@@ -359,6 +490,9 @@ def header(args: argparse.Namespace, ep: Endpoint, bench: PeerBench, load: Optio
         f"{len(bench.images):,} images",
         f"concurrency {args.concurrency} (uploads), {args.threads} threads (GET), {args.rounds} rounds, "
         "tools interleaved in a rotated order each round",
+        f"DataLoader rows: CPU split {bench.split_text or 'not run'}; per-object reads go through "
+        "configs/blip3o60k_ceph.py (prefetch 8, 4 threads), shard mode through configs/blip3o60k_shards.py "
+        "(8 MiB blocks, LocalitySampler), local disk through configs/blip3o60k_local.py",
         f"versions: {where}",
         f"total time: {seconds:.0f} s",
     ]
@@ -372,6 +506,10 @@ FOOTNOTES = [
     "again over the same prefix (s5cmd: `sync` over what `s5cmd cp` wrote).",
     "Client CPU: RUSAGE_CHILDREN for uploaders, RUSAGE_SELF (all threads) for the in-process readers; server "
     "CPU: utime+stime from /proc of the server's processes over the same interval.",
+    "DataLoader rows vs local disk: the ratio is against the local-disk pass of the same round and CPU mode "
+    "(shared cores, or --split-cpus: the store pinned to the first half of the CPUs, this process and its "
+    "workers to the rest, local disk included); s3torchconnector's cell shows its own ratio to local disk. "
+    "Each pass is a fresh DataLoader (worker start-up included), every sample decoded and checked.",
 ]
 
 
@@ -391,12 +529,16 @@ def run_rounds(bench: PeerBench, rounds: int) -> str:
     """
     for r in range(rounds):
         note(f"== round {r + 1}/{rounds}")
+        groups = bench.args.row_groups
         try:
-            bench.upload_round(r)
-            bench.noop_round(r)
-            bench.get_round(r)
-            if bench.args.loader_workers:
+            if "upload" in groups:
+                bench.upload_round(r)
+                bench.noop_round(r)
+            if "get" in groups:
+                bench.get_round(r)
+            if "loader" in groups and bench.args.loader_workers:
                 bench.loader_round(r)
+                bench.pipeline_round(r)
         except Exception as exc:  # noqa: BLE001 - report the rounds so far, with the reason
             note(f"== round {r + 1} stopped: {exc!r}")
             bench.cleanup_round(r)
@@ -419,7 +561,11 @@ def run(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
         stack.callback(ep.stop)
         bench = PeerBench(args, ep, work, src, images, n_files, n_bytes)
         created = bench.storage.s3_backend(f"s3://{args.bucket}/x").ensure_bucket(args.bucket)
-        stopped = run_rounds(bench, args.rounds)
+        stack.callback(bench.cleanup_loader)
+        stopped = bench.prepare_reads(work)
+        if not stopped:
+            stopped = run_rounds(bench, args.rounds)
+        bench.cleanup_loader()
         bench.mark_failures()
         if created and ep.server is None:
             remove_empty_bucket(bench.storage, args.bucket)
@@ -427,7 +573,7 @@ def run(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
         lines = header(args, ep, bench, load, time.monotonic() - t_start)
         if stopped:
             lines.append(f"STOPPED EARLY: {stopped}; the rows hold the rounds measured before")
-    peer_names = all_peers()
+    peer_names = [*all_peers(), LOCAL]
     table = "\n".join([*(f"- {line}" for line in lines), "", render_table(rows, peer_names), "",
                        *(f"{i}. {text}" for i, text in enumerate(FOOTNOTES, 1))])
     return table, rows

@@ -193,15 +193,24 @@ class Prefetcher(ProcessLocal):
         The window slides by one sample per call, so the caller has only one
         new sample to locate and submit instead of ``depth`` (an index handed
         out before whose fetch was dropped is read synchronously)."""
+        return self.plan_next(idx, n)[1]
+
+    def plan_next(self, idx: int, n: int) -> tuple[bool, list[int]]:
+        """``(known, fresh)``: whether an earlier call handed ``idx`` out already (then it was
+        submitted, or found readable without a request, back then), and :meth:`plan_new`'s list.
+
+        Lets the caller skip locating ``idx`` again: in steady state every index was planned
+        ``depth`` samples before it is asked for (in shard mode that saved one of the three
+        index lookups + URI joins per sample)."""
         planned = self.plan(idx, n)
         with self._lock:
-            self._planned.pop(idx, None)  # asked for: the next time it is planned it is new again
+            known = self._planned.pop(idx, False) is None  # asked for: planned again later, it is new again
             fresh = [j for j in planned if j not in self._planned]
             for j in fresh:
                 self._planned[j] = None
             while len(self._planned) > 2 * max(self.depth, 8):
                 self._planned.popitem(last=False)
-        return fresh
+        return known, fresh
 
     # -- fetching -----------------------------------------------------------
     def submit(self, keys: Sequence[str], fn: Callable[[], list[bytes]]) -> None:

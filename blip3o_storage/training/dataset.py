@@ -414,7 +414,10 @@ class CaptionDataset(Dataset, ProcessLocal):
         if prefetcher is None or folder is None or time.monotonic() < self._remote_down_until:
             return
         storage = self.storage  # made here, not raced for by the threads
-        for j in [idx] + prefetcher.plan_new(idx, len(self)):
+        known, upcoming = prefetcher.plan_next(idx, len(self))
+        # ``idx`` itself only when it was not planned before (first call, a jump, a resync): a
+        # planned one was submitted then; if its fetch was dropped since, the read is synchronous.
+        for j in upcoming if known else [idx, *upcoming]:
             try:
                 refs = [source.locate(folder, rel) for rel in self._remote_relpaths(self.data_list[j])]
             except StorageError:

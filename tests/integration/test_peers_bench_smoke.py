@@ -17,12 +17,18 @@ UPLOADERS = {"aws s3 sync": "aws", "s5cmd cp": "s5cmd", "s5cmd sync": "s5cmd", "
 READERS = {"boto3": "boto3", "obstore": "obstore", "s3torchconnector": "s3torchconnector"}
 ROWS = ["upload 67 files", "upload: client CPU per file", "upload: server CPU per file",
         "no-op re-upload of the same tree", "raw GET, 33 objects, 16 threads", "raw GET: client CPU per GET",
-        "raw GET: server CPU per GET", "DataLoader per-object, bytes only"]
+        "raw GET: server CPU per GET", "DataLoader per-object, bytes only",
+        # issue #16 item 5, the training pipeline against local disk: shared cores, then --split-cpus
+        "DataLoader per-object S3 vs local disk", "DataLoader per-object S3 vs local disk",
+        "DataLoader shard mode", "DataLoader shard mode"]
+LOCAL = "local disk"  # the DataLoader rows' baseline column: always there
 ROW_KEYS = {"name", "unit", "project", "peers", "ratio_median", "ratio_min", "ratio_max", "target", "verdict"}
 
 
 def _installed(peer: str) -> bool:
     """As the benchmark decides: a binary next to this Python or on PATH, or an importable module."""
+    if peer == LOCAL:
+        return True
     if peer in UPLOADERS:
         binary = UPLOADERS[peer]
         return (Path(sys.executable).parent / binary).is_file() or shutil.which(binary) is not None
@@ -49,6 +55,9 @@ def _cells(table: str, row_name: str) -> dict[str, str]:
 def test_quick_run_prints_every_row_and_every_installed_peer_measured(tmp_path: Path) -> None:
     table, rows = _peers([], tmp_path)
     assert [r["name"].split(" (")[0] for r in rows] == ROWS
+    assert ["shared cores" in r["name"] for r in rows[-4:]] == [True, False, True, False]
+    assert [r["target"] for r in rows[-4:]] == [0.9, 1.0, 1.0, 1.0]
+    assert all(r["fastest_peer"] == LOCAL for r in rows[-4:])
     for row in rows:
         assert set(row) >= ROW_KEYS, row
         assert row["project"] is not None and row["project"] > 0, row
@@ -59,7 +68,8 @@ def test_quick_run_prints_every_row_and_every_installed_peer_measured(tmp_path: 
         for peer, value in row["peers"].items():
             if _installed(peer):  # measured in both rounds, so it has a number, not a reason
                 assert value is not None and value > 0, (peer, row)
-                assert cells[peer].replace(",", "").replace(".", "", 1).isdigit(), (peer, cells)
+                value_cell = cells[peer].split(" (")[0]  # on a DataLoader row: "51.9 (0.65x local disk)"
+                assert value_cell.replace(",", "").replace(".", "", 1).isdigit(), (peer, cells)
             else:
                 assert cells[peer] == "not installed", (peer, cells)
         if row["target"] is not None and any(v is not None for v in row["peers"].values()):

@@ -115,3 +115,26 @@ def test_server_cpu_comes_from_proc_and_is_none_for_a_gone_process() -> None:
     later = proc_cpu_seconds([os.getpid()])
     assert later is not None and later >= busy
     assert proc_cpu_seconds([2**22 + 12345]) is None
+
+
+def test_a_row_with_a_baseline_is_judged_against_it_not_against_the_fastest_peer() -> None:
+    # the DataLoader rows: the project vs local disk of the same round; s3torchconnector shown with its own ratio
+    m = Measure("DataLoader", "samples/s", True, 0.9, baseline="local disk", project=[90.0, 40.0, 85.0],
+                peers={"local disk": [100.0, 50.0, 100.0], "s3torchconnector": [120.0, 45.0, 80.0]})
+    assert same_round_ratios(m) == pytest.approx([0.9, 0.8, 0.85])  # not against s3torchconnector's 120
+    row = summarize(m)
+    assert row["ratio_median"] == pytest.approx(0.85) and row["fastest_peer"] == "local disk"
+    assert row["verdict"] == "FAIL" and row["peer_ratios"] == {"s3torchconnector": pytest.approx(0.9)}
+    table = render_table([row], ["s3torchconnector", "local disk"])
+    cells = [c.strip() for c in table.splitlines()[2].strip("|").split("|")]
+    assert cells[3:5] == ["80 (0.90x local disk)", "100"]
+    assert cells[-3:] == ["0.85x [0.80-0.90] vs local disk", ">= 0.9x", "FAIL"]
+    assert summarize(Measure("GET", "objects/s", True, 1.0, project=[1.0], peers={"a": [2.0]}))["peer_ratios"] == {}
+
+
+def test_the_dataloader_rows_read_the_first_samples_of_every_shard() -> None:
+    subset_entries = _load("peer_loaders").subset_entries
+    entries = [{"image": f"{shard}/{i:03d}.jpg"} for i in range(5) for shard in ("a", "b", "c")]  # interleaved
+    got = subset_entries(entries, 7)  # ceil(7 / 3) = 3 of each shard, data.json order kept
+    assert [e["image"] for e in got] == [f"{s}/{i:03d}.jpg" for i in range(3) for s in ("a", "b", "c")]
+    assert subset_entries(entries, 100) == entries

@@ -12,14 +12,17 @@ from typing import IO, Any, Dict, List, cast
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from blip3o_storage import CorruptDataError, InvalidPathError, ObjectNotFoundError
 from blip3o_storage.reading.disk_cache import DiskCache
 from blip3o_storage.reading.prefetch import Prefetcher
 from blip3o_storage.reading.shard_index import ShardIndex
+from blip3o_storage.reading.sources import ObjectSource, Ref
 from blip3o_storage.testing.shards import LONG, Shards, make_shards
 from blip3o_storage.testing.shards import add_member as _add
 from blip3o_storage.testing.shards import hostile_tar as _hostile
+from blip3o_storage.training.dataset import BLIP3oDataset
 from blip3o_storage.transfer.safe_tar import build_data_json
 from blip3o_storage.transfer.shard_indexing import build_index, build_shard_index, data_json_from_index
 
@@ -207,6 +210,54 @@ def test_plan_new_hands_out_each_upcoming_index_once() -> None:
     seq = Prefetcher(depth=2)
     got = [seq.plan_new(i, 5) for _ in range(3) for i in range(5)]
     assert got == [[1, 2]] + [[(i + 2) % 5] for i in range(1, 15)]
+
+
+def test_plan_next_says_whether_the_index_asked_for_was_planned_before() -> None:
+    """The dataset locates (and submits) an index only when no earlier call planned it."""
+    order = [int(i) for i in np.random.default_rng(2).permutation(40)]
+    p = Prefetcher(depth=3)
+    p.set_sampler(order, batch_size=1)
+    assert p.plan_next(order[0], 40) == (False, order[1:4])  # the first call: nothing planned yet
+    for k in range(1, 6):
+        assert p.plan_next(order[k], 40) == (True, [order[k + 3]])
+    assert p.plan_next(order[30], 40)[0] is False  # a jump outside the window: never planned
+    p.close()
+
+
+class _CountingSource(ObjectSource):
+    """Our ObjectSource, counting how often the dataset asks where a relpath lives."""
+
+    def __init__(self) -> None:
+        self.located = 0
+
+    def locate(self, folder: str, relpath: str) -> Ref:
+        self.located += 1
+        return super().locate(folder, relpath)
+
+
+def test_a_prefetched_sample_is_located_once_for_its_prefetch_and_once_for_its_read(tmp_path: Path) -> None:
+    root = tmp_path / "raw"
+    entries = []
+    for i in range(12):
+        (root / "s").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (96, 96), (i * 20, 0, 0)).save(root / "s" / f"{i}.jpg")
+        entries.append({"image": f"s/{i}.jpg", "annotation": f"s/{i}.txt", "caption": f"red {i}"})
+    (tmp_path / "data.json").write_text(json.dumps(entries))
+    ds = BLIP3oDataset(data_path=str(tmp_path / "data.json"), ceph_folder=str(root),
+                       tokenizer=dict(type="ByteTokenizer"), image_size=32, min_image_size=16, prefetch=3,
+                       prefetch_threads=1, table_cache_dir=False)
+    source = ds.sample_source = _CountingSource()
+    order = [int(i) for i in np.random.default_rng(3).permutation(12)]
+    ds.set_sampler(order, batch_size=1)
+    for i in order:
+        assert ds[i]["image_file"] == f"s/{i}.jpg"
+    stats = ds.stats()["prefetch"]
+    assert stats["hits"] + stats["waits"] == 12 and stats["misses"] == 0  # every sample came through prefetch
+    # the first sample: located for its prefetch and its read, plus the first window of 3; then one new
+    # sample a call (its prefetch) and the read: 2 a sample (3 before: the asked-for index was located again)
+    assert source.located == 2 + 3 + 2 * 11 - 3, source.located
+    assert ds._prefetcher is not None
+    ds._prefetcher.close()
 
 
 def _exit_with_queued_fetches(path: str) -> None:
