@@ -256,7 +256,7 @@ class S3Backend(ProcessLocal, StorageBackend):
     caller needs the client itself.
     """
 
-    _process_state = ("_lock", "_client", "_http", "_client_pid", "_pool")
+    _process_state = ("_lock", "_session", "_client", "_http", "_client_pid", "_pool")
 
     def __init__(self, settings: S3Settings, *, cluster: Optional[str] = None) -> None:
         self.settings = settings
@@ -266,6 +266,7 @@ class S3Backend(ProcessLocal, StorageBackend):
 
     def _init_process_state(self) -> None:
         self._lock = threading.Lock()
+        self._session: Any = None
         self._client: Any = None
         self._http: Optional[SignedHTTP] = None
         #: The pid that built ``_client`` (None until this process builds one).
@@ -275,6 +276,13 @@ class S3Backend(ProcessLocal, StorageBackend):
 
     def __repr__(self) -> str:
         return f"S3Backend({self.settings.describe()}, cluster={self.cluster!r})"
+
+    def _session_locked(self) -> Any:
+        """This process's boto3 Session (call with ``_lock`` held), made on first use."""
+        if self._session is None:
+            self._session = make_session(self.settings)
+            self._client_pid = os.getpid()
+        return self._session
 
     @property
     def client(self) -> Any:
@@ -288,12 +296,7 @@ class S3Backend(ProcessLocal, StorageBackend):
         if client is None:
             with self._lock:
                 if self._client is None:
-                    session = make_session(self.settings)
-                    new_client = make_client(self.settings, session)
-                    self._http = (SignedHTTP(self.settings, session.get_credentials,
-                                             on_resend=lambda: self.stats.record_retry("stale-connection"))
-                                  if self.settings.use_fast_path else None)
-                    self._client_pid = os.getpid()
+                    new_client = make_client(self.settings, self._session_locked())
                     self._client = new_client  # last: a thread that sees it sees the rest
                     logger.debug("created S3 client in pid %d (%s)", self._client_pid, self.settings.describe())
                 client = self._client
@@ -301,9 +304,24 @@ class S3Backend(ProcessLocal, StorageBackend):
 
     @property
     def http(self) -> Optional[SignedHTTP]:
-        """This process's signed-HTTP path for object GET/PUT, or None (boto3 for everything)."""
-        self.client  # noqa: B018 - creates both per process
-        return self._http
+        """This process's signed-HTTP path for object GET/PUT, or None (boto3 for everything).
+
+        Built from the process's Session alone, not its boto3 client: a client costs 85-140 ms
+        of CPU to build (service model, event handlers; measured here), which every forked
+        DataLoader worker paid on its first GET, each epoch with non-persistent workers; a
+        Session costs ~10 ms. The client is built when a call needs it (LIST, HEAD, multipart).
+        """
+        self._check_process()
+        if not self.settings.use_fast_path:
+            return None
+        http = self._http
+        if http is None:
+            with self._lock:
+                if self._http is None:
+                    self._http = SignedHTTP(self.settings, self._session_locked().get_credentials,
+                                            on_resend=lambda: self.stats.record_retry("stale-connection"))
+                http = self._http
+        return http
 
     @property
     def transfer_pool(self) -> ThreadPoolExecutor:
@@ -319,8 +337,9 @@ class S3Backend(ProcessLocal, StorageBackend):
         return pool
 
     def connect(self) -> None:
-        """Build this process's client and pool now (e.g. before a thread pool starts using them)."""
+        """Build this process's client and signed-HTTP path now (e.g. before a thread pool starts using them)."""
         self.client  # noqa: B018
+        self.http  # noqa: B018
 
     # -- the gateway -----------------------------------------------------
     def call(self, uri: str, action: str, fn: Callable[[Any], T]) -> T:

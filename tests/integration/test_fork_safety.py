@@ -106,3 +106,28 @@ def test_spawned_workers_work_too(moto_endpoint):
     got = {s["index"]: s["data"] for s in loader}
     assert got == {i: payload(i) for i in range(8)}
     assert torch.utils.data.get_worker_info() is None
+
+
+def _child_get_only(backend: S3Backend, uri: str, queue) -> None:
+    data = backend.get(uri)
+    queue.put((data, backend._client is None, backend._client_pid == os.getpid()))
+
+
+def test_forked_reader_builds_no_boto3_client_for_plain_gets(moto_endpoint):
+    """A DataLoader worker that only GETs needs the signed-HTTP path and the Session's
+    credentials, not a boto3 client (85-140 ms of CPU each, per worker, per epoch)."""
+    storage, bucket = new_bucket(moto_endpoint)
+    uri = f"{bucket}/plain.bin"
+    storage.put(uri, b"plain-bytes")
+    backend = storage.s3_backend(uri)
+    assert backend.settings.use_fast_path
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child_get_only, args=(backend, uri, queue))
+    proc.start()
+    data, no_client, own_session = queue.get(timeout=60)
+    proc.join(timeout=60)
+    assert proc.exitcode == 0
+    assert data == b"plain-bytes"
+    assert no_client, "a plain GET in a forked worker built a boto3 client"
+    assert own_session
