@@ -18,7 +18,7 @@ Format: text, one line per file ``relpath\\tsize\\tmtime_ns\\tctime_ns\\tinode\\
 sorted by relpath (the order of keys in an S3 LIST, so the upload merges the
 walk, the LIST and the manifest in one pass and memory does not grow with the
 file count), a header line naming the target and a footer line with the entry
-count and the SHA-256 of everything before it. Written to a temp file beside
+count and the SHA-256 of everything before it and of that count. Written to a temp file beside
 it and renamed: a reader never sees half a manifest. A manifest whose header,
 footer, hash, order or fields are wrong is ignored as a whole with a warning
 (never trusted in part). It holds no credentials: the endpoint is stored without
@@ -122,11 +122,12 @@ class UploadManifest:
                 digest = hashlib.sha256()
                 left = body_end
                 while left > 0:
-                    chunk = fh.read(min(left, 1 << 20))
+                    chunk = fh.read(min(left, 1 << 16))  # 64 KiB: memory independent of the file count
                     if not chunk:
                         break
                     digest.update(chunk)
                     left -= len(chunk)
+                digest.update(f"{footer[0]}\t{footer[1]}\t".encode("ascii", "replace"))
                 fh.seek(0)
                 header = fh.readline().decode("utf-8", "replace")
         except OSError as exc:
@@ -215,7 +216,9 @@ class ManifestWriter:
             return
         fh, self._fh = self._fh, None
         try:
-            fh.write(f"{_FOOTER}\t{self.count}\t{self._digest.hexdigest()}\n".encode("ascii"))
+            counted = f"{_FOOTER}\t{self.count}\t".encode("ascii")
+            self._digest.update(counted)  # the count is covered too: a wrong one is damage, not trusted
+            fh.write(counted + f"{self._digest.hexdigest()}\n".encode("ascii"))
             fh.flush()
             os.fsync(fh.fileno())
             fh.close()
