@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm import tqdm
@@ -70,13 +70,14 @@ from blip3o_storage.errors import (
 from blip3o_storage.storage.s3_backend import S3Backend
 from blip3o_storage.transfer.manifest import ENV_DIR, UploadManifest
 from blip3o_storage.transfer.upload import (
-    Listed,
+    Listing,
     MiB,
     UploadInterrupted,
     UploadPlan,
+    empty_listing,
     is_unreachable,
     normalise_prefix,
-    open_listing,
+    open_remote,
     plan_upload,
     unreachable_message,
     upload_all,
@@ -134,16 +135,16 @@ def _plan(args: argparse.Namespace) -> UploadPlan:
     return plan
 
 
-def _listing(backend: S3Backend, args: argparse.Namespace, prefix: str) -> Iterator[Listed]:
-    """:func:`open_listing` of the target (its first page read here); a missing bucket is empty for
+def _listing(backend: S3Backend, args: argparse.Namespace, prefix: str, plan: UploadPlan) -> Listing:
+    """:func:`open_remote` of the target (its first page read here); a missing bucket is empty for
     ``--dry-run --create-bucket``. A store that does not answer raises TransientStorageError naming
     its endpoint."""
     try:
-        return open_listing(backend, args.bucket, prefix)
+        return open_remote(backend, args.bucket, prefix, plan.items)
     except BucketNotFoundError:
         if not (args.dry_run and args.create_bucket):
             raise
-        return iter(())
+        return empty_listing()
     except TransientStorageError as exc:
         if is_unreachable(exc):
             raise TransientStorageError(unreachable_message(backend, exc, "listing the target failed")) from exc
@@ -164,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     part_size = int(args.part_size_mb * MiB)
 
     create_bucket(log, backend, args)
-    existing = _listing(backend, args, prefix)
+    existing = _listing(backend, args, prefix, plan)
 
     if args.verify_only:
         check = verify(plan.items, backend, args.bucket, prefix, part_size=part_size, workers=args.workers,
@@ -222,7 +223,8 @@ def run(args: argparse.Namespace) -> int:
         # The manifest just written holds the ETag of every file sent or found: nothing is hashed again
         # unless it changed since.
         check = verify(uploaded_ok, backend, args.bucket, prefix, part_size=part_size, workers=args.workers,
-                       manifest=manifest, in_key_order=plan_in_key_order(plan))
+                       manifest=manifest, in_key_order=plan_in_key_order(plan),
+                       remote=open_remote(backend, args.bucket, prefix, plan.items))
     except TransientStorageError as exc:
         if is_unreachable(exc):
             raise TransientStorageError(unreachable_message(backend, exc, "the verification failed")) from exc

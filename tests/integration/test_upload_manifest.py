@@ -213,3 +213,30 @@ def test_plan_is_in_key_order_and_listing_is_merged(tmp_path, s3_bucket) -> None
     backend = storage.s3_backend(bucket_uri + "/x")
     report = upload_all(plan.items, backend, bucket_uri[5:], prefix="k", workers=2)
     assert (report.uploaded, report.skipped) == (0, len(keys))
+
+
+def test_parallel_list_by_folder_finds_every_key(tmp_path, s3_bucket) -> None:
+    """Above one LIST page, a plan spanning several folders is listed per folder (here 4 LISTs:
+    the prefix's own files, raw/'s own files, raw/a/ and raw/b/), and the re-run finds every key."""
+    storage, bucket_uri = s3_bucket
+    src = tmp_path / "src"
+    for folder, n in (("raw/a", 700), ("raw/b", 400)):
+        (src / folder).mkdir(parents=True)
+        for i in range(n):
+            (src / folder / f"{i:05d}.txt").write_bytes(b"%s %d" % (folder.encode(), i))
+    (src / "raw" / "top.txt").write_bytes(b"top")
+    (src / "data.json").write_bytes(b"[]")
+    plan = plan_upload(src, "par")
+    bucket = bucket_uri[len("s3://"):]
+    backend = storage.s3_backend(bucket_uri + "/x")
+    assert upload_all(plan.items, backend, bucket, prefix="par", workers=8).uploaded == 1102
+    lists: list = []
+    backend.client.meta.events.register("before-parameter-build.s3.ListObjectsV2", lambda params, **_: lists.append(
+        (params.get("Prefix"), params.get("Delimiter"))))
+    again = upload_all(plan.items, backend, bucket, prefix="par", workers=8)
+    assert (again.uploaded, again.skipped, again.failed) == (0, 1102, [])
+    assert sorted(lists) == [("par/", "/"), ("par/raw/", "/"), ("par/raw/a/", None), ("par/raw/b/", None)]
+    storage.delete(f"{bucket_uri}/par/raw/b/00399.txt")  # the last key of a folder
+    storage.delete(f"{bucket_uri}/par/raw/top.txt")
+    third = upload_all(plan.items, backend, bucket, prefix="par", workers=8)
+    assert (third.uploaded, third.skipped) == (2, 1100)
