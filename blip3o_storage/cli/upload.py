@@ -19,8 +19,8 @@ A local upload manifest (one per endpoint, bucket, prefix and resolved SRC, in
 or ``--manifest-dir``) records each uploaded file's size, mtime, ctime, inode and
 MD5/ETag, so a re-run does not read and hash files whose stat is unchanged; the
 store is still listed, and a key missing there or with another size or ETag is
-uploaded again. ``--checksum`` ignores the manifest and hashes every file. A
-damaged manifest is ignored with a warning.
+uploaded again. ``--checksum`` ignores the manifest and hashes every file (with
+``--verify-only`` too). A damaged manifest is ignored with a warning.
 Dot-files and dot-folders (extraction temp dirs, done-markers) are not uploaded,
 by the same rule ``tools/make_data_json.py`` builds data.json with; symlinked
 files and folders are followed; a folder that cannot be listed, a dangling
@@ -167,17 +167,19 @@ def run(args: argparse.Namespace) -> int:
     create_bucket(log, backend, args)
     existing = _listing(backend, args, prefix, plan)
 
+    manifest = UploadManifest.for_target(backend.settings.endpoint_url, args.bucket, prefix, args.src,
+                                         args.manifest_dir)
     if args.verify_only:
+        # Files unchanged since the manifest recorded them are compared by their recorded ETag;
+        # --checksum hashes every one.
         check = verify(plan.items, backend, args.bucket, prefix, part_size=part_size, workers=args.workers,
-                       remote=existing)
+                       remote=existing, manifest=None if args.checksum else manifest)
         report_verify(log, check)
         log_failures(log, "failed", plan.failed)
         unusable = f", {len(plan.failed)} referenced files not uploadable (missing locally, hidden or unsafe)"
         print(check.summary() + (unusable if plan.failed else ""))
         return EXIT_OK if check.passed and not plan.failed else EXIT_FAILED
 
-    manifest = UploadManifest.for_target(backend.settings.endpoint_url, args.bucket, prefix, args.src,
-                                         args.manifest_dir)
     # The bar counts every planned byte: sent, or found in the bucket already (the listing is
     # merged with the plan as the upload goes, so what needs sending is not known up front).
     with logging_redirect_tqdm(), tqdm(total=plan.total_bytes, unit="B", unit_scale=True, unit_divisor=1024,

@@ -79,6 +79,12 @@ def test_manifest_is_trusted_for_unchanged_files_and_checksum_ignores_it(tmp_pat
         writer.add(rel, (int(size), int(mtime), int(ctime), int(ino)), etag)
     writer.commit()
 
+    total = len(local_files(src))
+    checked = run_cli(*base, "--prefix", "c", "--verify-only", str(src))  # the manifest decides here too
+    assert checked.returncode == 1 and f"verified {total - lied} ok, 0 missing, {lied} mismatched" in checked.stdout
+    hashed = run_cli(*base, "--prefix", "c", "--verify-only", "--checksum", str(src))
+    assert hashed.returncode == 0 and f"verified {total} ok, 0 missing, 0 mismatched" in hashed.stdout
+
     trusted = run_cli(*base, "--prefix", "c", str(src))
     assert trusted.returncode == 0, trusted.stderr
     assert summary(trusted)["uploaded"] == lied and "damaged" not in trusted.stderr
