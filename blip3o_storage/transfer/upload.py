@@ -906,6 +906,20 @@ class _Uploader:
                     self.progress(self._unreported)
                 self._unreported = 0
 
+    def settled(self, item: UploadItem, remote: Optional[Tuple[int, Optional[str]]],
+                known: Optional[ManifestEntry]) -> Optional[Tuple[str, str, Optional[StatFields]]]:
+        """:meth:`process`'s answer when it needs no I/O: the key is listed with the size and the
+        ETag the manifest recorded for the file, whose planned stat is the recorded one. Run in the
+        calling thread: a no-op re-run of 2,201 files spent most of its wall time handing each file
+        to a worker thread and back on a loaded 2-core machine (wall 4x its CPU)."""
+        if (remote is None or known is None or item.stat is None or remote[0] != item.size
+                or known.stat != item.stat or known.etag != remote[1]
+                or not _parts_match(known.etag, item.size, self.part_size)):
+            return None
+        if self.count_skipped:
+            self._tick(item.size)
+        return "skipped", known.etag, item.stat
+
     def process(self, item: UploadItem, remote: Optional[Tuple[int, Optional[str]]] = None,
                 known: Optional[ManifestEntry] = None) -> Tuple[str, str, Optional[StatFields]]:
         """Skip or upload one item; returns (outcome 'skipped'|'uploaded', local ETag, the file's
@@ -1106,8 +1120,15 @@ def upload_all(items: Sequence[UploadItem], backend: S3Backend, bucket: str, *, 
                 if nxt is None:
                     break
                 index, (item, remote, mine) = nxt
-                inflight[pool.submit(uploader.process, item, remote, mine)] = (index, item)
                 submitted += 1
+                settled = uploader.settled(item, remote, mine)
+                if settled is not None:  # nothing to read or send: decided here, no thread hand-off
+                    done_now: Future = Future()
+                    done_now.set_result(settled)
+                    record(index, item, done_now)
+                    write_done()
+                    continue
+                inflight[pool.submit(uploader.process, item, remote, mine)] = (index, item)
             if not inflight:
                 break
             done, _ = wait(inflight, timeout=1.0, return_when=FIRST_COMPLETED)
