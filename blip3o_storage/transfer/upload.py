@@ -7,16 +7,18 @@ needs:
   key validated up front (:func:`validate_keys`) because S3-compatible servers
   silently normalise ``a/./b``, ``a//b``, ``..`` and a leading ``/`` -- the
   object would land under a different key than readers ask for.
-* **skip** (:func:`open_listing`): ONE paginated LIST of the prefix, read by a
-  background thread while the upload runs and merged with the plan in key
-  order (S3 lists keys in UTF-8 byte order; the plan is walked in that order),
-  so memory holds a few pages, not a dict of every key (about 250 bytes a key).
+* **skip** (:func:`open_remote`): the prefix is LISTed (per folder, several at
+  once, when the plan spans folders and pages), read by background threads
+  while the upload runs and merged with the plan in key order (S3 lists keys in
+  UTF-8 byte order; the plan is walked in that order), so memory holds a few
+  pages, not a dict of every key (about 250 bytes a key).
   An object whose size and ETag already match the local file is not sent
   again. A single-part ETag is the object's MD5; a multipart ETag (``<hex>-N``)
   is the MD5 of the parts' MD5s, recomputed locally with the same part size.
   The local MD5/ETag of a file comes from the upload manifest
   (:mod:`blip3o_storage.transfer.manifest`) when the file's size, mtime, ctime
-  and inode are those recorded, so a no-op re-run reads no file.
+  and inode are those recorded, so a no-op re-run reads no file (and such a
+  file is decided in the main thread, without a hand-off to a worker).
 * **send** (:func:`upload_all`): a thread pool sharing the process's one
   pooled boto3 client. Small files go in one PUT with an explicit Content-MD5
   (the server rejects a corrupted body); files above the threshold go as a
