@@ -33,6 +33,17 @@ process (``--child``), so one does not inherit another's memory:
   sizes (creating 1M files takes about 21 minutes on this machine's disk and
   uploading them to moto about 3 hours, at the ~95 PUT/s measured), and the
   row says so. Target < 1 GB.
+* upload at scale (``--upload-scale``, default 10,000, 50,000 and 200,000
+  files): peak RSS (VmHWM) of a fresh process that plans the tree
+  (``plan_upload``; sizes above 200,000 are planned only), and of one that runs
+  the no-op re-upload of ``tools/upload.py`` (plan, the LIST merged with the
+  plan as a stream, the upload manifest, ``upload_all`` then ``verify``) on a
+  listing that says every key is there: the stream is made from the local
+  files (key, size, MD5) as ``open_listing`` yields it from the store, because
+  no server here holds 200,000 objects (putting them takes ~35 min to moto).
+  The first pass writes the manifest (hashing every file), the second is the
+  measured no-op. The trees are 1,000-file folders linked into one root, so
+  each size costs only its new folders. Target: < 1 GB, and flat in N.
 
 Prints one markdown table, PASS/FAIL per row. Timings on a shared 2-core
 machine are noisy: look at the range.
@@ -52,7 +63,7 @@ import tempfile
 import time
 import tracemalloc
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from blip3o_storage import Storage
 from blip3o_storage.reading.table_cache import load_sample_table
@@ -148,6 +159,41 @@ def child_upload(argv: list[str]) -> dict[str, Any]:
     t = time.perf_counter()
     status = upload.main(argv)
     return {"status": status, "seconds": time.perf_counter() - t, "peak_rss": peak_rss()}
+
+
+def child_upload_plan(tree: str) -> dict[str, Any]:
+    from blip3o_storage.transfer.upload import plan_upload
+
+    t = time.perf_counter()
+    plan = plan_upload(Path(tree), "pre")
+    return {"files": len(plan.items), "seconds": time.perf_counter() - t, "peak_rss": peak_rss()}
+
+
+def child_upload_noop(tree: str, manifests: str, endpoint: str) -> dict[str, Any]:
+    """Plan + upload_all + verify over a listing stream that has every key: the CLI's no-op re-run
+    without the store (two passes: the first writes the manifest, the second is the no-op)."""
+    import hashlib
+
+    from blip3o_storage.transfer.manifest import UploadManifest
+    from blip3o_storage.transfer.upload import plan_upload, upload_all, verify
+
+    plan = plan_upload(Path(tree), "pre")
+    backend = Storage({"endpoint_url": endpoint, "access_key": "k", "secret_key": "s"}).s3_backend("s3://b/x")
+    manifest = UploadManifest.for_target(endpoint, "b", "pre/", tree, manifests)
+
+    def listing() -> Any:  # what open_listing yields, computed from the files instead of a store
+        for item in plan.items:
+            yield item.key, item.size, hashlib.md5(item.local_path.read_bytes()).hexdigest()
+
+    first = upload_all(plan.items, backend, "b", prefix="pre", workers=16, existing=listing(), manifest=manifest,
+                       keep_etags=False)
+    t = time.perf_counter()
+    again = upload_all(plan.items, backend, "b", prefix="pre", workers=16, existing=listing(), manifest=manifest,
+                       keep_etags=False)
+    seconds = time.perf_counter() - t
+    check = verify(plan.items, backend, "b", "pre", workers=16, remote=listing(), manifest=manifest)
+    ok = first.skipped == again.skipped == check.ok == len(plan.items) and again.manifest_entries == len(plan.items)
+    return {"files": len(plan.items), "ok": ok, "noop_seconds": seconds, "peak_rss": peak_rss()}
 
 
 def run_child(*args: str) -> Any:
@@ -279,6 +325,54 @@ def measure_upload(sizes: list[int], work: Path, rows: list[tuple[str, str, str,
         server.stop()
 
 
+def linked_tree(work: Path, n: int) -> Path:
+    """A root whose raw/ holds ``n / 1000`` symlinked 1,000-file folders (created once in ``work/folders``)."""
+    folders = work / "folders"
+    root = work / f"linked-{n}"
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "raw").mkdir(parents=True)
+    for k in range(-(-n // 1000)):
+        folder = folders / f"s{k:05d}"
+        if not folder.is_dir():
+            folder.mkdir(parents=True)
+            for i in range(k * 1000, (k + 1) * 1000):
+                (folder / f"{i:08d}.txt").write_bytes(b"caption %d" % i)
+        (root / "raw" / folder.name).symlink_to(folder, target_is_directory=True)
+    return root
+
+
+def measure_upload_scale(sizes: list[int], work: Path, rows: list[tuple[str, str, str, str]]) -> None:
+    points: list[tuple[int, dict[str, Any], Optional[dict[str, Any]]]] = []
+    for n in sizes:
+        tree = linked_tree(work, n)
+        plan = run_child("upload-plan", str(tree))
+        noop = (run_child("upload-noop", str(tree), str(work / f"manifests-{n}"), "http://127.0.0.1:9")
+                if n <= 200_000 else None)  # the no-op first hashes every file (plus the stand-in listing)
+        if plan["files"] != -(-n // 1000) * 1000 or (noop is not None and not noop["ok"]):
+            raise RuntimeError(f"upload scale run of {n} files went wrong: {plan}, {noop}")
+        points.append((n, plan, noop))
+        print(f"  upload scale {n} files: plan {plan['seconds']:.1f}s peak {plan['peak_rss'] / MB:.0f} MB"
+              + (f"; no-op {noop['noop_seconds']:.1f}s peak {noop['peak_rss'] / MB:.0f} MB" if noop else ""),
+              file=sys.stderr, flush=True)
+        shutil.rmtree(tree)
+    for what, key in (("upload planning", 1), ("no-op re-upload (plan + streamed LIST + manifest + verify)", 2)):
+        measured: list[tuple[int, dict[str, Any]]] = []
+        for n, plan_point, noop_point in points:
+            point = plan_point if key == 1 else noop_point
+            if point is not None:
+                measured.append((n, point))
+        if len(measured) < 2:
+            continue
+        (n1, a), (n2, b) = measured[0], measured[-1]
+        per_file = max(0.0, (b["peak_rss"] - a["peak_rss"]) / (n2 - n1))
+        values = ", ".join(f"{n:,}: {m['peak_rss'] / MB:.0f} MB" for n, m in measured)
+        projected = b["peak_rss"] + per_file * max(0, 1_000_000 - n2)
+        rows.append((f"{n2:,} files", f"{what}: peak RSS by file count",
+                     f"{values} ({per_file:.0f} B/file from {n1:,} to {n2:,}"
+                     + (f"; {projected / MB:.0f} MB projected at 1,000,000)" if n2 < 1_000_000 else ")"),
+                     "PASS" if projected < 1024 * MB else "FAIL"))
+
+
 class _Rows(list[tuple[str, str, str, str]]):
     """The table's rows, each also printed (stderr) as it is measured: a long run that is stopped
     still shows what it measured."""
@@ -293,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="60000,1000000,10000000", help="comma-separated entry counts")
     ap.add_argument("--rounds", type=int, default=3, help="timing rounds per size (sizes >= 5M: at most 3)")
     ap.add_argument("--upload-files", default="2000,8000", help="two or more tree sizes for the upload rows")
+    ap.add_argument("--upload-scale", default="10000,50000,200000",
+                    help="tree sizes for the upload planning and no-op memory rows ('' to skip)")
     ap.add_argument("--work-dir", type=Path, default=None, help="where the files go (default: a temp folder)")
     ap.add_argument("--quick", action="store_true", help="small sizes: --sizes 20000,200000 --upload-files 300,1200")
     ap.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -301,11 +397,13 @@ def main(argv: list[str] | None = None) -> int:
         kind, rest = args.child[0], args.child[1:]
         result = {"json": lambda: child_json(*rest), "build": lambda: child_build(*rest),
                   "table": lambda: child_table(*rest),
-                  "rank": lambda: child_rank(*rest), "upload": lambda: child_upload(json.loads(rest[0]))}[kind]()
+                  "rank": lambda: child_rank(*rest), "upload": lambda: child_upload(json.loads(rest[0])),
+                  "upload-plan": lambda: child_upload_plan(*rest),
+                  "upload-noop": lambda: child_upload_noop(*rest)}[kind]()
         print(json.dumps(result))
         return 0
     if args.quick:
-        args.sizes, args.upload_files = "20000,200000", "300,1200"
+        args.sizes, args.upload_files, args.upload_scale = "20000,200000", "300,1200", "2000,8000"
     sizes = [int(s) for s in args.sizes.split(",") if s]
     upload_sizes = [int(s) for s in args.upload_files.split(",") if s]
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="blip3o-scale-"))
@@ -317,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
             measure_size(n, args.rounds if n < 5_000_000 else min(args.rounds, 3), work, rows)
         if len(upload_sizes) >= 2:
             measure_upload(upload_sizes, work, rows)
+        scale_sizes = [int(s) for s in args.upload_scale.split(",") if s]
+        if len(scale_sizes) >= 2:
+            measure_upload_scale(scale_sizes, work, rows)
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)

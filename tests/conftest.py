@@ -40,3 +40,20 @@ def shards(tmp_path: Path) -> Shards:
 def tiny(tmp_path: Path) -> TinyData:
     """A tiny BLIP3o-style tree with good and bad samples (see :mod:`blip3o_storage.testing.tiny`)."""
     return make_tiny_data(tmp_path / "blip3o")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _upload_manifests_in_a_temp_folder(tmp_path_factory: pytest.TempPathFactory):
+    """tools/upload.py's upload manifests (run in subprocesses by many tests) go to a folder of this
+    session, never the user's ~/.cache/blip3o-storage (tests that look at them set their own)."""
+    import os
+
+    from blip3o_storage.transfer.manifest import ENV_DIR
+
+    before = os.environ.get(ENV_DIR)
+    os.environ[ENV_DIR] = str(tmp_path_factory.mktemp("upload-manifests"))
+    yield
+    if before is None:
+        os.environ.pop(ENV_DIR, None)
+    else:
+        os.environ[ENV_DIR] = before

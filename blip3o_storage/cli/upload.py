@@ -7,11 +7,20 @@ Usage::
 
     python tools/upload.py --bucket B --prefix P --verify-only SRC
 
+    python tools/upload.py --bucket B --prefix P --checksum SRC   # re-hash every file
+
 Resumable: one LIST of the prefix, and every object whose size and ETag
 already match the local file is skipped, so re-running after a crash or Ctrl-C
 uploads only the rest (and a finished upload sends no PUT at all). After the
 upload every key is verified (size + MD5/multipart ETag) with one more LIST (when
 nothing was sent, the first LIST already matched every key and is the verification).
+A local upload manifest (one per endpoint, bucket, prefix and resolved SRC, in
+``$BLIP3O_UPLOAD_MANIFEST_DIR`` or ``~/.cache/blip3o-storage/upload-manifests``,
+or ``--manifest-dir``) records each uploaded file's size, mtime, ctime, inode and
+MD5/ETag, so a re-run does not read and hash files whose stat is unchanged; the
+store is still listed, and a key missing there or with another size or ETag is
+uploaded again. ``--checksum`` ignores the manifest and hashes every file (with
+``--verify-only`` too). A damaged manifest is ignored with a warning.
 Dot-files and dot-folders (extraction temp dirs, done-markers) are not uploaded,
 by the same rule ``tools/make_data_json.py`` builds data.json with; symlinked
 files and folders are followed; a folder that cannot be listed, a dangling
@@ -46,20 +55,31 @@ from blip3o_storage.cli.common import (
     add_transfer_options,
     connect,
     create_bucket,
-    list_target,
     log_failures,
     parser_from_doc,
     report_verify,
     run_cli,
-    verify_after_upload,
 )
-from blip3o_storage.errors import ConfigError, InvalidPathError, StorageError
+from blip3o_storage.errors import (
+    BucketNotFoundError,
+    ConfigError,
+    InvalidPathError,
+    StorageError,
+    TransientStorageError,
+)
+from blip3o_storage.storage.s3_backend import S3Backend
+from blip3o_storage.transfer.manifest import ENV_DIR, UploadManifest
 from blip3o_storage.transfer.upload import (
+    Listing,
     MiB,
     UploadInterrupted,
     UploadPlan,
+    empty_listing,
+    is_unreachable,
     normalise_prefix,
+    open_remote,
     plan_upload,
+    unreachable_message,
     upload_all,
     verify,
 )
@@ -83,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_transfer_options(ap, workers=16, workers_help="parallel uploads (default 16)",
                          dry_run_help="list and compare, but write nothing",
                          verify_only_help="upload nothing; report keys missing from or different in the bucket")
+    ap.add_argument("--checksum", action="store_true",
+                    help="hash every local file to compare it with the bucket, ignoring the upload manifest "
+                         "(which is then rewritten)")
+    ap.add_argument("--manifest-dir", type=Path, default=None,
+                    help=f"folder of upload manifests (default: ${ENV_DIR}, else "
+                         "~/.cache/blip3o-storage/upload-manifests)")
     return ap
 
 
@@ -109,6 +135,22 @@ def _plan(args: argparse.Namespace) -> UploadPlan:
     return plan
 
 
+def _listing(backend: S3Backend, args: argparse.Namespace, prefix: str, plan: UploadPlan) -> Listing:
+    """:func:`open_remote` of the target (its first page read here); a missing bucket is empty for
+    ``--dry-run --create-bucket``. A store that does not answer raises TransientStorageError naming
+    its endpoint."""
+    try:
+        return open_remote(backend, args.bucket, prefix, plan.items)
+    except BucketNotFoundError:
+        if not (args.dry_run and args.create_bucket):
+            raise
+        return empty_listing()
+    except TransientStorageError as exc:
+        if is_unreachable(exc):
+            raise TransientStorageError(unreachable_message(backend, exc, "listing the target failed")) from exc
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
     """Everything after argument parsing; StorageErrors escape to :func:`main`."""
     try:
@@ -123,32 +165,40 @@ def run(args: argparse.Namespace) -> int:
     part_size = int(args.part_size_mb * MiB)
 
     create_bucket(log, backend, args)
-    existing = list_target(backend, args, prefix)
-    log.info("%d objects already under s3://%s/%s", len(existing), args.bucket, prefix)
+    existing = _listing(backend, args, prefix, plan)
 
+    manifest = UploadManifest.for_target(backend.settings.endpoint_url, args.bucket, prefix, args.src,
+                                         args.manifest_dir)
     if args.verify_only:
+        # Files unchanged since the manifest recorded them are compared by their recorded ETag;
+        # --checksum hashes every one.
         check = verify(plan.items, backend, args.bucket, prefix, part_size=part_size, workers=args.workers,
-                       remote=existing)
+                       remote=existing, manifest=None if args.checksum else manifest)
         report_verify(log, check)
         log_failures(log, "failed", plan.failed)
         unusable = f", {len(plan.failed)} referenced files not uploadable (missing locally, hidden or unsafe)"
         print(check.summary() + (unusable if plan.failed else ""))
         return EXIT_OK if check.passed and not plan.failed else EXIT_FAILED
 
-    # The bar counts bytes that need sending: files whose size already matches are most likely skipped.
-    to_send = sum(i.size for i in plan.items if existing.get(i.key, (-1,))[0] != i.size)
-    with logging_redirect_tqdm(), tqdm(total=to_send, unit="B", unit_scale=True, unit_divisor=1024,
+    # The bar counts every planned byte: sent, or found in the bucket already (the listing is
+    # merged with the plan as the upload goes, so what needs sending is not known up front).
+    with logging_redirect_tqdm(), tqdm(total=plan.total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
                                        desc="dry run" if args.dry_run else "upload", disable=None) as bar:
         try:
             report = upload_all(plan.items, backend, args.bucket, prefix=prefix, workers=args.workers,
                                 multipart_threshold=int(args.multipart_threshold_mb * MiB), part_size=part_size,
-                                dry_run=args.dry_run, progress=bar.update, existing=existing)
+                                dry_run=args.dry_run, progress=bar.update, existing=existing, manifest=manifest,
+                                checksum=args.checksum, keep_etags=False, count_skipped=True)
         except UploadInterrupted as exc:
             bar.close()
             report = exc.report
             log_failures(log, "failed", report.failed)
             print(f"interrupted: {report.summary()}; re-run the same command to upload the rest", flush=True)
             return EXIT_INTERRUPTED
+    if manifest.corrupt:
+        log.warning("%d damaged upload manifest ignored (%s): every file was hashed", manifest.corrupt,
+                    manifest.path)
+    log.debug("upload manifest %s: %d files", manifest.path, report.manifest_entries)
     report.failed[:0] = plan.failed
     if report.store_down is not None:
         # Said once: the files that failed for want of an answer are counted, not listed one by one.
@@ -169,10 +219,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"verified {report.skipped} ok, 0 missing, 0 mismatched (by the listing before the upload; "
               "nothing was sent)", flush=True)
         return status
-    uploaded_ok = (i for i in plan.items if i.key in report.etags)  # made as verify goes: no list of items
-    passed = verify_after_upload(log, uploaded_ok, backend, args, prefix, part_size=part_size,
-                                 known_etags=report.etags, known_stats=report.stats)
-    return status if passed else EXIT_FAILED
+    failed = {key for key, _ in report.failed}
+    uploaded_ok = (i for i in plan.items if i.key not in failed)  # made as verify goes: no list of items
+    try:
+        # The manifest just written holds the ETag of every file sent or found: nothing is hashed again
+        # unless it changed since.
+        check = verify(uploaded_ok, backend, args.bucket, prefix, part_size=part_size, workers=args.workers,
+                       manifest=manifest, in_key_order=plan_in_key_order(plan),
+                       remote=open_remote(backend, args.bucket, prefix, plan.items))
+    except TransientStorageError as exc:
+        if is_unreachable(exc):
+            raise TransientStorageError(unreachable_message(backend, exc, "the verification failed")) from exc
+        raise
+    report_verify(log, check, "after upload")
+    print(check.summary(), flush=True)
+    return status if check.passed else EXIT_FAILED
+
+
+def plan_in_key_order(plan: UploadPlan) -> bool:
+    """Whether the plan's keys are in LIST order (always for :func:`plan_upload`'s plans)."""
+    return bool(getattr(plan.items, "sorted_by_key", False))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,10 +7,18 @@ needs:
   key validated up front (:func:`validate_keys`) because S3-compatible servers
   silently normalise ``a/./b``, ``a//b``, ``..`` and a leading ``/`` -- the
   object would land under a different key than readers ask for.
-* **skip** (:func:`list_existing`): ONE paginated LIST of the prefix; an object
-  whose size and ETag already match the local file is not sent again. A
-  single-part ETag is the object's MD5; a multipart ETag (``<hex>-N``) is the
-  MD5 of the parts' MD5s, recomputed locally with the same part size.
+* **skip** (:func:`open_remote`): the prefix is LISTed (per folder, several at
+  once, when the plan spans folders and pages), read by background threads
+  while the upload runs and merged with the plan in key order (S3 lists keys in
+  UTF-8 byte order; the plan is walked in that order), so memory holds a few
+  pages, not a dict of every key (about 250 bytes a key).
+  An object whose size and ETag already match the local file is not sent
+  again. A single-part ETag is the object's MD5; a multipart ETag (``<hex>-N``)
+  is the MD5 of the parts' MD5s, recomputed locally with the same part size.
+  The local MD5/ETag of a file comes from the upload manifest
+  (:mod:`blip3o_storage.transfer.manifest`) when the file's size, mtime, ctime
+  and inode are those recorded, so a no-op re-run reads no file (and such a
+  file is decided in the main thread, without a hand-off to a worker).
 * **send** (:func:`upload_all`): a thread pool sharing the process's one
   pooled boto3 client. Small files go in one PUT with an explicit Content-MD5
   (the server rejects a corrupted body); files above the threshold go as a
@@ -18,8 +26,8 @@ needs:
   CompleteMultipartUpload is checked against the locally computed one. Every
   object is written whole (an interrupted multipart upload is aborted), so a
   re-run after Ctrl-C uploads exactly what is still missing.
-* **verify** (:func:`verify`): one more LIST, size + ETag of every key against
-  the local files.
+* **verify** (:func:`verify`): one more LIST, merged the same way, size + ETag
+  of every key against the local files.
 """
 from __future__ import annotations
 
@@ -29,6 +37,7 @@ import json
 import logging
 import mimetypes
 import os
+import queue
 import threading
 import time
 import unicodedata
@@ -36,7 +45,7 @@ from array import array
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union, overload
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union, overload
 
 from blip3o_storage.errors import InvalidPathError, StorageError, TransientStorageError
 from blip3o_storage.storage.part_sizing import MAX_PART_SIZE, MIN_PART_SIZE, MiB, effective_part_size
@@ -44,7 +53,8 @@ from blip3o_storage.storage.part_sizing import MAX_PARTS as MAX_PARTS  # re-expo
 from blip3o_storage.storage.retry import retry_reason
 from blip3o_storage.storage.s3_backend import S3Backend
 from blip3o_storage.storage.uri import check_relpath
-from blip3o_storage.transfer.tree_walk import TreeWalk, is_hidden, iter_tree
+from blip3o_storage.transfer.manifest import ManifestEntry, ManifestWriter, StatFields, UploadManifest, stat_fields
+from blip3o_storage.transfer.tree_walk import TreeWalk, is_hidden, iter_tree_stat
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +86,14 @@ _CONTENT_TYPES = {
 }
 
 ProgressFn = Callable[[int], None]
+#: What a LIST says of one key: (key, size, ETag without quotes).
+Listed = Tuple[str, int, Optional[str]]
+#: A listing: key -> (size, ETag) from :func:`list_existing`, or :func:`open_listing`'s stream in key order.
+Remote = Union[Dict[str, Tuple[int, Optional[str]]], Iterator[Listed], "Listing"]
+#: Progress callbacks are batched to one call per this many seconds (tqdm's update under a lock per
+#: file was ~4% of an upload's samples, docs/perf16-profile.md).
+PROGRESS_EVERY = 0.1
+T = TypeVar("T")
 
 
 # -- value types -------------------------------------------------------------
@@ -87,35 +105,50 @@ class UploadItem:
     key: str
     size: int
     content_type: str
+    #: The file's (size, mtime_ns, ctime_ns, inode) when it was planned, if known: the one stat per file.
+    stat: Optional[StatFields] = None
 
 
 class ItemTable(Sequence[UploadItem]):
-    """The items of a plan, compact: one key string and one int64 size per file (about 100 bytes
-    a file instead of about 640 for a list of :class:`UploadItem` with ``Path`` objects, measured
-    with tracemalloc on a 20,000-file tree); the items are made when read. A file's path is
-    ``root / relpath`` unless given (``--only-referenced`` resolves paths elsewhere)."""
+    """The items of a plan, compact: one key string and four int64 (size, mtime_ns, ctime_ns, inode)
+    per file (about 130 bytes a file instead of about 640 for a list of :class:`UploadItem` with
+    ``Path`` objects, measured with tracemalloc on a 20,000-file tree); the items are made when read.
+    A file's path is ``root / relpath`` unless given (``--only-referenced`` resolves paths elsewhere)."""
 
     def __init__(self, root: Path, prefix: str = "") -> None:
         self._root = root
         self._prefix = prefix
         self._rels: List[str] = []
         self._sizes = array("q")
+        self._mtimes = array("q")  # -1: stat not known
+        self._ctimes = array("q")
+        self._inodes = array("Q")
         self._paths: Dict[int, Path] = {}  # index -> path, where it is not root / relpath
+        #: Whether the relpaths (so the keys) are in strictly increasing order: the order of a LIST.
+        self.sorted_by_key = True
 
-    def append_file(self, rel: str, size: int, path: Optional[Path] = None) -> None:
-        """Add the file ``rel`` (key ``prefix + rel``) of ``size`` bytes."""
+    def append_file(self, rel: str, size: int, path: Optional[Path] = None, stat: Optional[StatFields] = None) -> None:
+        """Add the file ``rel`` (key ``prefix + rel``) of ``size`` bytes, with its :func:`stat_fields` if known."""
         if path is not None and path != self._root / rel:
             self._paths[len(self._rels)] = path
+        if self._rels and rel <= self._rels[-1]:
+            self.sorted_by_key = False
         self._rels.append(rel)
         self._sizes.append(size)
+        mtime, ctime, inode = (stat[1], stat[2], stat[3]) if stat is not None else (-1, 0, 0)
+        self._mtimes.append(mtime)
+        self._ctimes.append(ctime)
+        self._inodes.append(inode)
 
     def __len__(self) -> int:
         return len(self._rels)
 
     def _item(self, i: int) -> UploadItem:
         path = self._paths.get(i) or self._root / self._rels[i]
-        return UploadItem(local_path=path, key=self._prefix + self._rels[i], size=self._sizes[i],
-                          content_type=content_type_for(path))
+        size, mtime = self._sizes[i], self._mtimes[i]
+        return UploadItem(local_path=path, key=self._prefix + self._rels[i], size=size,
+                          content_type=content_type_for(self._rels[i]),
+                          stat=(size, mtime, self._ctimes[i], self._inodes[i]) if mtime >= 0 else None)
 
     @overload
     def __getitem__(self, i: int) -> UploadItem: ...
@@ -133,6 +166,10 @@ class ItemTable(Sequence[UploadItem]):
     def __iter__(self) -> Iterator[UploadItem]:
         for i in range(len(self._rels)):
             yield self._item(i)
+
+    def rels(self) -> Iterator[str]:
+        """The relpaths (keys without the prefix), in order."""
+        return iter(self._rels)
 
     def keys(self) -> Iterator[str]:
         """The keys, in order, without making the items."""
@@ -183,6 +220,7 @@ class UploadReport:
     #: Keys that failed because the store could not be reached (logged as one line, not one each).
     unreachable: List[str] = field(default_factory=list)
     not_attempted: int = 0  # files never tried because the run stopped early
+    manifest_entries: int = 0  # files recorded in the new upload manifest
 
     @property
     def ok(self) -> bool:
@@ -243,7 +281,10 @@ def key_problem(key: str) -> Optional[str]:
         return "leading '/'"
     if "\x00" in key:
         return "NUL byte"
-    if any(unicodedata.category(ch) == "Cc" for ch in key):
+    # isprintable() is False for every control character (and some others, which take the exact
+    # check): one C call instead of a unicodedata lookup per character (0.26 ms a key, 14% of an
+    # upload's main-thread CPU on 2,201 files).
+    if not key.isprintable() and any(unicodedata.category(ch) == "Cc" for ch in key):
         return "control character"
     if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
         return f"longer than {MAX_KEY_BYTES} bytes (UTF-8)"
@@ -366,10 +407,11 @@ def plan_upload(src_dir: os.PathLike | str, prefix: str = "", only_referenced_by
     src_lex = Path(os.path.abspath(src))  # lexical (symlinks kept)
     root = Path(ref_root) if ref_root is not None else (src / "raw" if (src / "raw").is_dir() else src)
     if only_referenced_by is None:
-        # Streamed: each file is stat'ed and packed as the walk finds it (no list of paths).
+        # Streamed: each file is packed with the walk's one stat as the walk finds it (no list of
+        # paths), in key order (what the LIST is merged with).
         walk = TreeWalk(root=src)
-        for rel, path in iter_tree(walk):
-            table.append_file(rel, path.stat().st_size, path)
+        for rel, _path, st in iter_tree_stat(walk, key_order=True):
+            table.append_file(rel, st.st_size, stat=stat_fields(st))
         walk.raise_problems()
         plan.skipped_hidden = len(walk.hidden)
         plan.skipped_special = walk.special
@@ -382,7 +424,14 @@ def plan_upload(src_dir: os.PathLike | str, prefix: str = "", only_referenced_by
             except StorageError as exc:
                 logger.warning("%s; its references are not checked (uploaded as a plain file)", exc)
                 references = []
+            root_rel = _under(root, src_lex)
             for rel in references:
+                if root_rel is not None:
+                    try:
+                        if root_rel + check_relpath(rel) in planned:
+                            continue  # the common case, with no stat: a planned file is a walked regular file
+                    except InvalidPathError:
+                        pass  # named by the checked way below
                 _, rel_key, problem = _resolve_reference(rel, root, src_lex, data_json, pre)
                 if problem:
                     plan.failed.append((rel_key, problem))
@@ -407,9 +456,21 @@ def plan_upload(src_dir: os.PathLike | str, prefix: str = "", only_referenced_by
             seen.add(rel_key)
             pairs.append((found, rel_key))
     validate_keys(pre + rel for _, rel in pairs)
+    pairs.sort(key=lambda pair: pair[1])  # key order, what the LIST is merged with
     for path, rel in pairs:
-        table.append_file(rel, path.stat().st_size, path)
+        st = path.stat()
+        table.append_file(rel, st.st_size, path, stat=stat_fields(st))
     return plan
+
+
+def _under(root: Path, src_lex: Path) -> Optional[str]:
+    """``root`` relative to ``src_lex`` as a key prefix ('' or 'raw/'), or None if it is not lexically
+    under it or involves a symlink (then references take the slow, checked way)."""
+    abs_root = Path(os.path.abspath(root))
+    if not abs_root.is_relative_to(src_lex) or abs_root.is_symlink():
+        return None
+    rel = _rel_key(abs_root, src_lex) if abs_root != src_lex else ""
+    return rel + "/" if rel else ""
 
 
 # -- hashing -----------------------------------------------------------------
@@ -458,8 +519,29 @@ def file_signature(path: Path) -> Signature:
     ctime cannot be set back by a writer (unlike mtime, e.g. ``rsync -t``), so a
     rewrite that keeps size and mtime is still seen.
     """
-    st = os.stat(path)
-    return hash((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    return hash(stat_fields(os.stat(path)))
+
+
+def _stat(path: Path) -> StatFields:
+    return stat_fields(os.stat(path))
+
+
+def _same_form(a: str, b: Optional[str]) -> bool:
+    """Whether two ETags are both single-part MD5s or both multipart (``-N``)."""
+    return ("-" in a) == ("-" in (b or ""))
+
+
+def _parts_match(etag: str, size: int, part_size: int) -> bool:
+    """Whether a multipart ETag has the part count ``part_size`` gives (always true for an MD5): what
+    :func:`local_etag_like` requires before it hashes, so the manifest decides as hashing would."""
+    if "-" not in etag:
+        return True
+    try:
+        parts = int(etag.rsplit("-", 1)[1])
+    except ValueError:
+        return False
+    part = effective_part_size(size, part_size)
+    return max(1, (size + part - 1) // part) == parts
 
 
 def is_unreachable(exc: BaseException) -> bool:
@@ -497,43 +579,368 @@ def unreachable_message(backend: S3Backend, exc: BaseException, what: str) -> st
 
 # -- listing -----------------------------------------------------------------
 def list_existing(backend: S3Backend, bucket: str, prefix: str = "") -> Dict[str, Tuple[int, Optional[str]]]:
-    """key -> (size, ETag without quotes) for every object under ``prefix``, from ONE paginated LIST."""
+    """key -> (size, ETag without quotes) for every object under ``prefix``, from ONE paginated LIST
+    (about 250 bytes a key: the upload itself streams it instead, see :func:`open_listing`)."""
+    return {key: (size, etag) for key, size, etag in _listed(backend, bucket, prefix)}
+
+
+def _listed(backend: S3Backend, bucket: str, prefix: str) -> Iterator[Listed]:
     pre = normalise_prefix(prefix)
-    uri = f"s3://{bucket}/{pre}"
-    return {pre + info.key: (info.size, info.etag) for info in backend.list(uri, recursive=True) if not info.is_dir}
+    for info in backend.list(f"s3://{bucket}/{pre}", recursive=True):
+        if not info.is_dir:
+            yield pre + info.key, info.size, info.etag
+
+
+#: A listing is read ahead by this many pages of this many keys (S3's page): bounded memory.
+LIST_CHUNK = 1000
+LIST_AHEAD = 8
+
+
+def open_listing(backend: S3Backend, bucket: str, prefix: str = "") -> Iterator[Listed]:
+    """The objects under ``prefix`` as ``(key, size, ETag)`` in key order, read by a background
+    thread at most :data:`LIST_AHEAD` pages ahead of the reader (the LIST overlaps the
+    upload's own work; memory stays at a few pages however many keys).
+
+    The first page is waited for here, so a missing bucket, bad credentials or a store that
+    does not answer raise from this call, before anything is uploaded. Closing the returned
+    iterator (or dropping it) stops the thread.
+    """
+    return _read_ahead(_listed(backend, bucket, prefix), LIST_CHUNK, LIST_AHEAD, "list")
+
+
+def _read_ahead(source: Iterator[T], chunk: int, ahead: int, name: str, wait_first: bool = True) -> Iterator[T]:
+    """``source`` read by a daemon thread in chunks, at most ``ahead`` chunks ahead; with ``wait_first``
+    the first chunk (or the error that ended it) is awaited before returning."""
+    chunks: queue.Queue[Tuple[str, Any]] = queue.Queue(maxsize=ahead)
+    closed = threading.Event()
+
+    def put(kind: str, value: Any) -> bool:
+        while not closed.is_set():
+            try:
+                chunks.put((kind, value), timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            buf: List[T] = []
+            for x in source:
+                buf.append(x)
+                if len(buf) >= chunk:
+                    if not put("items", buf):
+                        return
+                    buf = []
+            put("end", buf)
+        except BaseException as exc:  # noqa: BLE001 - handed to the reader, raised there
+            put("error", exc)
+
+    threading.Thread(target=produce, name=f"{name}-ahead", daemon=True).start()
+    first: Optional[Tuple[str, Any]] = None
+    if wait_first:
+        first = chunks.get()
+        if first[0] == "error":
+            closed.set()
+            raise first[1]
+
+    def rest(current: Optional[Tuple[str, Any]]) -> Iterator[T]:
+        try:
+            while True:
+                if current is None:
+                    current = chunks.get()
+                kind, value = current
+                if kind == "error":
+                    raise value
+                yield from value
+                if kind == "end":
+                    return
+                current = None
+        finally:
+            closed.set()
+
+    return rest(first)
+
+
+def _check_order(listing: Iterator[Listed]) -> Iterator[Listed]:
+    """``listing``, raising if the store did not list keys in order (the merge would see keys as missing)."""
+    previous: Optional[str] = None
+    try:
+        for entry in listing:
+            if previous is not None and entry[0] <= previous:
+                raise StorageError(f"the store listed {entry[0]!r} after {previous!r}: not in key order as S3 "
+                                   "lists, so the upload cannot merge it with the local files; report this store")
+            previous = entry[0]
+            yield entry
+    finally:
+        close = getattr(listing, "close", None)
+        if close is not None:
+            close()
+
+
+class Listing:
+    """What the store holds under a prefix, asked for keys in increasing order (the plan's order):
+    :meth:`find` moves forward through the LIST as it streams, nothing is kept behind."""
+
+    def find(self, key: str) -> Optional[Tuple[int, Optional[str]]]:
+        raise NotImplementedError
+
+    def peek(self) -> None:
+        """Read the first page now: a missing bucket or an unreachable store raises here."""
+
+    def close(self) -> None:
+        """Stop the read-ahead threads (the listing may be dropped half read)."""
+
+
+class _StreamListing(Listing):
+    """One key-ordered stream (one paginated LIST of the whole prefix, or a caller's stream)."""
+
+    def __init__(self, stream: Iterator[Listed]) -> None:
+        self._stream: Iterator[Listed] = _check_order(stream)
+        self._current: Optional[Listed] = None
+        self._started = False
+
+    def peek(self) -> None:
+        """Read the first entry now: a missing bucket or an unreachable store raises here."""
+        if not self._started:
+            self._current, self._started = next(self._stream, None), True
+
+    def find(self, key: str) -> Optional[Tuple[int, Optional[str]]]:
+        self.peek()
+        current = self._current
+        while current is not None and current[0] < key:
+            current = next(self._stream, None)
+        self._current = current
+        return (current[1], current[2]) if current is not None and current[0] == key else None
+
+    def close(self) -> None:
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            close()
+
+
+#: Parallel LIST: keys are listed per folder at this depth below the prefix (``raw/<shard>/``),
+#: at most :data:`LIST_PARALLEL` folders at once, each read ahead by 2 pages. One 1,000-key page
+#: takes ~0.2 s on the dev RGW under load: a 2,201-file BLIP3o tree (11 shards) lists in ~0.15 s
+#: instead of ~0.5 s serially.
+LIST_UNIT_DEPTH = 2
+LIST_PARALLEL = 8
+#: More folders than this (a folder per file?) list serially: the per-folder table would be large.
+MAX_LIST_UNITS = 10_000
+
+
+def _unit_of(rel: str) -> Tuple[str, bool]:
+    """The folder whose LIST holds ``rel``: ``('raw/s1/', True)`` (listed recursively) for a file at
+    least :data:`LIST_UNIT_DEPTH` folders deep, else its own folder, listed without subfolders."""
+    parts = rel.split("/", LIST_UNIT_DEPTH)
+    if len(parts) > LIST_UNIT_DEPTH:
+        return "/".join(parts[:LIST_UNIT_DEPTH]) + "/", True
+    return rel[: rel.rfind("/") + 1], False
+
+
+class _UnitListing(Listing):
+    """One LIST per folder (:func:`_unit_of`), several at once, each folder's keys in order. The
+    plan's keys of one folder come in increasing order, so each folder's stream only moves forward;
+    a folder's stream is closed after its last planned key."""
+
+    def __init__(self, backend: S3Backend, bucket: str, pre: str, units: Dict[Tuple[str, bool], str]) -> None:
+        self._backend, self._bucket, self._pre = backend, bucket, pre
+        self._last = units  # unit -> its last planned relpath
+        self._order = list(units)  # by first planned key
+        self._next = 0
+        self._open: Dict[Tuple[str, bool], _StreamListing] = {}
+
+    def _listed(self, unit: Tuple[str, bool]) -> Iterator[Listed]:
+        folder, recursive = unit
+        base = self._pre + folder
+        for info in self._backend.list(f"s3://{self._bucket}/{base}", recursive=recursive):
+            if not info.is_dir:
+                yield base + info.key, info.size, info.etag
+
+    def _stream(self, unit: Tuple[str, bool]) -> _StreamListing:
+        while unit not in self._open:
+            if self._next >= len(self._order):
+                raise StorageError(f"internal: LIST of {unit[0]!r} asked for after its last key")
+            opening = self._order[self._next]
+            self._next += 1
+            self._open[opening] = _StreamListing(_read_ahead(self._listed(opening), LIST_CHUNK, 2, "list",
+                                                             wait_first=False))
+        # Start the next folders' LISTs while this one is read.
+        while len(self._open) < LIST_PARALLEL and self._next < len(self._order):
+            ahead = self._order[self._next]
+            self._next += 1
+            self._open[ahead] = _StreamListing(_read_ahead(self._listed(ahead), LIST_CHUNK, 2, "list",
+                                                           wait_first=False))
+        return self._open[unit]
+
+    def peek(self) -> None:
+        if self._order:
+            self._stream(self._order[0]).peek()
+
+    def find(self, key: str) -> Optional[Tuple[int, Optional[str]]]:
+        if not key.startswith(self._pre):
+            return None
+        rel = key[len(self._pre):]
+        unit = _unit_of(rel)
+        if unit not in self._last:
+            return None
+        stream = self._stream(unit)
+        found = stream.find(key)
+        if rel == self._last[unit]:
+            stream.close()
+            del self._open[unit]
+        return found
+
+    def close(self) -> None:
+        for stream in self._open.values():
+            stream.close()
+        self._open.clear()
+
+
+def open_remote(backend: S3Backend, bucket: str, prefix: str = "",
+                items: Optional[Sequence[UploadItem]] = None) -> Listing:
+    """The store's objects under ``prefix`` for a merge with ``items`` (in key order): one LIST per
+    folder (:func:`_unit_of`) in parallel when a :func:`plan_upload` plan spans more than one
+    folder and page, else one paginated LIST. The first page is read here, so a missing bucket,
+    bad credentials or a store that does not answer raise from this call."""
+    pre = normalise_prefix(prefix)
+    listing: Optional[Listing] = None
+    if isinstance(items, ItemTable) and items.sorted_by_key and len(items) > LIST_CHUNK:
+        units: Dict[Tuple[str, bool], str] = {}
+        for rel in items.rels():
+            units[_unit_of(rel)] = rel  # insertion order: first planned key; value: the last one
+            if len(units) > MAX_LIST_UNITS:
+                break
+        if 1 < len(units) <= MAX_LIST_UNITS:
+            listing = _UnitListing(backend, bucket, pre, units)
+    if listing is None:
+        listing = _StreamListing(open_listing(backend, bucket, prefix))
+    try:
+        listing.peek()
+    except BaseException:
+        listing.close()
+        raise
+    return listing
+
+
+def _joined(items: Iterable[UploadItem], listing: Listing, known: Iterator[ManifestEntry],
+            pre: str) -> Iterator[Tuple[UploadItem, Optional[Tuple[int, Optional[str]]], Optional[ManifestEntry]]]:
+    """Each item with its listed (size, ETag) and manifest entry, if any: a merge in key order
+    (items and ``listing`` by key, ``known`` by relpath = key without ``pre``)."""
+    try:
+        entry = next(known, None)
+        cut = len(pre)
+        for item in items:
+            key = item.key
+            remote = listing.find(key)
+            mine = None
+            if key.startswith(pre):
+                rel = key[cut:]
+                while entry is not None and entry.rel < rel:
+                    entry = next(known, None)
+                if entry is not None and entry.rel == rel:
+                    mine = entry
+            yield item, remote, mine
+    finally:
+        listing.close()  # the listing's read-ahead threads stop
+        close = getattr(known, "close", None)
+        if close is not None:
+            close()  # the manifest's file is closed
+
+
+def _is_sorted(items: Sequence[UploadItem]) -> bool:
+    if isinstance(items, ItemTable):
+        return items.sorted_by_key
+    keys = (item.key for item in items)
+    previous = next(keys, None)
+    for key in keys:
+        if previous is None or key <= previous:
+            return False
+        previous = key
+    return True
+
+
+def _with_remote(items: Sequence[UploadItem], backend: S3Backend, bucket: str, prefix: str,
+                 remote: Optional[Remote], manifest: Optional[Iterator[ManifestEntry]]
+                 ) -> Iterator[Tuple[UploadItem, Optional[Tuple[int, Optional[str]]], Optional[ManifestEntry]]]:
+    """Items with what the store (and the manifest) say of them: streamed when the items are in key
+    order, by a dict lookup otherwise (a caller's own list in any order, or a dict it listed)."""
+    if not isinstance(remote, dict) and _is_sorted(items):
+        listing = (remote if isinstance(remote, Listing) else _StreamListing(remote) if remote is not None
+                   else open_remote(backend, bucket, prefix, items))
+        return _joined(items, listing, manifest if manifest is not None else iter(()), normalise_prefix(prefix))
+    table = remote if isinstance(remote, dict) else list_existing(backend, bucket, prefix)
+    return ((item, table.get(item.key), None) for item in items)
 
 
 # -- uploading ---------------------------------------------------------------
 class _Uploader:
     """Per-run state shared by the worker threads (one client, one stop flag)."""
 
-    def __init__(self, backend: S3Backend, bucket: str, existing: Dict[str, Tuple[int, Optional[str]]], *,
+    def __init__(self, backend: S3Backend, bucket: str, *,
                  multipart_threshold: int, part_size: int, dry_run: bool, progress: Optional[ProgressFn]) -> None:
         self.backend = backend
         self.bucket = bucket
-        self.existing = existing
         self.threshold = multipart_threshold
         self.part_size = part_size
         self.dry_run = dry_run
         self.progress = progress
         self.stop = threading.Event()
         self._progress_lock = threading.Lock()  # progress callbacks (tqdm.update) are not atomic
+        self._unreported = 0
+        self._reported_at = time.monotonic()
+        self.count_skipped = False  # progress counts skipped files' bytes too
 
     def _tick(self, n: int) -> None:
+        """Count ``n`` bytes done; the callback gets the sum at most every :data:`PROGRESS_EVERY` s."""
         if self.progress and n:
             with self._progress_lock:
-                self.progress(n)
+                self._unreported += n
+                now = time.monotonic()
+                if now - self._reported_at >= PROGRESS_EVERY:
+                    self.progress(self._unreported)
+                    self._unreported, self._reported_at = 0, now
 
-    def process(self, item: UploadItem) -> Tuple[str, str, Optional[Signature]]:
+    def flush_progress(self) -> None:
+        if self.progress:
+            with self._progress_lock:
+                if self._unreported:
+                    self.progress(self._unreported)
+                self._unreported = 0
+
+    def settled(self, item: UploadItem, remote: Optional[Tuple[int, Optional[str]]],
+                known: Optional[ManifestEntry]) -> Optional[Tuple[str, str, Optional[StatFields]]]:
+        """:meth:`process`'s answer when it needs no I/O: the key is listed with the size and the
+        ETag the manifest recorded for the file, whose planned stat is the recorded one. Run in the
+        calling thread: a no-op re-run of 2,201 files spent most of its wall time handing each file
+        to a worker thread and back on a loaded 2-core machine (wall 4x its CPU)."""
+        if (remote is None or known is None or item.stat is None or remote[0] != item.size
+                or known.stat != item.stat or known.etag != remote[1]
+                or not _parts_match(known.etag, item.size, self.part_size)):
+            return None
+        if self.count_skipped:
+            self._tick(item.size)
+        return "skipped", known.etag, item.stat
+
+    def process(self, item: UploadItem, remote: Optional[Tuple[int, Optional[str]]] = None,
+                known: Optional[ManifestEntry] = None) -> Tuple[str, str, Optional[StatFields]]:
         """Skip or upload one item; returns (outcome 'skipped'|'uploaded', local ETag, the file's
-        :func:`file_signature` when those bytes were read)."""
+        :func:`stat_fields` when those bytes were read). ``remote`` is the listed (size, ETag) of its
+        key, ``known`` the manifest's entry of its file: its ETag is used without reading the file
+        when the file's stat is still the recorded one."""
         if self.stop.is_set():
             raise _Cancelled()
-        remote = self.existing.get(item.key)
         if remote is not None and remote[0] == item.size:
-            before = file_signature(item.local_path)
-            local = local_etag_like(item.local_path, item.size, remote[1], self.part_size)
+            before = item.stat or _stat(item.local_path)
+            local: Optional[str] = None
+            if known is not None and known.stat == before and _same_form(known.etag, remote[1]) and (
+                    _parts_match(known.etag, item.size, self.part_size)):
+                local = known.etag  # unchanged since it was hashed: not read again
+            else:
+                local = local_etag_like(item.local_path, item.size, remote[1], self.part_size)
             if local is not None and local == remote[1]:
+                if self.count_skipped:
+                    self._tick(item.size)
                 return "skipped", remote[1], before  # the listing's string: no second copy per file
         if self.dry_run:
             self._tick(item.size)
@@ -541,15 +948,16 @@ class _Uploader:
         put = self._put_multipart if item.size > self.threshold else self._put_single
         uri = f"s3://{self.bucket}/{item.key}"
         for _attempt in range(CHANGED_FILE_RETRIES + 1):
-            before = file_signature(item.local_path)
+            # Stat'ed again, not the plan's stat: a file changed since the plan is sent once, not twice.
+            before = _stat(item.local_path)
             etag = put(item)
-            after = file_signature(item.local_path)
+            after = _stat(item.local_path)
             if after == before:
                 return "uploaded", etag, before
             # The object holds bytes read while the file was being written: a mix of versions
             # that may never have existed on disk (its ETag matches only what was sent).
             logger.warning("%s changed while it was being uploaded (size %d -> %d); sending it again",
-                           item.local_path, item.size, os.stat(item.local_path).st_size)
+                           item.local_path, item.size, after[0])
         try:
             self.backend.delete(uri)
         except StorageError as exc:
@@ -610,13 +1018,20 @@ class _Uploader:
 def upload_all(items: Sequence[UploadItem], backend: S3Backend, bucket: str, *, prefix: str = "", workers: int = 16,
                multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD, part_size: int = DEFAULT_PART_SIZE,
                dry_run: bool = False, progress: Optional[ProgressFn] = None,
-               existing: Optional[Dict[str, Tuple[int, Optional[str]]]] = None) -> UploadReport:
+               existing: Optional[Remote] = None, manifest: Optional[UploadManifest] = None,
+               checksum: bool = False, keep_etags: bool = True, count_skipped: bool = False) -> UploadReport:
     """Upload ``items`` to ``bucket`` with ``workers`` threads, skipping what is already there.
 
-    ``existing`` is the result of :func:`list_existing` (one LIST of ``prefix``
-    is made when it is None). ``progress(n)`` is called from worker threads
-    with uploaded byte counts. Per-file errors are collected in
-    ``report.failed``; listing errors (missing bucket, bad credentials) raise.
+    ``existing`` is what the store holds under ``prefix``: a :func:`list_existing` dict, an
+    :func:`open_listing` stream, or None for one LIST made here (streamed when ``items`` are in
+    key order, as :func:`plan_upload` makes them). With ``manifest`` a file whose stat is the
+    recorded one is not read to be compared (unless ``checksum``), and the manifest is replaced
+    by one recording every file that is now in the store (not with ``dry_run``).
+    ``keep_etags=False`` does not fill :attr:`UploadReport.etags`/``stats`` (a dict entry per file:
+    the CLI verifies with the manifest instead). ``progress(n)`` is called from worker threads
+    with uploaded byte counts (and skipped files' sizes with ``count_skipped``), batched per
+    :data:`PROGRESS_EVERY` s. Per-file errors are collected in ``report.failed``; listing errors
+    (missing bucket, bad credentials) raise.
     On Ctrl-C, queued files are cancelled, in-flight ones finish (a multipart
     upload stops at its next part and is aborted) and :class:`UploadInterrupted`
     carries the report so far.
@@ -633,18 +1048,25 @@ def upload_all(items: Sequence[UploadItem], backend: S3Backend, bucket: str, *, 
                        "pass max_pool_connections=%d", backend.settings.max_pool_connections, workers, workers)
     started = time.monotonic()
     report = UploadReport(files=len(items), dry_run=dry_run)
-    if existing is None:
-        existing = list_existing(backend, bucket, prefix)
-    uploader = _Uploader(backend, bucket, existing, multipart_threshold=multipart_threshold, part_size=part_size,
+    pre = normalise_prefix(prefix)
+    known = manifest.entries() if manifest is not None and not checksum else None
+    joined = _with_remote(items, backend, bucket, prefix, existing, known)
+    uploader = _Uploader(backend, bucket, multipart_threshold=multipart_threshold, part_size=part_size,
                          dry_run=dry_run, progress=progress)
+    uploader.count_skipped = count_skipped
+    writer = _open_writer(manifest) if manifest is not None and not dry_run and _is_sorted(items) else None
     backend.connect()  # build the shared client once, before the threads start
 
     down_after = max(STORE_DOWN_MIN, workers)
     streak: List[BaseException] = []  # failures in a row (in completion order) that got no answer
+    # Results wait here until every earlier item is done, then go to the manifest in key order.
+    finished: Dict[int, Optional[Tuple[str, str, StatFields]]] = {}
+    next_out = 0
 
-    def record(item: UploadItem, future: Future) -> None:
+    def record(index: int, item: UploadItem, future: Future) -> None:
+        finished[index] = None
         try:
-            outcome, etag, signature = future.result()
+            outcome, etag, stat = future.result()
         except _Cancelled:
             return
         except Exception as exc:  # noqa: BLE001 - one file's failure must not stop the others
@@ -661,10 +1083,13 @@ def upload_all(items: Sequence[UploadItem], backend: S3Backend, bucket: str, *, 
                 streak.clear()  # the server answered
             return
         streak.clear()
-        if etag:
-            report.etags[item.key] = etag
-        if signature is not None:
-            report.stats[item.key] = signature
+        if keep_etags:
+            if etag:
+                report.etags[item.key] = etag
+            if stat is not None:
+                report.stats[item.key] = hash(stat)
+        if etag and stat is not None and item.key.startswith(pre):
+            finished[index] = (item.key[len(pre):], etag, stat)
         if outcome == "skipped":
             report.skipped += 1
             report.skipped_bytes += item.size
@@ -672,43 +1097,95 @@ def upload_all(items: Sequence[UploadItem], backend: S3Backend, bucket: str, *, 
             report.uploaded += 1
             report.bytes += item.size
 
-    # A bounded window of futures: memory stays flat for 60k files, wait() stays O(window),
-    # and Ctrl-C has little queued work to cancel.
+    def write_done() -> None:
+        nonlocal next_out
+        while next_out in finished:
+            done = finished.pop(next_out)
+            next_out += 1
+            if done is not None and writer is not None:
+                writer.add(done[0], done[2], done[1])
+
+    # A bounded window of futures: memory stays flat for 1,000,000 files, wait() stays O(window),
+    # and Ctrl-C has little queued work to cancel. Results held for the in-order manifest are
+    # bounded too: no item is started more than ``ahead`` after the oldest one not finished.
     window = workers * 4
-    queue = iter(items)
-    inflight: Dict[Future, UploadItem] = {}
+    ahead = max(window * 16, 1024)
+    queue_ = enumerate(joined)
+    inflight: Dict[Future, Tuple[int, UploadItem]] = {}
+    submitted = 0
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload")
+    ok = False
     try:
         while True:
-            while len(inflight) < window and report.store_down is None:
-                item = next(queue, None)
-                if item is None:
+            while (len(inflight) < window and submitted - next_out < ahead and report.store_down is None):
+                nxt = next(queue_, None)
+                if nxt is None:
                     break
-                inflight[pool.submit(uploader.process, item)] = item
+                index, (item, remote, mine) = nxt
+                submitted += 1
+                settled = uploader.settled(item, remote, mine)
+                if settled is not None:  # nothing to read or send: decided here, no thread hand-off
+                    done_now: Future = Future()
+                    done_now.set_result(settled)
+                    record(index, item, done_now)
+                    write_done()
+                    continue
+                inflight[pool.submit(uploader.process, item, remote, mine)] = (index, item)
             if not inflight:
                 break
             done, _ = wait(inflight, timeout=1.0, return_when=FIRST_COMPLETED)
             for future in done:
-                record(inflight.pop(future), future)
+                record(*inflight.pop(future), future)
+            write_done()
+        ok = True
     except KeyboardInterrupt:
         uploader.stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
-        for future, item in inflight.items():  # what finished while we waited for in-flight files
+        for future, (index, item) in inflight.items():  # what finished while we waited for in-flight files
             if future.done() and not future.cancelled():
-                record(item, future)
+                record(index, item, future)
+        write_done()
         report.interrupted = True
         report.seconds = time.monotonic() - started
+        ok = True  # what finished in order is recorded: the re-run hashes only the rest
         raise UploadInterrupted(report) from None
     finally:
         pool.shutdown(wait=True)
+        uploader.flush_progress()
+        closer = getattr(joined, "close", None)
+        if closer is not None:
+            closer()  # stops the listing's read-ahead thread
+        if writer is not None:
+            _close_writer(writer, ok)
     if report.store_down is not None:
         report.not_attempted = report.files - report.uploaded - report.skipped - len(report.failed)
     report.seconds = time.monotonic() - started
+    report.manifest_entries = writer.count if writer is not None and ok else 0
     return report
 
 
-def _in_order(pool: ThreadPoolExecutor, fn: Callable[[UploadItem], Tuple[str, Optional[str]]],
-              items: Iterable[UploadItem], window: int) -> Iterator[Tuple[UploadItem, Future]]:
+def _open_writer(manifest: UploadManifest) -> Optional[ManifestWriter]:
+    try:
+        return manifest.writer()
+    except OSError as exc:
+        logger.warning("cannot write the upload manifest in %s (%s): the next run hashes every file again",
+                       manifest.path.parent, exc.strerror or exc)
+        return None
+
+
+def _close_writer(writer: ManifestWriter, commit: bool) -> None:
+    if not commit:
+        writer.discard()
+        return
+    try:
+        writer.commit()
+    except OSError as exc:
+        logger.warning("cannot write the upload manifest %s (%s): the next run hashes every file again",
+                       writer.manifest.path, exc.strerror or exc)
+
+
+def _in_order(pool: ThreadPoolExecutor, fn: Callable[[T], Tuple[str, Optional[str]]],
+              items: Iterable[T], window: int) -> Iterator[Tuple[T, Future]]:
     """``(item, pool.submit(fn, item))`` in order, with at most ``window`` submitted and not yet
     handed out: memory stays flat however many items (a future for each of 1,000,000 items is
     about 1 GB)."""
@@ -786,9 +1263,16 @@ def part_size_guesses(size: int, parts: int) -> List[int]:
 def verify(items: Iterable[UploadItem], backend: S3Backend, bucket: str, prefix: str = "", *,
            part_size: int = DEFAULT_PART_SIZE, workers: int = 8,
            known_etags: Optional[Dict[str, str]] = None,
-           remote: Optional[Dict[str, Tuple[int, Optional[str]]]] = None,
-           known_stats: Optional[Dict[str, Signature]] = None) -> VerifyReport:
+           remote: Optional[Remote] = None,
+           known_stats: Optional[Dict[str, Signature]] = None,
+           manifest: Optional[UploadManifest] = None, in_key_order: Optional[bool] = None) -> VerifyReport:
     """Check every item against ONE LIST of ``prefix``: present, same size, same ETag.
+
+    Items in key order (a :func:`plan_upload` plan, or any iterable the caller marks so with
+    ``in_key_order=True``) are merged with the listing as it streams (memory does not grow
+    with the file count); other items are looked up in a dict of the listing. With
+    ``manifest`` (the one :func:`upload_all` just wrote) a file whose stat is the recorded one
+    is not hashed again.
 
     ``known_etags`` (from :attr:`UploadReport.etags`) saves re-hashing files
     whose ETag form (single/multipart) matches the remote one; with
@@ -802,10 +1286,23 @@ def verify(items: Iterable[UploadItem], backend: S3Backend, bucket: str, prefix:
     too: ``--verify-only`` without the upload's ``--part-size-mb`` must not
     call an intact object mismatched.
     """
-    if remote is None:
-        remote = list_existing(backend, bucket, prefix)
     report = VerifyReport()
     known = known_etags or {}
+    if in_key_order is None:
+        in_key_order = isinstance(items, Sequence) and _is_sorted(items)
+    streamed = in_key_order and not isinstance(remote, dict)
+    if streamed:
+        entries = manifest.entries() if manifest is not None else iter(())
+        if isinstance(remote, Listing):
+            listing = remote
+        elif remote is not None and not isinstance(remote, dict):
+            listing = _StreamListing(remote)
+        else:
+            listing = open_remote(backend, bucket, prefix, items if isinstance(items, Sequence) else None)
+        joined = _joined(items, listing, entries, normalise_prefix(prefix))
+    else:
+        table = remote if isinstance(remote, dict) else list_existing(backend, bucket, prefix)
+        joined = ((item, table.get(item.key), None) for item in items)
 
     def check_part_sizes(item: UploadItem, etag: str, local: Optional[str]) -> Tuple[str, Optional[str]]:
         """A multipart ETag ``part_size`` does not give: try the object's own part size."""
@@ -831,8 +1328,9 @@ def verify(items: Iterable[UploadItem], backend: S3Backend, bucket: str, prefix:
                               f"any whole-MiB part size giving {parts} parts; if it was uploaded with another "
                               "part size, pass that --part-size-mb")
 
-    def check(item: UploadItem) -> Tuple[str, Optional[str]]:
-        entry = remote.get(item.key)
+    def check(joined_item: Tuple[UploadItem, Optional[Tuple[int, Optional[str]]], Optional[ManifestEntry]]
+              ) -> Tuple[str, Optional[str]]:
+        item, entry, recorded = joined_item
         if entry is None:
             return "missing", None
         size, etag = entry
@@ -842,6 +1340,8 @@ def verify(items: Iterable[UploadItem], backend: S3Backend, bucket: str, prefix:
         if local is not None and known_stats is not None and (
                 known_stats.get(item.key) != file_signature(item.local_path)):
             local = None  # changed since it was hashed
+        if local is None and recorded is not None and recorded.stat == _stat(item.local_path):
+            local = recorded.etag  # the bytes uploaded, and the file has not changed since
         if local is None or ("-" in local) != ("-" in (etag or "")):
             local = local_etag_like(item.local_path, item.size, etag, part_size)
         if local == etag:
@@ -851,7 +1351,7 @@ def verify(items: Iterable[UploadItem], backend: S3Backend, bucket: str, prefix:
         return "mismatched", f"ETag {etag} in bucket != {local} local"
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="verify") as pool:
-        for item, future in _in_order(pool, check, items, window=max(1, workers) * 4):
+        for (item, _, _), future in _in_order(pool, check, joined, window=max(1, workers) * 4):
             try:
                 outcome, reason = future.result()
             except OSError as exc:
@@ -864,3 +1364,8 @@ def verify(items: Iterable[UploadItem], backend: S3Backend, bucket: str, prefix:
             else:
                 report.mismatched.append((item.key, reason or ""))
     return report
+
+
+def empty_listing() -> Listing:
+    """A listing of nothing (a bucket that does not exist yet, for ``--dry-run --create-bucket``)."""
+    return _StreamListing(iter(()))

@@ -23,10 +23,17 @@ from blip3o_storage.testing.data import local_files, make_dataset, make_shard_ta
 from blip3o_storage.testing.endpoints import S3Endpoint, new_bucket
 from blip3o_storage.testing.paths import REPO_ROOT
 from blip3o_storage.testing.tools import MAKE_DATA_JSON, UPLOAD, UPLOAD_SHARDS, remote, run_cli, summary
+from blip3o_storage.transfer.manifest import ENV_DIR
 from blip3o_storage.transfer.safe_tar import extract_shard
 from blip3o_storage.transfer.upload import list_existing, multipart_etag, plan_upload, upload_all, validate_keys, verify
 
 WRITES = ("PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload")
+
+
+@pytest.fixture(autouse=True)
+def _manifests_in_tmp(tmp_path, monkeypatch):
+    """The CLI's upload manifests go to the test's folder (the subprocess inherits it), not ~/.cache."""
+    monkeypatch.setenv(ENV_DIR, str(tmp_path / "upload-manifests"))
 
 
 def count_requests(storage: Storage, bucket_uri: str) -> Counter:
