@@ -15,7 +15,7 @@ A ``ceph_config`` is what OpenUni passes next to ``ceph_folder``. It may be
   plus optional per-cluster keys of ours: ``region``, ``addressing_style``,
   ``verify_ssl``, ``ca_bundle``, ``max_pool_connections``, ``retry_mode``,
   ``max_attempts``, ``connect_timeout``, ``read_timeout``, ``deadline``, ``profile``,
-  ``fast_path`` (object GET/PUT over signed urllib3, default on for path-style endpoints),
+  ``fast_path`` (object GET/PUT over storage/http1.py, signed by storage/sigv4.py; default on for path-style endpoints),
   and for large objects ``multipart_threshold``, ``multipart_chunksize`` (bytes, or sizes like
   ``64MB``/``16MiB``, binary as in the AWS CLI) and ``max_concurrency``.
   The closed petrel client's own keys (``enable_mc``, ``boto``, the log and
