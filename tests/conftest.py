@@ -8,12 +8,21 @@ Helpers live in :mod:`blip3o_storage.testing` (no test module imports another).
 """
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
 
 from blip3o_storage.testing.shards import Shards, make_shards
 from blip3o_storage.testing.tiny import TinyData, make_tiny_data
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A suite started in the background by a non-interactive shell (``make test &``, nohup) has
+    SIGINT ignored, and every tool it spawns inherits that: the Ctrl-C tests then see a child
+    that never stops (exit 0). A Python handler is reset at exec, so children start with Ctrl-C on."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
