@@ -190,6 +190,8 @@ class PeerBench:
         self.storage = ep.storage()
         self.bucket = args.bucket
         self.run_id = f"peers-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        #: Prefixes prepare_reads uploaded, for cleanup_loader.
+        self._read_prefixes: list[str] = []
         self.server_pids = server_pids(args, ep)
         n_get = len(images)
         self.upload = Measure(f"upload {n_files:,} files ({n_bytes / 1e6:.0f} MB)", "files/s", True, RATIO_TARGET)
@@ -342,8 +344,10 @@ class PeerBench:
         try:
             if "loader" in groups and self.args.loader_workers or ("get" in groups and "upload" not in groups):
                 note(f"== read rows: upload the tree to s3://{self.bucket}/{self.loader_prefix} (untimed)")
+                self._read_prefixes = [self.loader_prefix]
                 run_command(self.up, PROJECT, project_upload(self.up, self.src, self.bucket, self.loader_prefix))
             if "loader" in groups and self.args.loader_workers:
+                self._read_prefixes.append(f"{self.run_id}/shards/")
                 self.prepare_loader(work, work / "tars")
         except (CommandFailed, OSError) as exc:
             note(f"== preparing the read rows failed: {exc}")
@@ -351,8 +355,12 @@ class PeerBench:
         return ""
 
     def cleanup_loader(self) -> None:
-        """Remove what prepare_reads uploaded (a failure is reported, the table still prints)."""
-        for prefix in (self.loader_prefix, f"{self.run_id}/shards/"):
+        """Remove what prepare_reads uploaded (a failure is reported, the table still prints).
+
+        Only what was uploaded, once: with ``--rows upload,get`` nothing was, and the bucket
+        may already be gone when the exit stack calls this a second time."""
+        prefixes, self._read_prefixes = self._read_prefixes, []
+        for prefix in prefixes:
             try:
                 removed = delete_prefix(self.storage, self.bucket, prefix)
             except Exception as exc:  # noqa: BLE001 - cleanup only
