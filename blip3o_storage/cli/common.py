@@ -34,6 +34,7 @@ import re
 import signal
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from blip3o_storage.errors import (
     AccessDeniedError,
@@ -233,12 +234,16 @@ def list_target(backend: S3Backend, args: argparse.Namespace, prefix: str) -> di
 
 def verify_after_upload(log: logging.Logger, items: Iterable[UploadItem], backend: S3Backend,
                         args: argparse.Namespace, prefix: str, *, part_size: int,
-                        known_etags: dict[str, str], known_stats: dict[str, Signature] | None = None) -> bool:
+                        known_etags: dict[str, str] | None = None, known_stats: dict[str, Signature] | None = None,
+                        open_listing: Callable[[], Any] | None = None, **options: Any) -> bool:
     """One more LIST: every item present with its size and ETag. Logs problems, prints the
-    summary; True if all passed."""
+    summary; True if all passed. ``open_listing`` makes verify's streamed listing (opened inside
+    the same store-unreachable handling); ``options`` go to :func:`verify` as they are."""
     try:
+        if open_listing is not None:
+            options["remote"] = open_listing()
         check = verify(items, backend, args.bucket, prefix, part_size=part_size, workers=args.workers,
-                       known_etags=known_etags, known_stats=known_stats)
+                       known_etags=known_etags, known_stats=known_stats, **options)
     except TransientStorageError as exc:
         if is_unreachable(exc):
             raise TransientStorageError(unreachable_message(backend, exc, "the verification failed")) from exc

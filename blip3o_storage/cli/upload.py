@@ -59,6 +59,7 @@ from blip3o_storage.cli.common import (
     parser_from_doc,
     report_verify,
     run_cli,
+    verify_after_upload,
 )
 from blip3o_storage.errors import (
     BucketNotFoundError,
@@ -221,19 +222,12 @@ def run(args: argparse.Namespace) -> int:
         return status
     failed = {key for key, _ in report.failed}
     uploaded_ok = (i for i in plan.items if i.key not in failed)  # made as verify goes: no list of items
-    try:
-        # The manifest just written holds the ETag of every file sent or found: nothing is hashed again
-        # unless it changed since.
-        check = verify(uploaded_ok, backend, args.bucket, prefix, part_size=part_size, workers=args.workers,
-                       manifest=manifest, in_key_order=plan_in_key_order(plan),
-                       remote=open_remote(backend, args.bucket, prefix, plan.items))
-    except TransientStorageError as exc:
-        if is_unreachable(exc):
-            raise TransientStorageError(unreachable_message(backend, exc, "the verification failed")) from exc
-        raise
-    report_verify(log, check, "after upload")
-    print(check.summary(), flush=True)
-    return status if check.passed else EXIT_FAILED
+    # The manifest just written holds the ETag of every file sent or found: nothing is hashed again
+    # unless it changed since.
+    passed = verify_after_upload(log, uploaded_ok, backend, args, prefix, part_size=part_size, manifest=manifest,
+                                 in_key_order=plan_in_key_order(plan),
+                                 open_listing=lambda: open_remote(backend, args.bucket, prefix, plan.items))
+    return status if passed else EXIT_FAILED
 
 
 def plan_in_key_order(plan: UploadPlan) -> bool:
