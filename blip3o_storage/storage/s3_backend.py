@@ -269,7 +269,7 @@ class S3Backend(ProcessLocal, StorageBackend):
         self._session: Any = None
         self._client: Any = None
         self._http: Optional[SignedHTTP] = None
-        #: The pid that built ``_client`` (None until this process builds one).
+        #: The pid that built this process's Session (and so its client and signed-HTTP path; None until then).
         self._client_pid: Optional[int] = None
         #: Threads for the parts of large transfers; made on first use, per process (never crosses a fork).
         self._pool: Optional[ThreadPoolExecutor] = None
