@@ -76,3 +76,14 @@ def caption_tree(root: Path, captions: dict[str, Any], *, suffix: str = ".txt",
         entries.append(entry)
     (root / "data.json").write_text(json.dumps(entries), encoding="utf-8")
     return root / "data.json"
+
+
+def many_small_files(root: Path, n: int) -> Path:
+    """``n`` tiny caption files under ``root/raw/sNNN/`` in folders of 1,000 (the layout the
+    bounded-memory tests of the upload tool walk); returns ``root``."""
+    for i in range(n):
+        folder = root / "raw" / f"s{i // 1000:03d}"
+        if i % 1000 == 0:
+            folder.mkdir(parents=True)
+        (folder / f"{i:07d}.txt").write_bytes(b"caption %d" % i)
+    return root

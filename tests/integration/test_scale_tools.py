@@ -15,6 +15,7 @@ from typing import Callable, Optional, TypeVar
 import pytest
 
 from blip3o_storage import Storage
+from blip3o_storage.testing.data import many_small_files
 from blip3o_storage.testing.endpoints import S3Endpoint, new_bucket
 from blip3o_storage.transfer.upload import plan_upload, verify
 
@@ -24,13 +25,7 @@ T = TypeVar("T")
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("scale") / "src"
-    for i in range(N):
-        folder = root / "raw" / f"s{i // 1000:03d}"
-        if i % 1000 == 0:
-            folder.mkdir(parents=True)
-        (folder / f"{i:07d}.txt").write_bytes(b"caption %d" % i)
-    return root
+    return many_small_files(tmp_path_factory.mktemp("scale") / "src", N)
 
 
 def _peak(fn: Callable[[], T]) -> tuple[T, int]:

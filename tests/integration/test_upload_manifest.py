@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from blip3o_storage.testing.data import local_files, make_dataset
+from blip3o_storage.testing.data import local_files, make_dataset, many_small_files
 from blip3o_storage.testing.endpoints import S3Endpoint
 from blip3o_storage.testing.tools import remote, run_cli, summary
 from blip3o_storage.transfer.manifest import ENV_DIR, UploadManifest
@@ -175,19 +175,10 @@ print(json.dumps([first.skipped, again.skipped, first.manifest_entries, check.ok
 """
 
 
-def _tree(root: Path, n: int) -> Path:
-    for i in range(n):
-        folder = root / "raw" / f"s{i // 1000:03d}"
-        if i % 1000 == 0:
-            folder.mkdir(parents=True)
-        (folder / f"{i:07d}.txt").write_bytes(b"caption %d" % i)
-    return root
-
-
 def test_noop_rerun_memory_does_not_grow_with_the_file_count(tmp_path, moto_endpoint: S3Endpoint) -> None:
     peaks = {}
     for n in (N_SMALL, N_LARGE):
-        src = _tree(tmp_path / f"src{n}", n)
+        src = many_small_files(tmp_path / f"src{n}", n)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         out = subprocess.run([sys.executable, "-c", _NOOP_PEAK, str(src), str(tmp_path / f"m{n}"),
                               moto_endpoint.endpoint_url], check=True, capture_output=True, text=True, env=env,
