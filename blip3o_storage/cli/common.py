@@ -29,11 +29,12 @@ Every message goes to the calling tool's logger, so log lines keep its name.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import re
 import signal
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from blip3o_storage.errors import (
@@ -76,6 +77,30 @@ USAGE_ERRORS: tuple[type[StorageError], ...] = (ConfigError, InvalidPathError, A
 
 
 INTERRUPTED_MESSAGE = "interrupted; re-run the same command to finish"
+
+
+class _Uncounted:
+    """What :func:`progress_bar` gives where tqdm would show nothing: ``update`` and ``close`` do nothing."""
+
+    def update(self, n: float = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def progress_bar(**options: Any) -> Iterator[Any]:
+    """A tqdm bar (``options`` as tqdm's) with log lines printed above it; on a stderr that is
+    not a terminal, where tqdm's ``disable=None`` shows nothing, a bar that does nothing, without
+    importing tqdm (~60 ms: 7% of a no-op ``tools/upload.py`` run of 6,600 files)."""
+    if options.get("disable", False) is None and not sys.stderr.isatty():
+        yield _Uncounted()
+        return
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+    with logging_redirect_tqdm(), tqdm(**options) as bar:
+        yield bar
 
 
 # -- exit statuses -----------------------------------------------------------

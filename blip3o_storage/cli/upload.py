@@ -44,9 +44,6 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
-
 from blip3o_storage.cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -57,6 +54,7 @@ from blip3o_storage.cli.common import (
     create_bucket,
     log_failures,
     parser_from_doc,
+    progress_bar,
     report_verify,
     run_cli,
     verify_after_upload,
@@ -183,8 +181,8 @@ def run(args: argparse.Namespace) -> int:
 
     # The bar counts every planned byte: sent, or found in the bucket already (the listing is
     # merged with the plan as the upload goes, so what needs sending is not known up front).
-    with logging_redirect_tqdm(), tqdm(total=plan.total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
-                                       desc="dry run" if args.dry_run else "upload", disable=None) as bar:
+    with progress_bar(total=plan.total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
+                      desc="dry run" if args.dry_run else "upload", disable=None) as bar:
         try:
             report = upload_all(plan.items, backend, args.bucket, prefix=prefix, workers=args.workers,
                                 multipart_threshold=int(args.multipart_threshold_mb * MiB), part_size=part_size,

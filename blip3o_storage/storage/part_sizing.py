@@ -11,11 +11,10 @@ until the object fits in 10,000 parts, then kept within 5 MiB..5 GiB.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
-from typing import Iterable, List, Tuple, Union
-
-from s3transfer.utils import ChunksizeAdjuster
+from typing import Any, Iterable, List, Tuple, Union
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -25,14 +24,19 @@ MAX_PART_SIZE = 5 * GiB  # S3's maximum part size
 MAX_PARTS = 10_000  # S3's maximum number of parts
 MAX_SINGLE_PUT = 5 * GiB  # S3's (and RGW's default rgw_max_put_size) limit of one PutObject / CopyObject
 
-_PART_SIZER = ChunksizeAdjuster(max_size=MAX_PART_SIZE, min_size=MIN_PART_SIZE, max_parts=MAX_PARTS)
+@functools.cache
+def _part_sizer() -> Any:
+    """s3transfer's sizer, imported on first use: ``s3transfer.utils`` pulls in botocore
+    (~0.18 s), which a command-line upload of small files otherwise never loads."""
+    from s3transfer.utils import ChunksizeAdjuster
+    return ChunksizeAdjuster(max_size=MAX_PART_SIZE, min_size=MIN_PART_SIZE, max_parts=MAX_PARTS)
 
 
 def effective_part_size(size: int, part_size: int) -> int:
     """The part size actually used for ``size`` bytes, by s3transfer's ``ChunksizeAdjuster``:
     ``part_size`` doubled until there are at most 10,000 parts, then kept within S3's
     5 MiB..5 GiB. Upload and verify both size parts here, so their ETags agree."""
-    return int(_PART_SIZER.adjust_chunksize(part_size, size))
+    return int(_part_sizer().adjust_chunksize(part_size, size))
 
 
 def part_ranges(size: int, part_size: int) -> List[Tuple[int, int]]:

@@ -21,13 +21,14 @@ attempt had been progressing; our objects and upload parts are small enough
 """
 from __future__ import annotations
 
-import http.client
 import logging
 import random
 import ssl
+import sys
 import threading
 import time
 from contextlib import contextmanager
+from types import ModuleType
 from typing import Any, Callable, Iterator, Optional, Set, TypeVar
 
 from botocore.exceptions import (
@@ -40,10 +41,6 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.exceptions import SSLError as BotoSSLError
-from urllib3.exceptions import ConnectTimeoutError, IncompleteRead, NewConnectionError, ProtocolError
-from urllib3.exceptions import HTTPError as Urllib3HTTPError
-from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeout
-from urllib3.exceptions import SSLError as Urllib3SSLError
 
 from blip3o_storage.storage.http1 import TransportError
 from blip3o_storage.storage.stats import Counters
@@ -78,13 +75,20 @@ class RetryStats(Counters):
         self.tally("by_reason", reason)
 
 
+def _urllib3_errors() -> Optional[ModuleType]:
+    """urllib3's exception module if urllib3 is loaded, else None: then no urllib3 exception can
+    exist, and a command-line upload (which never loads it: its requests go through
+    :mod:`~blip3o_storage.storage.http1`) does not pay ~0.1 s to import it for these checks."""
+    return sys.modules.get("urllib3.exceptions")
+
+
 def tls_verify_failure(exc: BaseException) -> Optional[str]:
     """Why the server's TLS certificate was rejected (e.g. 'certificate verify failed:
     self-signed certificate'), or None if ``exc`` is not such a failure. It is final:
     every retry gets the same certificate."""
     if isinstance(exc, BotoSSLError):
         text = str(exc.kwargs.get("error", exc))
-    elif isinstance(exc, (Urllib3SSLError, ssl.SSLError)):  # the signed-HTTP path (http1: the stdlib's)
+    elif isinstance(exc, ssl.SSLError) or _is_urllib3(exc, "SSLError"):  # http1 raises the stdlib's
         text = str(exc)
     else:
         return None
@@ -113,8 +117,9 @@ def retry_reason(exc: BaseException) -> Optional[str]:
         return "connection"
     if isinstance(exc, (ConnectionResetError, BrokenPipeError, TimeoutError)):
         return "connection-reset"
-    if isinstance(exc, Urllib3HTTPError):
-        return _urllib3_reason(exc)
+    urllib3_errors = _urllib3_errors()
+    if urllib3_errors is not None and isinstance(exc, urllib3_errors.HTTPError):
+        return _urllib3_reason(exc, urllib3_errors)
     if isinstance(exc, BotoCoreError) and "Connection" in type(exc).__name__:
         return "connection"
     return None
@@ -127,14 +132,20 @@ def _error_reason(code: str, status: Any, statuses: Set[int]) -> Optional[str]:
     return None
 
 
-def _urllib3_reason(exc: Urllib3HTTPError) -> str:
-    """Name a urllib3 failure (the signed-HTTP path) as botocore's would be named."""
-    if isinstance(exc, (Urllib3ReadTimeout)):
+def _is_urllib3(exc: BaseException, name: str) -> bool:
+    errors = _urllib3_errors()
+    return errors is not None and isinstance(exc, getattr(errors, name))
+
+
+def _urllib3_reason(exc: BaseException, errors: ModuleType) -> str:
+    """Name a urllib3 failure (raised through botocore's transport) as botocore's would be named."""
+    import http.client  # loaded with urllib3 already
+    if isinstance(exc, errors.ReadTimeoutError):
         return "read-timeout"
-    if isinstance(exc, (NewConnectionError, ConnectTimeoutError)):
+    if isinstance(exc, (errors.NewConnectionError, errors.ConnectTimeoutError)):
         return "connection"
-    causes = [exc, *exc.args] if isinstance(exc, ProtocolError) else [exc]
-    if any(isinstance(c, (IncompleteRead, http.client.IncompleteRead)) for c in causes):
+    causes = [exc, *exc.args] if isinstance(exc, errors.ProtocolError) else [exc]
+    if any(isinstance(c, (errors.IncompleteRead, http.client.IncompleteRead)) for c in causes):
         return "truncated-body"
     if any(isinstance(c, (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected)) for c in causes):
         return "connection-reset"

@@ -23,6 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import (
+    TYPE_CHECKING,
     Any,
     BinaryIO,
     Callable,
@@ -30,6 +31,7 @@ from typing import (
     Iterator,
     List,
     Mapping,
+    NamedTuple,
     Optional,
     Sequence,
     Tuple,
@@ -39,10 +41,6 @@ from typing import (
 )
 from urllib.parse import urlsplit
 
-import boto3
-import botocore.session
-import botocore.utils
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, IncompleteReadError, NoCredentialsError
 
 from blip3o_storage.errors import (
@@ -57,6 +55,7 @@ from blip3o_storage.errors import (
 from blip3o_storage.storage import s3_transfers
 from blip3o_storage.storage.backend import ObjectInfo, StorageBackend
 from blip3o_storage.storage.config import S3Settings
+from blip3o_storage.storage.list_xml import ListPage
 from blip3o_storage.storage.multipart_writer import MultipartWriter
 from blip3o_storage.storage.parallel import new_pool
 from blip3o_storage.storage.part_sizing import MAX_SINGLE_PUT
@@ -74,6 +73,9 @@ from blip3o_storage.storage.retry import (
 from blip3o_storage.storage.signed_http import SignedHTTP, UnexpectedResponse, range_problem
 from blip3o_storage.storage.uri import StorageURI, parse_uri
 
+if TYPE_CHECKING:
+    from botocore.config import Config
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -89,6 +91,7 @@ def botocore_config(settings: S3Settings) -> Config:
     boto3 >= 1.36 otherwise sends streaming-trailer checksums that Ceph RGW
     (over https) rejects with 411 MissingContentLength.
     """
+    from botocore.config import Config  # boto3 is imported when a client is built, not before
     extra: dict = {}
     if not settings.is_aws:
         extra = {"request_checksum_calculation": "when_required",
@@ -124,11 +127,14 @@ def parse_timestamp(value: Any) -> datetime.datetime:
             parsed = None
         if parsed is not None and parsed.tzinfo is not None:
             return parsed
+    import botocore.utils
     return botocore.utils.parse_timestamp(value)
 
 
 def make_session(settings: S3Settings) -> Any:
     """A boto3 Session of its own (sessions are not thread-safe, nor fork-safe)."""
+    import boto3.session
+    import botocore.session
     core = botocore.session.get_session()
     core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_timestamp)
     return boto3.session.Session(
@@ -147,6 +153,39 @@ def make_client(settings: S3Settings, session: Any = None) -> Any:
                             config=botocore_config(settings))
     install_deadline_hooks(client)  # its own retries stop at the calling operation's deadline
     return client
+
+
+class FrozenKeys(NamedTuple):
+    """The fields of botocore's ``ReadOnlyCredentials`` that a signer reads."""
+
+    access_key: str
+    secret_key: str
+    token: Optional[str]
+
+
+class StaticCredentials:
+    """Keys given in the config, in the shape of botocore credentials (``get_frozen_credentials``).
+
+    Why not a boto3 Session's: importing boto3 and botocore's session and building one costs
+    ~0.35 s, a third of a no-op ``tools/upload.py`` run, and keys given explicitly are what
+    such a Session would return anyway (explicit keys win over the whole chain)."""
+
+    def __init__(self, access_key: str, secret_key: str, token: Optional[str]) -> None:
+        self._frozen = FrozenKeys(access_key, secret_key, token)
+
+    def get_frozen_credentials(self) -> FrozenKeys:
+        return self._frozen
+
+    def __repr__(self) -> str:
+        return "StaticCredentials(<hidden>)"
+
+
+def static_credentials(settings: S3Settings) -> Optional[StaticCredentials]:
+    """The config's own keys, or None when credentials come from the boto3 chain (profiles,
+    environment, instance roles: those may refresh, so they stay botocore's)."""
+    if settings.access_key is None or settings.secret_key is None:
+        return None
+    return StaticCredentials(settings.access_key, settings.secret_key, settings.session_token)
 
 
 def endpoint_label(settings: S3Settings) -> str:
@@ -269,7 +308,7 @@ class S3Backend(ProcessLocal, StorageBackend):
         self._session: Any = None
         self._client: Any = None
         self._http: Optional[SignedHTTP] = None
-        #: The pid that built this process's Session (and so its client and signed-HTTP path; None until then).
+        #: The pid that built this process's Session or signed-HTTP path (None until then).
         self._client_pid: Optional[int] = None
         #: Threads for the parts of large transfers; made on first use, per process (never crosses a fork).
         self._pool: Optional[ThreadPoolExecutor] = None
@@ -306,10 +345,12 @@ class S3Backend(ProcessLocal, StorageBackend):
     def http(self) -> Optional[SignedHTTP]:
         """This process's signed-HTTP path for object GET/PUT, or None (boto3 for everything).
 
-        Built from the process's Session alone, not its boto3 client: a client costs 85-140 ms
-        of CPU to build (service model, event handlers; measured here), which every forked
-        DataLoader worker paid on its first GET, each epoch with non-persistent workers; a
-        Session costs ~10 ms. The client is built when a call needs it (LIST, HEAD, multipart).
+        Built without a boto3 client: a client costs 85-140 ms of CPU to build (service model,
+        event handlers; measured here), which every forked DataLoader worker paid on its first
+        GET, each epoch with non-persistent workers. Keys given in the config are used as they
+        are (:class:`StaticCredentials`: boto3 is not even imported); other credentials come
+        from the process's boto3 Session (~10 ms). The client is built when a call needs it
+        (HEAD object, multipart, bucket creation).
         """
         self._check_process()
         if not self.settings.use_fast_path:
@@ -318,8 +359,12 @@ class S3Backend(ProcessLocal, StorageBackend):
         if http is None:
             with self._lock:
                 if self._http is None:
-                    self._http = SignedHTTP(self.settings, self._session_locked().get_credentials,
+                    static = static_credentials(self.settings)
+                    credentials = (lambda: static) if static is not None else self._session_locked().get_credentials
+                    self._http = SignedHTTP(self.settings, credentials,
                                             on_resend=lambda: self.stats.record_retry("stale-connection"))
+                    if self._client_pid is None:
+                        self._client_pid = os.getpid()
                 http = self._http
         return http
 
@@ -336,10 +381,12 @@ class S3Backend(ProcessLocal, StorageBackend):
                 pool = self._pool
         return pool
 
-    def connect(self) -> None:
-        """Build this process's client and signed-HTTP path now (e.g. before a thread pool starts using them)."""
-        self.client  # noqa: B018
-        self.http  # noqa: B018
+    def connect(self, *, client: bool = True) -> None:
+        """Build this process's signed-HTTP path and boto3 client now (e.g. before a thread pool
+        starts using them). ``client=False``: the boto3 client only if the signed-HTTP path is
+        off (it is built on first use otherwise, by the first call that needs it)."""
+        if self.http is None or client:
+            self.client  # noqa: B018
 
     # -- the gateway -----------------------------------------------------
     def call(self, uri: str, action: str, fn: Callable[[Any], T]) -> T:
@@ -529,11 +576,17 @@ class S3Backend(ProcessLocal, StorageBackend):
         p = self._parse(uri, need_key=False)
         prefix = p.key if (not p.key or p.key.endswith("/")) else p.key + "/"
 
-        def op() -> bool:
-            r = self.client.list_objects_v2(Bucket=p.bucket, Prefix=prefix, MaxKeys=1)
-            return r.get("KeyCount", 0) > 0
+        http = self.http
+        if http is not None:
+            def op() -> bool:
+                page = http.list_objects_v2(p.bucket, prefix, max_keys=1)
+                return bool(page.objects or page.prefixes)
+        else:
+            def op() -> bool:
+                r = self.client.list_objects_v2(Bucket=p.bucket, Prefix=prefix, MaxKeys=1)
+                return r.get("KeyCount", 0) > 0
         try:
-            return self._run(uri, "isdir", op)
+            return self._run(uri, "isdir", op, plain=http is not None)
         except ObjectNotFoundError:
             return False
 
@@ -574,32 +627,53 @@ class S3Backend(ProcessLocal, StorageBackend):
         """
         p = self._parse(uri, need_key=False)
         prefix = p.key if (not p.key or p.key.endswith("/")) else p.key + "/"
-        kwargs = {"Bucket": p.bucket, "Prefix": prefix}
-        if not recursive:
-            kwargs["Delimiter"] = "/"
+        delimiter = None if recursive else "/"
         token: Optional[str] = None
+        cut = len(prefix)
         while True:
-            page_kwargs = dict(kwargs, ContinuationToken=token) if token else kwargs
-            page = self._request(uri, "list", "list_objects_v2", **page_kwargs)
-            entries = [ObjectInfo(key=o["Key"][len(prefix):], size=int(o["Size"]),
-                                  etag=o.get("ETag", "").strip('"') or None,
-                                  mtime=o["LastModified"].timestamp() if o.get("LastModified") else None)
-                       for o in page.get("Contents", [])]
-            entries += [ObjectInfo(key=cp["Prefix"][len(prefix):], size=0, is_dir=True)
-                        for cp in page.get("CommonPrefixes", [])]
+            page = self._list_page(uri, p.bucket, prefix, delimiter, token)
+            entries = [ObjectInfo(key=key[cut:], size=size, etag=etag, mtime=mtime)
+                       for key, size, etag, mtime in page.objects]
+            entries += [ObjectInfo(key=sub[cut:], size=0, is_dir=True) for sub in page.prefixes]
             entries.sort(key=lambda info: info.key.encode("utf-8"))
             yield from entries
-            if not page.get("IsTruncated"):
+            if not page.truncated:
                 return
-            token = page.get("NextContinuationToken")
+            token = page.next_token
             if not token:
                 raise StorageError(f"{uri}: list page truncated without a continuation token")
+
+    def _list_page(self, uri: str, bucket: str, prefix: str, delimiter: Optional[str],
+                   token: Optional[str]) -> ListPage:
+        """One ListObjectsV2 page: over the signed-HTTP path when it is on (no boto3 client),
+        else through boto3; the same :class:`ListPage` either way."""
+        http = self.http
+        if http is not None:
+            return self._run(uri, "list", lambda: http.list_objects_v2(bucket, prefix, delimiter=delimiter,
+                                                                        token=token), plain=True)
+        kwargs: Dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        if delimiter:
+            kwargs["Delimiter"] = delimiter
+        if token:
+            kwargs["ContinuationToken"] = token
+        page = self._request(uri, "list", "list_objects_v2", **kwargs)
+        return ListPage(
+            objects=[(o["Key"], int(o["Size"]), o.get("ETag", "").strip('"') or None,
+                      o["LastModified"].timestamp() if o.get("LastModified") else None)
+                     for o in page.get("Contents", [])],
+            prefixes=[cp["Prefix"] for cp in page.get("CommonPrefixes", [])],
+            truncated=bool(page.get("IsTruncated")), next_token=page.get("NextContinuationToken"))
 
     # -- buckets ---------------------------------------------------------
     def bucket_exists(self, bucket: str) -> bool:
         """True if ``bucket`` exists (and these credentials may see it); one HEAD."""
+        uri = f"s3://{bucket}"
+        http = self.http
         try:
-            self.call(f"s3://{bucket}", "head bucket", lambda client: client.head_bucket(Bucket=bucket))
+            if http is not None:
+                self._run(uri, "head bucket", lambda: http.head_bucket(bucket), plain=True)
+            else:
+                self.call(uri, "head bucket", lambda client: client.head_bucket(Bucket=bucket))
             return True
         except ObjectNotFoundError:
             return False

@@ -12,10 +12,12 @@ the library: ``tests/unit/test_sigv4_differential.py`` signs thousands of random
 content types; session tokens; http and https; day boundaries) with both this and botocore's
 ``S3SigV4Auth`` at a frozen time and requires identical Authorization and X-Amz-* headers.
 
-Scope, deliberately narrow: no query string, a path already percent-encoded the way botocore
-encodes S3 keys (not normalised: S3 signs ``a/./b`` as is), header values as strings, and the
-payload rule of botocore's S3 signer: the body's SHA-256 unless the endpoint is https and the
-request carries Content-MD5 (then ``UNSIGNED-PAYLOAD``, as boto3's PutObject), or
+Scope, deliberately narrow: a query string already in canonical form (:func:`canonical_query`:
+sorted, RFC 3986-encoded, as botocore signs the parameters of ListObjectsV2), a path already
+percent-encoded the way botocore encodes S3 keys (not normalised: S3 signs ``a/./b`` as is),
+header values as strings, and the payload rule of botocore's S3 signer: the body's SHA-256
+unless the endpoint is https and the request carries Content-MD5 (then ``UNSIGNED-PAYLOAD``,
+as boto3's PutObject), or
 ``sign_payload=False`` is asked for explicitly (botocore's ``payload_signing_enabled=False``).
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ import hashlib
 import hmac
 import time
 from typing import Dict, Mapping, Optional, Tuple
+from urllib.parse import quote
 
 #: SHA-256 of the empty body.
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -32,6 +35,14 @@ UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 _NOT_SIGNED = frozenset({"baggage", "connection", "expect", "keep-alive", "proxy-authenticate",
                          "proxy-authorization", "te", "traceparent", "trailer", "transfer-encoding",
                          "upgrade", "user-agent", "x-amzn-trace-id"})
+
+
+def canonical_query(params: Mapping[str, str]) -> str:
+    """``params`` as SigV4's canonical query string, which is also what goes on the wire: sorted
+    by name (then value), names and values percent-encoded except RFC 3986's unreserved
+    characters (botocore's ``SigV4Auth._canonical_query_string_params``)."""
+    return "&".join(f"{quote(name, safe='-_.~')}={quote(value, safe='-_.~')}"
+                    for name, value in sorted(params.items()))
 
 
 class S3Signer:
@@ -74,12 +85,13 @@ class S3Signer:
 
     def sign(self, method: str, path: str, headers: Mapping[str, str], body: Optional[bytes], *, host: str,
              access_key: str, secret_key: str, token: Optional[str] = None, sign_payload: Optional[bool] = None,
-             now: Optional[float] = None) -> Dict[str, str]:
+             now: Optional[float] = None, query: str = "") -> Dict[str, str]:
         """``headers`` plus ``host``, X-Amz-Date, [X-Amz-Security-Token], X-Amz-Content-SHA256 and
         Authorization, as botocore's ``S3SigV4Auth.add_auth`` sets them for the same request.
 
-        ``path`` is the request target as sent (percent-encoded, no query); ``now`` (epoch
-        seconds) is for tests; otherwise the current time.
+        ``path`` is the request target as sent (percent-encoded, without the query); ``query``
+        the query string as sent, made by :func:`canonical_query`; ``now`` (epoch seconds) is
+        for tests; otherwise the current time.
         """
         stamp = self._timestamp(now)
         day = stamp[:8]
@@ -96,7 +108,7 @@ class S3Signer:
                 canonical[lower] = " ".join(value.split())
         names = sorted(canonical)
         signed_headers = ";".join(names)
-        request = "\n".join((method, path, "", "\n".join(f"{n}:{canonical[n]}" for n in names) + "\n",
+        request = "\n".join((method, path, query, "\n".join(f"{n}:{canonical[n]}" for n in names) + "\n",
                              signed_headers, payload))
         scope = day + self._scope_tail
         to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(request.encode()).hexdigest()}"

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -212,7 +213,7 @@ def test_plan_is_in_key_order_and_listing_is_merged(tmp_path, s3_bucket) -> None
     assert (report.uploaded, report.skipped) == (0, len(keys))
 
 
-def test_parallel_list_by_folder_finds_every_key(tmp_path, s3_bucket) -> None:
+def test_parallel_list_by_folder_finds_every_key(tmp_path, s3_bucket, monkeypatch) -> None:
     """Above one LIST page, a plan spanning several folders is listed per folder (here 4 LISTs:
     the prefix's own files, raw/'s own files, raw/a/ and raw/b/), and the re-run finds every key."""
     storage, bucket_uri = s3_bucket
@@ -228,8 +229,14 @@ def test_parallel_list_by_folder_finds_every_key(tmp_path, s3_bucket) -> None:
     backend = storage.s3_backend(bucket_uri + "/x")
     assert upload_all(plan.items, backend, bucket, prefix="par", workers=8).uploaded == 1102
     lists: list = []
-    backend.client.meta.events.register("before-parameter-build.s3.ListObjectsV2", lambda params, **_: lists.append(
-        (params.get("Prefix"), params.get("Delimiter"))))
+    http = backend.http
+    assert http is not None  # LIST goes over the signed-HTTP path: record its calls (a spy, calling through)
+    real_list = http.list_objects_v2
+
+    def recorded(bucket: str, prefix: str = "", **options: Any) -> Any:
+        lists.append((prefix, options.get("delimiter")))
+        return real_list(bucket, prefix, **options)
+    monkeypatch.setattr(http, "list_objects_v2", recorded)
     again = upload_all(plan.items, backend, bucket, prefix="par", workers=8)
     assert (again.uploaded, again.skipped, again.failed) == (0, 1102, [])
     assert sorted(lists) == [("par/", "/"), ("par/raw/", "/"), ("par/raw/a/", None), ("par/raw/b/", None)]
