@@ -1385,12 +1385,11 @@ def verify(items: Iterable[UploadItem], backend: S3Backend, bucket: str, prefix:
 
     def check(joined_item: Tuple[UploadItem, Optional[Tuple[int, Optional[str]]], Optional[ManifestEntry]]
               ) -> Tuple[str, Optional[str]]:
+        """The answer for an item :func:`settled` left open: listed with its size, the file to hash
+        (or its ETag known from the upload)."""
         item, entry, recorded = joined_item
-        if entry is None:
-            return "missing", None
-        size, etag = entry
-        if size != item.size:
-            return "mismatched", f"size {size} in bucket != {item.size} local"
+        assert entry is not None
+        etag = entry[1]
         local = known.get(item.key)
         if local is not None and known_stats is not None and (
                 known_stats.get(item.key) != file_signature(item.local_path)):
@@ -1407,8 +1406,8 @@ def verify(items: Iterable[UploadItem], backend: S3Backend, bucket: str, prefix:
 
     def settled(joined_item: Tuple[UploadItem, Optional[Tuple[int, Optional[str]]], Optional[ManifestEntry]]
                 ) -> Optional[Tuple[str, Optional[str]]]:
-        """:func:`check`'s answer when it needs no more than a stat (missing, another size, or the
-        manifest's ETag for an unchanged file), else None."""
+        """The answer when it needs no more than a stat (missing, another size, or the manifest's
+        ETag for an unchanged file), else None: then :func:`check`, in a thread, hashes."""
         item, entry, recorded = joined_item
         if entry is None:
             return "missing", None
