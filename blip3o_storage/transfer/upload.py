@@ -32,6 +32,7 @@ needs:
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import json
 import logging
@@ -771,10 +772,17 @@ MAX_LIST_UNITS = 10_000
 def _unit_of(rel: str) -> Tuple[str, bool]:
     """The folder whose LIST holds ``rel``: ``('raw/s1/', True)`` (listed recursively) for a file at
     least :data:`LIST_UNIT_DEPTH` folders deep, else its own folder, listed without subfolders."""
-    parts = rel.split("/", LIST_UNIT_DEPTH)
+    return _unit_of_folder(rel[: rel.rfind("/") + 1])
+
+
+@functools.lru_cache(maxsize=4096)
+def _unit_of_folder(folder: str) -> Tuple[str, bool]:
+    """:func:`_unit_of` for the files of ``folder`` ('' or ending in '/'): the same for all of
+    them, so cached (a plan's files come folder by folder)."""
+    parts = folder.split("/", LIST_UNIT_DEPTH)
     if len(parts) > LIST_UNIT_DEPTH:
         return "/".join(parts[:LIST_UNIT_DEPTH]) + "/", True
-    return rel[: rel.rfind("/") + 1], False
+    return folder, False
 
 
 class _UnitListing(Listing):
