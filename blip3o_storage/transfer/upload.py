@@ -1130,6 +1130,11 @@ def upload_all(items: Sequence[UploadItem], backend: S3Backend, bucket: str, *, 
             else:
                 streak.clear()  # the server answered
             return
+        recorded(index, item, outcome, etag, stat)
+
+    def recorded(index: int, item: UploadItem, outcome: str, etag: str, stat: Optional[StatFields]) -> None:
+        """One file done: counted, and its (relpath, ETag, stat) held for the manifest."""
+        finished[index] = None
         streak.clear()
         if keep_etags:
             if etag:
@@ -1176,9 +1181,7 @@ def upload_all(items: Sequence[UploadItem], backend: S3Backend, bucket: str, *, 
                 submitted += 1
                 settled = uploader.settled(item, remote, mine)
                 if settled is not None:  # nothing to read or send: decided here, no thread hand-off
-                    done_now: Future = Future()
-                    done_now.set_result(settled)
-                    record(index, item, done_now)
+                    recorded(index, item, *settled)
                     write_done()
                     continue
                 future = pool.submit(uploader.process, item, remote, mine)
@@ -1245,6 +1248,10 @@ def _close_writer(writer: ManifestWriter, commit: bool) -> None:
                        writer.manifest.path, exc.strerror or exc)
 
 
+#: What a ``quick`` function of :func:`_in_order` returns for an item it has fully dealt with.
+HANDLED = ("handled", None)
+
+
 def _in_order(pool: ThreadPoolExecutor, fn: Callable[[T], Tuple[str, Optional[str]]],
               items: Iterable[T], window: int,
               quick: Optional[Callable[[T], Optional[Tuple[str, Optional[str]]]]] = None
@@ -1253,7 +1260,8 @@ def _in_order(pool: ThreadPoolExecutor, fn: Callable[[T], Tuple[str, Optional[st
     handed out: memory stays flat however many items (a future for each of 1,000,000 items is
     about 1 GB). ``quick(item)``, when given, is tried first in the calling thread: its answer
     (not None) is used without handing the item to a thread (a hand-off costs more than a
-    stat: verifying 6,600 unchanged files took 1.0 s of wall time through the pool)."""
+    stat: verifying 6,600 unchanged files took 1.0 s of wall time through the pool), and an
+    item it answers :data:`HANDLED` (counted already) is not handed out at all."""
     pending: collections.deque = collections.deque()
     for item in items:
         future: Optional[Future] = None
@@ -1264,6 +1272,8 @@ def _in_order(pool: ThreadPoolExecutor, fn: Callable[[T], Tuple[str, Optional[st
                 future = Future()
                 future.set_exception(exc)
             else:
+                if answer is HANDLED:
+                    continue
                 if answer is not None:
                     future = Future()
                     future.set_result(answer)
@@ -1427,8 +1437,9 @@ def verify(items: Iterable[UploadItem], backend: S3Backend, bucket: str, prefix:
 
     def settled(joined_item: Tuple[UploadItem, Optional[Tuple[int, Optional[str]]], Optional[ManifestEntry]]
                 ) -> Optional[Tuple[str, Optional[str]]]:
-        """The answer when it needs no more than a stat (missing, another size, or the manifest's
-        ETag for an unchanged file), else None: then :func:`check`, in a thread, hashes."""
+        """The answer when it needs no more than a stat: missing, another size, or the manifest's
+        ETag for an unchanged file (counted here: :data:`HANDLED`); else None, and :func:`check`,
+        in a thread, hashes."""
         item, entry, recorded = joined_item
         if entry is None:
             return "missing", None
@@ -1437,7 +1448,8 @@ def verify(items: Iterable[UploadItem], backend: S3Backend, bucket: str, prefix:
             return "mismatched", f"size {size} in bucket != {item.size} local"
         if (item.key not in known and recorded is not None and recorded.etag == etag
                 and recorded.stat == _stat(item.fspath)):
-            return "ok", None
+            report.ok += 1  # an "ok" has no place in the report's lists: counted here, nothing handed on
+            return HANDLED
         return None
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="verify") as pool:
