@@ -41,20 +41,27 @@ class S3Signer:
         self.region = region
         self.https = https
         self._scope_tail = f"/{region}/s3/aws4_request"
-        #: (secret, yyyymmdd) -> signing key; only the latest is kept (a new day replaces it).
-        self._key: Tuple[str, str, bytes] = ("", "", b"")
+        #: (secret, yyyymmdd, signing key, an HMAC keyed with it); only the latest is kept (a new
+        #: day replaces it). Each signature copies the keyed HMAC (~1.8 µs) instead of keying a
+        #: new one (~2.6 µs).
+        self._key: Tuple[str, str, bytes, Optional[hmac.HMAC]] = ("", "", b"", None)
         self._stamp: Tuple[int, str] = (-1, "")
 
     def _signing_key(self, secret: str, day: str) -> bytes:
-        cached_secret, cached_day, key = self._key
-        if cached_secret == secret and cached_day == day and key:
-            return key
+        return self._keyed(secret, day)[0]
+
+    def _keyed(self, secret: str, day: str) -> Tuple[bytes, hmac.HMAC]:
+        """The signing key for (secret, day), and an HMAC-SHA256 keyed with it (to copy)."""
+        cached_secret, cached_day, key, keyed = self._key
+        if cached_secret == secret and cached_day == day and keyed is not None:
+            return key, keyed
         digest = hashlib.sha256
         key = hmac.new(f"AWS4{secret}".encode(), day.encode(), digest).digest()
         for part in (self.region, "s3", "aws4_request"):
             key = hmac.new(key, part.encode(), digest).digest()
-        self._key = (secret, day, key)
-        return key
+        keyed = hmac.new(key, digestmod=digest)
+        self._key = (secret, day, key, keyed)
+        return key, keyed
 
     def _timestamp(self, now: Optional[float]) -> str:
         second = int(time.time() if now is None else now)
@@ -89,18 +96,27 @@ class S3Signer:
         if token:
             out["X-Amz-Security-Token"] = token
         out["X-Amz-Content-SHA256"] = payload = self.payload_hash(headers, body, sign_payload)
-        canonical: Dict[str, str] = {}
-        for name, value in out.items():
-            lower = name.lower()
-            if lower not in _NOT_SIGNED:
-                canonical[lower] = " ".join(value.split())
-        names = sorted(canonical)
-        signed_headers = ";".join(names)
-        request = "\n".join((method, path, "", "\n".join(f"{n}:{canonical[n]}" for n in names) + "\n",
-                             signed_headers, payload))
+        if headers:
+            canonical: Dict[str, str] = {}
+            for name, value in out.items():
+                lower = name.lower()
+                if lower not in _NOT_SIGNED:
+                    canonical[lower] = " ".join(value.split())
+            names = sorted(canonical)
+            signed_headers = ";".join(names)
+            block = "".join(f"{n}:{canonical[n]}\n" for n in names)
+        else:  # a whole-object GET, the hot request: the same canonical headers, in sorted order, without the sort
+            block = f"host:{' '.join(host.split())}\nx-amz-content-sha256:{payload}\nx-amz-date:{stamp}\n"
+            signed_headers = "host;x-amz-content-sha256;x-amz-date"
+            if token:
+                block += f"x-amz-security-token:{' '.join(token.split())}\n"
+                signed_headers += ";x-amz-security-token"
+        request = f"{method}\n{path}\n\n{block}\n{signed_headers}\n{payload}"
         scope = day + self._scope_tail
         to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(request.encode()).hexdigest()}"
-        signature = hmac.new(self._signing_key(secret_key, day), to_sign.encode(), hashlib.sha256).hexdigest()
+        mac = self._keyed(secret_key, day)[1].copy()
+        mac.update(to_sign.encode())
+        signature = mac.hexdigest()
         out["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, "
                                 f"SignedHeaders={signed_headers}, Signature={signature}")
         return out
