@@ -52,6 +52,8 @@ _CODE_RE = re.compile(rb"<Code>([^<]*)</Code>")
 _MESSAGE_RE = re.compile(rb"<Message>([^<]*)</Message>")
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _GET_OK = {200, 206}
+#: Characters ``quote(key, safe="/~")`` leaves as they are (ASCII letters, digits, ``_.-~/``).
+_PLAIN_KEY_RE = re.compile(r"[A-Za-z0-9_.\-~/]*")
 
 
 class UnexpectedResponse(Exception):
@@ -150,7 +152,8 @@ class SignedHTTP:
         prefix = self._bucket_paths.get(bucket)
         if prefix is None:
             prefix = self._bucket_paths.setdefault(bucket, f"{self._base_path}/{quote(bucket, safe='')}/")
-        return prefix + quote(key, safe="/~")
+        # A key of only unreserved characters and '/' is its own quoting (~0.3 µs to check, ~3 µs to quote).
+        return prefix + (key if _PLAIN_KEY_RE.fullmatch(key) else quote(key, safe="/~"))
 
     def _send(self, method: str, bucket: str, key: str, headers: Dict[str, str], body: Optional[bytes]) -> Response:
         """Sign and send on one of this process's connections.
