@@ -7,8 +7,8 @@ and sent through urllib3, and less again through the lean keep-alive transport
 of :mod:`~blip3o_storage.storage.http1` used here (measured on Ceph RGW, 70 KB
 objects; ``benchmarks/get_cpu.py``). A DataLoader worker decoding images on the same cores, or an
 upload of 60k small files, feels that difference directly. Most of that gain
-is the transport; signing is :mod:`~blip3o_storage.storage.sigv4` (~15 µs a
-request against ~80 µs for botocore's :class:`~botocore.auth.S3SigV4Auth`,
+is the transport; signing is :mod:`~blip3o_storage.storage.sigv4` (~8 µs a
+request against ~115 µs for botocore's :class:`~botocore.auth.S3SigV4Auth`,
 to which a differential test pins it header for header).
 
 What goes on the wire is what boto3 would send:
