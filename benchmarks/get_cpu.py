@@ -93,10 +93,12 @@ def baseline_child(args: argparse.Namespace, mode: str, threads: int, keys: Sequ
         json.dump({"conf": str(args.conf), "bucket": args.bucket, "keys": list(keys), "threads": threads,
                    "mode": mode, "size": args.size, "pids": list(pids)}, fh)
     try:
-        out = subprocess.run([sys.executable, __file__, "--child", fh.name], env=env, check=True,
-                             capture_output=True, text=True).stdout
+        done = subprocess.run([sys.executable, __file__, "--child", fh.name], env=env, capture_output=True, text=True)
     finally:
         os.unlink(fh.name)
+    if done.returncode != 0:  # say why (e.g. a baseline checkout caught mid-edit), not just the exit status
+        raise RuntimeError(f"--baseline {args.baseline} child failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    out = done.stdout
     result: dict[str, Optional[float]] = json.loads(out.strip().splitlines()[-1])
     return result
 
