@@ -7,7 +7,9 @@ this process's (RUSAGE_SELF, all threads) over the timed loop only (clients buil
 the server's from /proc of its processes (Ceph: the pids tools/ceph_dev.sh recorded; they are shared
 with anything else using that store, so read the server column as noisy). ``--baseline DIR`` adds the
 same project reader imported from another checkout (e.g. ``/work/main``: before/after in one run),
-measured in a child process that times its own loop the same way.
+measured in a child process that times its own loop the same way. One more row: SigV4 signing CPU per
+whole-object GET, storage/sigv4.py against botocore's S3SigV4Auth (3,000 signatures each per round,
+interleaved, this thread's CPU time).
 
     PYTHONPATH=$PWD python benchmarks/get_cpu.py --target ceph [--baseline /work/main]
 
@@ -29,7 +31,8 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
+from urllib.parse import urlsplit
 
 from cpu_split import ceph_pids
 from peer_stats import round_order
@@ -51,6 +54,16 @@ def getters(ep: Endpoint, bucket: str, threads: int, names: Sequence[str]) -> di
         if importable(module):
             out[name] = factory(ep, bucket, threads)
     return out
+
+
+#: Stand-in for a GET's network wait in the harness-only measurement (about a loaded GET's latency).
+IDLE_WAIT_S = 0.0005
+
+
+def idle_wait(key: str) -> bytes:
+    """A GIL-free wait and no work: what the thread pool costs per item by itself."""
+    time.sleep(IDLE_WAIT_S)
+    return b""
 
 
 def run_gets(get: Callable[[str], bytes], keys: Sequence[str], threads: int) -> None:
@@ -80,10 +93,12 @@ def baseline_child(args: argparse.Namespace, mode: str, threads: int, keys: Sequ
         json.dump({"conf": str(args.conf), "bucket": args.bucket, "keys": list(keys), "threads": threads,
                    "mode": mode, "size": args.size, "pids": list(pids)}, fh)
     try:
-        out = subprocess.run([sys.executable, __file__, "--child", fh.name], env=env, check=True,
-                             capture_output=True, text=True).stdout
+        done = subprocess.run([sys.executable, __file__, "--child", fh.name], env=env, capture_output=True, text=True)
     finally:
         os.unlink(fh.name)
+    if done.returncode != 0:  # say why (e.g. a baseline checkout caught mid-edit), not just the exit status
+        raise RuntimeError(f"--baseline {args.baseline} child failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    out = done.stdout
     result: dict[str, Optional[float]] = json.loads(out.strip().splitlines()[-1])
     return result
 
@@ -111,6 +126,49 @@ def child_main(spec_path: str) -> int:
         cost = child_measure(functools.partial(run_puts, put, keys), spec["pids"], children=False)
     print(json.dumps({"cpu": cost.client_cpu, "seconds": cost.seconds, "server": cost.server_cpu}))
     return 0
+
+
+#: Signatures per signer per round of the SigV4 row.
+SIGN_PER_ROUND = 3000
+
+
+def sign_cpu_us(ep: Endpoint, bucket: str, rounds: int) -> dict[str, list[float]]:
+    """SigV4 signing CPU per whole-object GET (µs, this thread's CPU time): ours
+    (storage/sigv4.py, as SignedHTTP calls it) against botocore's S3SigV4Auth on an AWSRequest
+    (what signed_http used before, and what boto3 runs per request), interleaved per round."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from blip3o_storage.storage.sigv4 import S3Signer
+
+    host = urlsplit(ep.url).netloc
+    credentials = Credentials(ep.access, ep.secret)
+    ours = S3Signer("us-east-1", https=ep.url.startswith("https"))
+    theirs = S3SigV4Auth(credentials, "s3", "us-east-1")
+    paths = [f"/{bucket}/o/{i:05d}" for i in range(SIGN_PER_ROUND)]
+
+    def sign_ours() -> None:
+        for path in paths:  # as SignedHTTP._sign: the credentials fetched per request
+            frozen: Any = credentials.get_frozen_credentials()
+            ours.sign("GET", path, {}, None, host=host, access_key=frozen.access_key, secret_key=frozen.secret_key,
+                      token=frozen.token)
+
+    def sign_botocore() -> None:
+        for path in paths:
+            request = AWSRequest(method="GET", url=f"{ep.url}{path}", headers={})
+            request.headers["host"] = host
+            request.context["has_streaming_input"] = True
+            theirs.add_auth(request)
+
+    signers = {"project": sign_ours, "boto3": sign_botocore}
+    out: dict[str, list[float]] = {name: [] for name in signers}
+    for r in range(rounds):
+        for name in round_order(list(signers), r):
+            started = time.thread_time()
+            signers[name]()
+            out[name].append((time.thread_time() - started) / len(paths) * 1e6)
+    return out
 
 
 def fmt(values: Sequence[float], digits: int = 3) -> str:
@@ -155,6 +213,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     # (row, reader) -> per-round values
     results: dict[tuple[str, str], list[float]] = {}
     ratios: list[float] = []  # project / obstore objects/s at 16 threads, per round
+    harness: list[float] = []  # CPU-ms per item of run_gets(idle_wait) at 16 threads, per round
 
     def add(row: str, reader: str, value: Optional[float]) -> None:
         if value is not None:
@@ -196,6 +255,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                 per_round[name] = len(subset) / seconds
             if threads == 16 and "obstore" in per_round:
                 ratios.append(per_round["project"] / per_round["obstore"])
+            if threads == 16:  # the thread pool's own share of every reader's 16-thread CPU
+                cost = measure(functools.partial(run_gets, idle_wait, subset, threads), pids, children=False)
+                assert cost.client_cpu is not None
+                harness.append(cost.client_cpu / len(subset) * 1e3)
         put_keys = [f"r{r}-{i:05d}" for i in range(args.puts)]
         for name in round_order(list(writers) + (["project@baseline"] if args.baseline else []), r):
             if name == "project@baseline":
@@ -209,8 +272,14 @@ def main(argv: Optional[list[str]] = None) -> int:
             add("PUT 1t server CPU-ms/PUT", name, None if server is None else server / len(put_keys) * 1e3)
         print(f"round {r + 1}/{args.rounds} done ({time.monotonic() - started:.0f}s)", file=sys.stderr)
 
+    sign_row = "SigV4 sign CPU-us/GET (project: storage/sigv4.py; boto3: botocore S3SigV4Auth)"
+    for name, values in sign_cpu_us(ep, args.bucket, args.rounds).items():
+        for value in values:
+            add(sign_row, name, value)
+    if "boto3" not in names:
+        names.append("boto3")
     columns = ["project"] + (["project@baseline"] if args.baseline else []) + [n for n in names if n != "project"]
-    rows = sorted({row for row, _ in results}, key=lambda row: (row.split()[0] != "GET", row))
+    rows = sorted({row for row, _ in results}, key=lambda row: ({"GET": 0, "PUT": 1}.get(row.split()[0], 2), row))
     load = os.getloadavg()[0]
     print(f"\n{args.rounds} rounds, {args.objects} objects of {args.size} B ({args.single} at 1 thread), "
           f"{args.puts} PUTs/round; target {args.target} at {ep.url}; load average {load:.1f} at the end\n")
@@ -229,9 +298,16 @@ def main(argv: Optional[list[str]] = None) -> int:
             target = f"< {PUT_CPU_REFERENCE_MS} (s5cmd cp's client CPU per file)"
             share = statistics.median(project) / PUT_CPU_REFERENCE_MS
             verdict = f"{'PASS' if share < 1 else 'FAIL'} ({share:.2f}x of it)"
-        digits = 0 if "objects/s" in row else 3
+        elif row == sign_row:
+            theirs = results.get((row, "boto3"), [])
+            if project and theirs:
+                verdict = f"info ({statistics.median(theirs) / statistics.median(project):.1f}x less CPU than botocore)"
+        digits = 0 if "objects/s" in row else (1 if row == sign_row else 3)
         cells = [fmt(results.get((row, c), []), digits) for c in columns]
         print(f"| {row} | " + " | ".join(cells) + f" | {target} | {verdict} |")
+    print(f"\nThe 16-thread harness alone (ThreadPoolExecutor(16) over the same keys, each item a "
+          f"{IDLE_WAIT_S * 1e3:g} ms wait without the GIL instead of a GET): {fmt(harness)} CPU-ms/item, "
+          f"included in every reader's 16-thread CPU above.")
     delete_bucket(client, args.bucket)
     ep.stop()
     return 0

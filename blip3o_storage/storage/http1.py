@@ -14,10 +14,17 @@ What it does:
   a forked child (a DataLoader worker) starts with an empty pool and never writes to or reads
   from its parent's sockets (they are only closed, never shut down, so the parent's stay good);
 * connect and read timeouts per socket wait; TLS through the stdlib ``ssl`` module (verify with
-  a CA bundle, or not at all), hostname checked as urllib3 does;
-* responses framed by Content-Length (read with ``recv_into`` into one preallocated buffer, or
-  straight into the caller's buffer), ``Transfer-Encoding: chunked``, or close-delimited; a body
-  that ends early is :class:`TruncatedBody`, never short data; 1xx heads are skipped;
+  a CA bundle, or not at all), hostname checked as urllib3 does. Plain-http sockets on Linux are
+  blocking with the read timeout set in the kernel (``SO_RCVTIMEO``/``SO_SNDTIMEO``) rather than
+  Python's socket timeout: Python implements its timeout with a ``poll`` before every
+  ``send``/``recv``, each one more syscall and one more release of the GIL, three of the six
+  syscalls of a GET, and at 16 threads every GIL release is a chance of a hand-off (futex,
+  context switch); see ``_KERNEL_TIMEOUTS``. TLS sockets keep Python's timeout (the ``ssl``
+  module waits with an unbounded ``poll`` when a blocking read would block);
+* responses framed by Content-Length (the rest of the body after the first read in one
+  ``recv(n, MSG_WAITALL)`` on a blocking socket, or straight into the caller's buffer),
+  ``Transfer-Encoding: chunked``, or close-delimited; a body that ends early is
+  :class:`TruncatedBody`, never short data; 1xx heads are skipped;
 * a request on a *reused* connection that fails before any byte of the answer arrived (the
   server closed an idle keep-alive connection: EOF, reset, broken pipe) is sent once more on a
   fresh connection; callers send only requests that may be repeated (GET, a PUT with its whole
@@ -30,6 +37,8 @@ import logging
 import os
 import socket
 import ssl
+import struct
+import sys
 from collections import deque
 from typing import Callable, Deque, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -38,14 +47,22 @@ from blip3o_storage.storage.process_state import ProcessLocal
 logger = logging.getLogger(__name__)
 
 Buffer = Union[bytes, bytearray, memoryview]
-#: First read of a response: the head and the start of the body (16 KiB); the rest of a
-#: Content-Length body goes straight into its buffer (``recv_into``), so a 70 KB body is copied
-#: ~16 KB in user space instead of ~130 KB with a 64 KiB first read.
-_FIRST_READ = 1 << 14
+#: First read of a response, into the connection's own buffer: the head and as much of the body
+#: as has arrived (128 KiB: a whole ~70 KB image when the server was quick, then one read is the
+#: whole answer, and the body is copied once, out of that buffer); the rest of a longer body comes
+#: with one more ``recv`` (``MSG_WAITALL``) or straight into the caller's buffer.
+_FIRST_READ = 1 << 17
 #: Longest response head accepted (S3 heads are < 2 KiB).
 _MAX_HEAD = 1 << 16
 #: Bodies up to this size go in the same ``sendall`` as the head (one syscall, one copy).
 _JOIN_BODY_BELOW = 1 << 17
+#: Plain-http sockets blocking, with the timeouts in the kernel (Linux's ``SO_RCVTIMEO`` and
+#: ``SO_SNDTIMEO``; a wait past them fails with EAGAIN, read as :class:`ReadTimeout`): a 70 KB GET
+#: is then a send and 1-2 recvs (1.75 at 1 thread, 1.55 at 16, strace -c) instead of a send, two
+#: recvs and a poll before each, and releases the GIL as often (futex calls per GET at 16 threads:
+#: 37.6 before, 19 after, ThreadPoolExecutor's included; ``benchmarks/get_cpu.py``).
+_KERNEL_TIMEOUTS = sys.platform.startswith("linux")
+_TIMEOUT_ERRORS = (socket.timeout, BlockingIOError)
 
 
 class TransportError(Exception):
@@ -90,13 +107,23 @@ class _Stale(Exception):
 
 
 class Connection:
-    """One socket with the bytes read past the current response head."""
+    """One socket with the bytes read past the current response head.
 
-    __slots__ = ("sock", "pending")
+    ``waitall``: the recv flags for a read of a known length (``MSG_WAITALL`` on a blocking
+    plain socket: the kernel returns once all of it, EOF or the timeout came; 0 otherwise,
+    where ``ssl`` takes no flags and a non-blocking socket returns what is there).
+    """
 
-    def __init__(self, sock: socket.socket) -> None:
+    __slots__ = ("sock", "pending", "timeout", "waitall", "buf", "view")
+
+    def __init__(self, sock: socket.socket, timeout: float, waitall: int = 0) -> None:
         self.sock = sock
         self.pending = b""
+        self.timeout = timeout
+        self.waitall = waitall
+        #: Where each response's first read lands (``_FIRST_READ`` bytes, reused for every response).
+        self.buf = bytearray(_FIRST_READ)
+        self.view = memoryview(self.buf)
 
     def close(self) -> None:
         try:
@@ -124,7 +151,9 @@ class Response:
         self._conn: Optional[Connection] = conn
         self._pool = pool
         self._head_only = head_only
-        self._chunked = "chunked" in (self.header("transfer-encoding") or "").lower()
+        # Substring tests first: S3 answers rarely carry these two headers (~0.2 µs against ~1 µs a lookup).
+        self._chunked = ("\r\ntransfer-encoding:" in self._lower
+                         and "chunked" in (self.header("transfer-encoding") or "").lower())
         length = self.header("content-length")
         self._length: Optional[int] = None
         if length is not None and not self._chunked:
@@ -134,7 +163,7 @@ class Response:
                 raise BadResponse(f"Content-Length {length!r} is not a number") from None
             if self._length < 0:
                 raise BadResponse(f"Content-Length {length!r} is negative")
-        connection = (self.header("connection") or "").lower()
+        connection = (self.header("connection") or "").lower() if "\r\nconnection:" in self._lower else ""
         self._keep = connection != "close" and (connection == "keep-alive" or not head.startswith("HTTP/1.0"))
 
     def header(self, name: str) -> Optional[str]:
@@ -168,7 +197,7 @@ class Response:
             elif self._chunked:
                 body = _read_chunked(conn)
             elif self._length is not None:
-                body = bytes(_read_exact(conn, self._length))
+                body = _read_body(conn, self._length)
             else:
                 body = _read_to_eof(conn)
                 self._keep = False
@@ -269,8 +298,14 @@ class ConnectionPool(ProcessLocal):
         except OSError as exc:
             sock.close()
             raise ConnectFailed(f"TLS handshake with {self.host}:{self.port} failed: {exc}") from exc
+        if _KERNEL_TIMEOUTS and self.scheme == "http" and self.read_timeout > 0:
+            timeval = _timeval(self.read_timeout)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+            sock.settimeout(None)  # blocking: no poll before each send/recv
+            return Connection(sock, self.read_timeout, socket.MSG_WAITALL)
         sock.settimeout(self.read_timeout)
-        return Connection(sock)
+        return Connection(sock, self.read_timeout)
 
     def _get(self) -> Tuple[Connection, bool]:
         """An idle connection (reused: True) or a new one."""
@@ -340,7 +375,7 @@ class ConnectionPool(ProcessLocal):
                     if reused:
                         raise _Stale() from exc
                     raise ConnectionLost(f"connection to {self.host}:{self.port} lost while sending: {exc}") from exc
-            except socket.timeout as exc:
+            except _TIMEOUT_ERRORS as exc:
                 raise ReadTimeout(f"{self.host}:{self.port}: send timed out after {self.read_timeout}s") from exc
             except OSError as exc:
                 raise ConnectionLost(f"connection to {self.host}:{self.port} failed while sending: {exc}") from exc
@@ -353,34 +388,49 @@ class ConnectionPool(ProcessLocal):
         data = conn.pending
         conn.pending = b""
         while True:
-            end = data.find(b"\r\n\r\n")
-            while end < 0:
-                if len(data) > _MAX_HEAD:
-                    raise BadResponse(f"response head from {self.host}:{self.port} over {_MAX_HEAD} bytes")
-                try:
-                    chunk = conn.sock.recv(_FIRST_READ)
-                except socket.timeout as exc:
-                    raise ReadTimeout(f"{self.host}:{self.port}: no answer within {self.read_timeout}s") from exc
-                except (ConnectionResetError, ssl.SSLZeroReturnError, ssl.SSLEOFError) as exc:
-                    if reused and not data:
-                        raise _Stale() from exc
-                    raise ConnectionLost(f"{self.host}:{self.port} reset the connection: {exc}") from exc
-                except OSError as exc:
-                    raise ConnectionLost(f"{self.host}:{self.port}: {exc}") from exc
-                if not chunk:
-                    if reused and not data:
-                        raise _Stale()
-                    raise ConnectionLost(f"{self.host}:{self.port} closed the connection before the response head "
-                                         f"was complete ({len(data)} bytes of it)")
-                data += chunk
-                end = data.find(b"\r\n\r\n", max(0, len(data) - len(chunk) - 3))
-            head, rest = data[:end].decode("latin-1"), data[end + 4:]
+            if data:
+                end = data.find(b"\r\n\r\n")
+            else:  # the usual case: one read into the connection's buffer holds the head, often the whole body
+                chunk = self._recv_head(conn, reused, data)
+                end = conn.buf.find(b"\r\n\r\n", 0, len(chunk))
+                if end < 0:
+                    data = bytes(chunk)
+            if end >= 0 and not data:
+                head, rest = str(chunk[:end], "latin-1"), bytes(chunk[end + 4:])
+            else:
+                while end < 0:
+                    if len(data) > _MAX_HEAD:
+                        raise BadResponse(f"response head from {self.host}:{self.port} over {_MAX_HEAD} bytes")
+                    chunk = self._recv_head(conn, reused, data)
+                    data += chunk
+                    end = data.find(b"\r\n\r\n", max(0, len(data) - len(chunk) - 3))
+                head, rest = data[:end].decode("latin-1"), data[end + 4:]
             status = _parse_status(head)
             if 100 <= status < 200 and status != 101:
                 data, reused = rest, False  # an interim answer (100 Continue): the real one follows
                 continue
             conn.pending = rest
             return Response(status, head, conn, self, head_only=method == "HEAD")
+
+    def _recv_head(self, conn: Connection, reused: bool, data: bytes) -> memoryview:
+        """The next bytes of a response head (``data``: what came before), as a view of the
+        connection's buffer; _Stale when a reused connection turns out closed before any byte."""
+        try:
+            n = conn.sock.recv_into(conn.buf)
+        except _TIMEOUT_ERRORS as exc:
+            raise ReadTimeout(f"{self.host}:{self.port}: no answer within {self.read_timeout}s") from exc
+        except (ConnectionResetError, ssl.SSLZeroReturnError, ssl.SSLEOFError) as exc:
+            if reused and not data:
+                raise _Stale() from exc
+            raise ConnectionLost(f"{self.host}:{self.port} reset the connection: {exc}") from exc
+        except OSError as exc:
+            raise ConnectionLost(f"{self.host}:{self.port}: {exc}") from exc
+        if not n:
+            if reused and not data:
+                raise _Stale()
+            raise ConnectionLost(f"{self.host}:{self.port} closed the connection before the response head "
+                                 f"was complete ({len(data)} bytes of it)")
+        return conn.view[:n]
 
 
 def _parse_status(head: str) -> int:
@@ -408,15 +458,55 @@ def _parse_headers(head: str) -> Dict[str, str]:
     return headers
 
 
-def _recv_into(conn: Connection, view: memoryview) -> int:
+def _timeval(seconds: float) -> bytes:
+    """``struct timeval`` for SO_RCVTIMEO/SO_SNDTIMEO (at least 1 µs: zero would mean no timeout)."""
+    micros = max(1, int(seconds * 1e6))
+    return struct.pack("ll", micros // 1_000_000, micros % 1_000_000)
+
+
+def _recv_into(conn: Connection, view: memoryview, flags: int = 0) -> int:
     try:
-        return conn.sock.recv_into(view)
-    except socket.timeout as exc:
-        raise ReadTimeout(f"no body bytes within {conn.sock.gettimeout()}s") from exc
+        return conn.sock.recv_into(view, 0, flags)
+    except _TIMEOUT_ERRORS as exc:
+        raise ReadTimeout(f"no body bytes within {conn.timeout}s") from exc
     except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
         return 0
     except OSError as exc:
         raise TruncatedBody(f"body broke off: {exc}") from exc
+
+
+def _recv(conn: Connection, size: int, flags: int) -> bytes:
+    try:
+        return conn.sock.recv(size, flags)
+    except _TIMEOUT_ERRORS as exc:
+        raise ReadTimeout(f"no body bytes within {conn.timeout}s") from exc
+    except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+        return b""
+    except OSError as exc:
+        raise TruncatedBody(f"body broke off: {exc}") from exc
+
+
+def _read_body(conn: Connection, length: int) -> bytes:
+    """A Content-Length body as bytes: the part already read, then the rest from the socket
+    (one ``recv(n, MSG_WAITALL)`` on a blocking plain socket). One user-space copy of the body
+    (joining the two parts), where a preallocated ``bytearray`` costs a zero fill, the copy in,
+    and the ``bytes()`` copy out; TruncatedBody on EOF."""
+    pending = conn.pending
+    have = len(pending)
+    if have >= length:
+        conn.pending = pending[length:] if have > length else b""
+        return pending[:length] if have > length else pending
+    conn.pending = b""
+    parts = [pending] if have else []
+    need = length - have
+    flags = conn.waitall
+    while need:
+        chunk = _recv(conn, need, flags)
+        if not chunk:
+            raise TruncatedBody(f"body ended after {length - need} of {length} bytes")
+        parts.append(chunk)
+        need -= len(chunk)
+    return b"".join(parts)
 
 
 def _fill(conn: Connection, view: memoryview) -> None:
@@ -430,18 +520,12 @@ def _fill(conn: Connection, view: memoryview) -> None:
     got = len(pending)
     view[:got] = pending
     conn.pending = b""
+    flags = conn.waitall
     while got < need:
-        n = _recv_into(conn, view[got:])
+        n = _recv_into(conn, view[got:], flags)
         if not n:
             raise TruncatedBody(f"body ended after {got} of {need} bytes")
         got += n
-
-
-def _read_exact(conn: Connection, length: int) -> bytearray:
-    buf = bytearray(length)
-    if length:
-        _fill(conn, memoryview(buf))
-    return buf
 
 
 def _read_line(conn: Connection) -> bytes:
@@ -453,11 +537,10 @@ def _read_line(conn: Connection) -> bytes:
             return data[:end]
         if len(data) > _MAX_HEAD:
             raise BadResponse("chunk-size line too long")
-        buf = bytearray(_FIRST_READ)
-        n = _recv_into(conn, memoryview(buf))
+        n = _recv_into(conn, conn.view)
         if not n:
             raise TruncatedBody("chunked body ended before its last chunk")
-        data += bytes(buf[:n])
+        data += conn.view[:n]
 
 
 def _read_chunked(conn: Connection) -> bytes:
@@ -473,7 +556,7 @@ def _read_chunked(conn: Connection) -> bytes:
             while _read_line(conn):  # trailers, up to the empty line
                 pass
             return b"".join(parts)
-        parts.append(bytes(_read_exact(conn, size)))
+        parts.append(_read_body(conn, size))
         if _read_line(conn):
             raise BadResponse("chunk not followed by CRLF")
 
@@ -481,10 +564,9 @@ def _read_chunked(conn: Connection) -> bytes:
 def _read_to_eof(conn: Connection) -> bytes:
     parts = [conn.pending]
     conn.pending = b""
-    buf = bytearray(_FIRST_READ)
-    view = memoryview(buf)
+    view = conn.view
     while True:
         n = _recv_into(conn, view)
         if not n:
             return b"".join(parts)
-        parts.append(bytes(buf[:n]))
+        parts.append(bytes(view[:n]))

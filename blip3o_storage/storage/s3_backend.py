@@ -480,7 +480,10 @@ class S3Backend(ProcessLocal, StorageBackend):
         the small objects that are nearly every read). ``parsed``: ``uri`` already parsed."""
         p = self._parse(uri, parsed=parsed)
         limit = self.settings.multipart_threshold
-        http = self.http
+        # This process's signed-HTTP path once built (the property's checks, ~5 µs of
+        # ``settings.use_fast_path`` URL parsing, ran when it was built); the property otherwise.
+        self._check_process()
+        http = self._http or self.http
         if http is not None:
             result = self._run(uri, "get", lambda: http.get_object_below(p.bucket, p.key, limit), plain=True)
         else:

@@ -1,5 +1,10 @@
 """storage/http1.py against a scripted HTTP/1.1 server on loopback (real sockets, real fork).
 
+The last section pins the GET fast path's shortcuts: kernel timeouts on blocking plain sockets
+(mid-body stalls included), bodies that arrive in pieces or with the head, keep-alive after a body
+read with MSG_WAITALL, the per-connection read buffer never shared across fork, and the
+unquoted-key shortcut equal to ``quote``.
+
 Each test's server runs a script per accepted connection: read a request, write raw bytes, so
 the odd answers a store or a proxy may give (chunked bodies, 100 Continue, truncation, an idle
 connection closed by the server, HTTP/1.0) are reproduced exactly.
@@ -11,6 +16,7 @@ import socket
 import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
+from urllib.parse import quote
 
 import pytest
 from botocore.credentials import Credentials
@@ -353,3 +359,86 @@ def test_ranged_get_answered_with_the_whole_object_is_unexpected(server_factory)
     with pytest.raises(UnexpectedResponse):
         http.get_range_into("b", "k", 2, memoryview(bytearray(4)))
     assert http.get_object_below("b", "k", 5) == (10, "e")  # over the limit: size and ETag, body unread
+
+
+# -- the GET fast path: kernel timeouts, first read into the connection's buffer, MSG_WAITALL ----------
+_HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n"
+_BODY = (bytes(range(256)) * 1172)[:300_000]  # 300,000 bytes: more than the first read's 128 KiB
+
+
+def test_plain_socket_is_blocking_with_kernel_timeouts(server_factory) -> None:
+    server = keep_alive_server(server_factory, lambda line, h, body: ok(b"x"))
+    pool = server.pool(read_timeout=1.5)
+    assert pool.request("GET", "/", {"Host": "h"}).read() == b"x"
+    sock = pool._idle[-1].sock
+    assert sock.gettimeout() is None  # no poll() before each send/recv
+    seconds, micros = divmod(1_500_000, 1_000_000)
+    timeval = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)
+    assert int.from_bytes(timeval[:8], "little") == seconds and int.from_bytes(timeval[8:], "little") == micros
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, 16) == timeval
+
+
+@pytest.mark.parametrize("split", [0, 10, len(_HEAD), len(_HEAD) + 5, len(_HEAD) + 200_000])
+def test_body_arriving_in_pieces_is_read_whole_and_the_connection_reused(server_factory, split: int) -> None:
+    """Head and body cut anywhere (inside the head, at its end, past the first read's size),
+    with a pause between the two writes: the whole body, then the same connection again."""
+    def script(conn: Conn, n: int) -> None:
+        while conn.request() is not None:
+            answer = _HEAD + _BODY
+            conn.send(answer[:split])
+            time.sleep(0.05)
+            conn.send(answer[split:])
+    server = server_factory(script)
+    pool = server.pool()
+    for _ in range(3):
+        assert pool.request("GET", "/b/k", {"Host": "h"}).read() == _BODY
+    view = memoryview(bytearray(len(_BODY)))
+    pool.request("GET", "/b/k", {"Host": "h"}).read_into(view)
+    assert view.tobytes() == _BODY and server.connections == 1
+
+
+def test_body_stalling_past_the_read_timeout_is_a_read_timeout(server_factory) -> None:
+    """The kernel timeout fires inside a MSG_WAITALL read that already got part of the body."""
+    def script(conn: Conn, n: int) -> None:
+        conn.request()
+        conn.send(_HEAD + _BODY[:200_000])
+        time.sleep(1.5)
+    server = server_factory(script)
+    started = time.monotonic()
+    with pytest.raises(ReadTimeout) as info:
+        server.pool(read_timeout=0.3).request("GET", "/b/k", {"Host": "h"}).read()
+    assert retry_reason(info.value) == "read-timeout" and time.monotonic() - started < 1.4
+
+
+def test_body_cut_short_after_the_first_read_is_truncated(server_factory) -> None:
+    def script(conn: Conn, n: int) -> None:
+        conn.request()
+        conn.send(_HEAD + _BODY[:200_000])  # then close
+    server = server_factory(script)
+    with pytest.raises(TruncatedBody, match="200000 of 300000"):
+        server.pool().request("GET", "/b/k", {"Host": "h"}).read()
+
+
+def test_forked_child_gets_its_own_connections_and_buffers(server_factory) -> None:
+    server = keep_alive_server(server_factory, lambda line, h, body: ok(_BODY))
+    pool = server.pool()
+    assert pool.request("GET", "/parent", {"Host": "h"}).read() == _BODY
+    parent = pool._idle[-1]
+
+    def child() -> int:
+        if pool._idle:
+            return 1
+        if pool.request("GET", "/child", {"Host": "h"}).read() != _BODY:
+            return 2
+        mine = pool._idle[-1]
+        return 0 if mine is not parent and mine.buf is not parent.buf else 3
+    assert in_forked_child(child) == 0
+    assert pool.request("GET", "/parent", {"Host": "h"}).read() == _BODY and pool._idle[-1] is parent
+
+
+@pytest.mark.parametrize("key", ["a/b.c-d_e~f/0123456789", "", "x", "a b", "a+b", "%41", "ü/日本/🙂", "a/./b", "a?b#c",
+                                 "a;b=c&d", "a\\b", "a:b@c", "~/~", "*'()!$,"])
+def test_unquoted_key_shortcut_matches_quote(key: str) -> None:
+    http = SignedHTTP(S3Settings(endpoint_url="http://127.0.0.1:1", access_key="AK", secret_key="SK"),
+                      lambda: Credentials("AK", "SK"))
+    assert http._path("my.bucket", key) == "/my.bucket/" + quote(key, safe="/~")

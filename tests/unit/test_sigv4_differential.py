@@ -115,3 +115,23 @@ def test_signing_key_follows_the_secret_and_the_day() -> None:
     fresh = auth(S3Signer("us-east-1", https=False), "two", day1 + 1)
     assert len({first, rotated, next_day}) == 3 and next_day == fresh
     assert "/20261201/us-east-1/s3/aws4_request" in next_day
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_whole_object_get_shortcut_matches_botocore(scheme: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GET without headers (the hot request) builds its canonical headers without a sort: every
+    combination of token, host form, region, payload rule and time must still match botocore."""
+    for host in ("127.0.0.1:7480", "rgw.example", "[::1]:9000"):
+        for region in ("us-east-1", "eu-west-3"):
+            signer = S3Signer(region, https=scheme == "https")
+            for token in (None, "", "FQoGZXIvYXdzE" + "x" * 200):
+                for sign_payload in (None, False, True):
+                    for when in _TIMES:
+                        credentials = Credentials("AKIAEXAMPLE", "s3cr3t/+key", token)
+                        path = "/bkt/a/./b%20c/~d"
+                        ours = signer.sign("GET", path, {}, None, host=host, access_key=credentials.access_key,
+                                           secret_key=credentials.secret_key, token=token, sign_payload=sign_payload,
+                                           now=when.replace(tzinfo=datetime.timezone.utc).timestamp())
+                        theirs = botocore_sign("GET", f"{scheme}://{host}{path}", host, {}, None, credentials,
+                                               region, when, sign_payload, monkeypatch)
+                        assert ours == theirs, (host, region, token, sign_payload, when)
