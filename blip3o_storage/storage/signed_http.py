@@ -164,12 +164,18 @@ class SignedHTTP:
         The request target goes on the wire exactly as signed (``.``/``..`` segments
         kept, so ``a/./b`` reaches the object boto3 would).
         """
+        return self._exchange("GetObject" if method == "GET" else "PutObject", method, self._path(bucket, key),
+                              headers, body)
+
+    def _exchange(self, operation: str, method: str, path: str, headers: Dict[str, str], body: Optional[bytes],
+                  query: str = "") -> Response:
+        """Count ``operation`` (listeners, the operation's request count), sign, send ``path[?query]``."""
         if self.listeners:
             for listener in self.listeners:
-                listener("GetObject" if method == "GET" else "PutObject")
+                listener(operation)
         note_request()
-        path = self._path(bucket, key)
-        return self._pool.request(method, path, self._sign(method, path, headers, body), body)
+        signed = self._sign(method, path, headers, body, query)
+        return self._pool.request(method, f"{path}?{query}" if query else path, signed, body)
 
     def _sign(self, method: str, path: str, headers: Dict[str, str], body: Optional[bytes],
               query: str = "") -> Dict[str, str]:
@@ -266,14 +272,8 @@ class SignedHTTP:
     # -- bucket-level requests: LIST and HEAD bucket ------------------------------------------
     def _send_to_bucket(self, method: str, bucket: str, params: Mapping[str, str], operation: str) -> Response:
         """Sign and send ``method /bucket?params`` (no body) on one of this process's connections."""
-        if self.listeners:
-            for listener in self.listeners:
-                listener(operation)
-        note_request()
-        path = f"{self._base_path}/{quote(bucket, safe='')}"
-        query = canonical_query(params)
-        headers = self._sign(method, path, {}, None, query)
-        return self._pool.request(method, f"{path}?{query}" if query else path, headers, None)
+        return self._exchange(operation, method, f"{self._base_path}/{quote(bucket, safe='')}", {}, None,
+                              canonical_query(params))
 
     def list_objects_v2(self, bucket: str, prefix: str = "", *, delimiter: Optional[str] = None,
                         token: Optional[str] = None, max_keys: Optional[int] = None) -> ListPage:
