@@ -130,8 +130,8 @@ class UploadItem:
 
     @property
     def content_type(self) -> str:
-        if self._content_type is None:
-            self._content_type = content_type_for(self.fspath)
+        if self._content_type is None:  # from the key, as the plan always named it (not a resolved link's target)
+            self._content_type = content_type_for(self.key)
         return self._content_type
 
     def _fields(self) -> Tuple[str, str, int, str, Optional[StatFields]]:

@@ -127,3 +127,15 @@ def test_key_order_walk_matches_list_order(tmp_path: Path) -> None:
     # the default order (files of a folder, then its folders) is unchanged for make_data_json
     assert [rel for rel, _ in iter_tree(TreeWalk(root=root))] == ["d!", "d.txt", "d0", "e", "é", "d/x", "d/y!",
                                                                   "d/y/z"]
+
+
+def test_content_type_follows_the_key_not_a_resolved_path(tmp_path) -> None:
+    """A planned file whose path resolves elsewhere (``--only-referenced`` through a link) is sent
+    with its key's content type, as before UploadItem made it lazily."""
+    from blip3o_storage.transfer.upload import ItemTable
+
+    table = ItemTable(tmp_path, "p/")
+    table.append_file("raw/a.jpg", 3, path=tmp_path / "store" / "blob.bin")
+    item = table[0]
+    assert item.local_path == tmp_path / "store" / "blob.bin"
+    assert item.content_type == "image/jpeg"
