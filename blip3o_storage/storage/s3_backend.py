@@ -578,18 +578,9 @@ class S3Backend(ProcessLocal, StorageBackend):
     def isdir(self, uri: str) -> bool:
         p = self._parse(uri, need_key=False)
         prefix = p.key if (not p.key or p.key.endswith("/")) else p.key + "/"
-
-        http = self.http
-        if http is not None:
-            def op() -> bool:
-                page = http.list_objects_v2(p.bucket, prefix, max_keys=1)
-                return bool(page.objects or page.prefixes)
-        else:
-            def op() -> bool:
-                r = self.client.list_objects_v2(Bucket=p.bucket, Prefix=prefix, MaxKeys=1)
-                return r.get("KeyCount", 0) > 0
         try:
-            return self._run(uri, "isdir", op, plain=http is not None)
+            page = self._list_page(uri, p.bucket, prefix, None, None, max_keys=1, action="isdir")
+            return bool(page.objects or page.prefixes)
         except ObjectNotFoundError:
             return False
 
@@ -647,19 +638,21 @@ class S3Backend(ProcessLocal, StorageBackend):
                 raise StorageError(f"{uri}: list page truncated without a continuation token")
 
     def _list_page(self, uri: str, bucket: str, prefix: str, delimiter: Optional[str],
-                   token: Optional[str]) -> ListPage:
+                   token: Optional[str], *, max_keys: Optional[int] = None, action: str = "list") -> ListPage:
         """One ListObjectsV2 page: over the signed-HTTP path when it is on (no boto3 client),
         else through boto3; the same :class:`ListPage` either way."""
         http = self.http
         if http is not None:
-            return self._run(uri, "list", lambda: http.list_objects_v2(bucket, prefix, delimiter=delimiter,
-                                                                        token=token), plain=True)
+            return self._run(uri, action, lambda: http.list_objects_v2(bucket, prefix, delimiter=delimiter,
+                                                                        token=token, max_keys=max_keys), plain=True)
         kwargs: Dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
         if delimiter:
             kwargs["Delimiter"] = delimiter
         if token:
             kwargs["ContinuationToken"] = token
-        page = self._request(uri, "list", "list_objects_v2", **kwargs)
+        if max_keys is not None:
+            kwargs["MaxKeys"] = max_keys
+        page = self._request(uri, action, "list_objects_v2", **kwargs)
         return ListPage(
             objects=[(o["Key"], int(o["Size"]), o.get("ETag", "").strip('"') or None,
                       o["LastModified"].timestamp() if o.get("LastModified") else None)
