@@ -545,7 +545,15 @@ class S3Backend(ProcessLocal, StorageBackend):
         self._run(uri, f"ranged get {start}+{len(view)}", op, plain=True)
 
     def stat(self, uri: str) -> ObjectInfo:
+        """Size, ETag and mtime of the object (one HEAD: over the signed-HTTP path when it is on,
+        so a DataLoader worker checking its shard tars never imports boto3)."""
         p = self._parse(uri)
+        http = self.http
+        if http is not None:
+            def head() -> ObjectInfo:
+                size, etag, mtime = http.head_object(p.bucket, p.key)
+                return ObjectInfo(key=p.key, size=size, etag=etag, mtime=mtime)
+            return self._run(uri, "stat", head, plain=True)
 
         def op() -> ObjectInfo:
             r = self.client.head_object(Bucket=p.bucket, Key=p.key)

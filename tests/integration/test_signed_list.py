@@ -1,5 +1,6 @@
-"""LIST and HEAD-bucket over the signed-HTTP path (issue #16: a no-op ``tools/upload.py`` run spent
-~0.4 s of 1.3 s importing boto3 and building a client for them), against boto3 on the same server:
+"""LIST, HEAD-bucket and HEAD-object over the signed-HTTP path (issue #16: a no-op ``tools/upload.py`` run
+spent ~0.4 s of 1.3 s importing boto3 and building a client for them; every shard-mode DataLoader worker
+~0.5 s for its tars' HEADs), against boto3 on the same server:
 moto, and with ``--ceph`` the real RGW. Keys with spaces, ``+``, ``%``, unicode and control
 characters must list as stored, page by page as boto3 pages them; and the command-line upload
 must then run without importing boto3, botocore's session, urllib3 or s3transfer at all."""
@@ -13,7 +14,7 @@ from typing import Any, List, Tuple
 
 import pytest
 
-from blip3o_storage import AccessDeniedError, Storage
+from blip3o_storage import AccessDeniedError, ObjectNotFoundError, Storage
 from blip3o_storage.testing.data import make_dataset
 from blip3o_storage.testing.endpoints import S3Endpoint
 from blip3o_storage.testing.paths import REPO_ROOT
@@ -96,6 +97,30 @@ def test_bucket_checks_over_signed_http(s3_bucket: tuple, s3_endpoint: S3Endpoin
     with pytest.raises(AccessDeniedError) as denied:
         list(wrong.list(f"{bucket}/top"))
     assert "not-the-secret" not in str(denied.value)
+
+
+def test_stat_matches_boto3(s3_bucket: tuple, s3_endpoint: S3Endpoint) -> None:
+    """Size, ETag and mtime as boto3's HeadObject gives them, odd keys and empty objects included;
+    a missing object or bucket is the same error either way; no boto3 client is built."""
+    storage, bucket = s3_bucket
+    keys = [k for k in ODD_KEYS if not k.endswith("/")]
+    for n, key in enumerate(keys):
+        storage.put(f"{bucket}/st/{key}", b"y" * (n * 1000))
+    fast, boto = _both(s3_endpoint)
+    for key in keys:
+        uri = f"{bucket}/st/{key}"
+        ours, theirs = fast.stat(uri), boto.stat(uri)
+        assert (ours.key, ours.size, ours.etag, ours.mtime) == (theirs.key, theirs.size, theirs.etag, theirs.mtime)
+        assert ours.size == keys.index(key) * 1000 and ours.etag and ours.mtime
+    for missing in (f"{bucket}/st/nope", "s3://no-such-bucket-blip3o-x2/k"):
+        errors = []
+        for store in (fast, boto):
+            with pytest.raises(ObjectNotFoundError) as caught:
+                store.stat(missing)
+            errors.append(type(caught.value))
+        assert errors[0] is errors[1], (missing, errors)
+    assert fast.exists(f"{bucket}/st/plus+plus") and not fast.exists(f"{bucket}/st/nope")
+    assert fast.backend_for(f"{bucket}/x")._client is None  # type: ignore[attr-defined]
 
 
 _PROBE = """
