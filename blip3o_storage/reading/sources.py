@@ -103,6 +103,15 @@ class SampleSource(abc.ABC):
 
     def locality_key(self, folder: str, relpath: str) -> LocalityKey | None:
         """A sortable key of where ``relpath``'s bytes live; None without locality."""
+        return self.locality_of(self.locate(folder, relpath)) if self.has_locality() else None
+
+    def locality_of(self, ref: Ref) -> LocalityKey | None:
+        """:meth:`locality_key` of a located ref; None without locality."""
+        return None
+
+    def expect(self, ref: Ref) -> None:
+        """``ref`` will be read (a source that fetches more than asked for can then fetch less);
+        called for every sample before the reads start. Nothing by default."""
         return None
 
     def resident(self, ref: Ref) -> bool:
@@ -165,12 +174,16 @@ class ShardSource(SampleSource, ProcessLocal):
     def has_locality(self) -> bool:
         return True
 
-    def locality_key(self, folder: str, relpath: str) -> LocalityKey:
-        """Where ``relpath``'s bytes live, as a sortable key: (tar, aligned block), the
+    def locality_of(self, ref: Ref) -> LocalityKey:
+        """Where ``ref``'s bytes live, as a sortable key: (tar, aligned block), the
         block being the one block reads fetch it with (default size without them)."""
-        ref = self.locate(folder, relpath)
         size = self.blocks.block_bytes if self.blocks is not None else DEFAULT_BLOCK_BYTES
         return (ref.uri, (ref.start or 0) // size)
+
+    def expect(self, ref: Ref) -> None:
+        """With block reads, blocks are then fetched only across the expected members."""
+        if self.blocks is not None:
+            self.blocks.expect(ref.uri, ref.start or 0, ref.length or 0)
 
     def locate(self, folder: str, relpath: str) -> Ref:
         tar, offset, size = self.index.resolve(relpath)
@@ -272,6 +285,12 @@ class CachedSource(SampleSource):
 
     def locality_key(self, folder: str, relpath: str) -> LocalityKey | None:
         return self.inner.locality_key(folder, relpath)
+
+    def locality_of(self, ref: Ref) -> LocalityKey | None:
+        return self.inner.locality_of(ref)
+
+    def expect(self, ref: Ref) -> None:
+        self.inner.expect(ref)
 
     def resident(self, ref: Ref) -> bool:
         return self.inner.resident(ref)

@@ -383,18 +383,27 @@ class CaptionDataset(Dataset, ProcessLocal):
         """Sample indices grouped by where their bytes live, groups in storage order:
         in shard mode one group per (tar, aligned block), i.e. per block-read GET.
         None when reads have no locality to speak of (one object per file, local
-        files). :class:`~blip3o_storage.training.locality_sampler.LocalitySampler` uses it."""
+        files). :class:`~blip3o_storage.training.locality_sampler.LocalitySampler` uses it.
+
+        Every member located on the way is also handed to the source as expected
+        (:meth:`SampleSource.expect`): block reads then fetch only the bytes of a
+        block that this data.json uses (a third of them for a data.json keeping a
+        third of each tar), at no extra lookup."""
         source, folder = self.sample_source, self.ceph_folder
         if folder is None or not source.has_locality():
             return None
         groups: dict[tuple[int, LocalityKey | int | None], list[int]] = {}
         for i, sample in enumerate(self.data_list):
-            relpaths = self._remote_relpaths(sample) or [sample["image"]]
+            relpaths = self._remote_relpaths(sample)
             key: tuple[int, LocalityKey | int | None]
             try:
-                key = (0, source.locality_key(folder, relpaths[0]))
+                refs = [source.locate(folder, rel) for rel in relpaths or [sample["image"]]]
+                key = (0, source.locality_of(refs[0]))
             except StorageError:
                 key = (1, i)  # not in the index: alone (its read reports the error)
+            else:
+                for ref in refs if relpaths else ():
+                    source.expect(ref)
             groups.setdefault(key, []).append(i)
         return [groups[key] for key in sorted(groups)]
 

@@ -48,6 +48,27 @@ def test_block_reader_serves_any_range_and_fetches_each_block_once(blob) -> None
     assert stats["reads"] == len(range(0, len(data), 700))
 
 
+def test_expected_ranges_trim_each_block_and_other_reads_still_work(blob) -> None:
+    """With expectations, a block is fetched from the first to the last expected byte in it; a
+    member crossing a boundary reads the tail of one block and the head of the next; a read
+    nobody announced is one ranged GET of just its bytes (counted), never wrong bytes."""
+    storage, uri, data = blob
+    reader = BlockReader(BLOCK, max_blocks=8)
+    expected = [(100, 50), (900, 100), (4000, 200), (9000, 10), (12_400, 8000)]  # 4000+200 and 12_400+8000 cross
+    for start, length in expected:
+        reader.expect(uri, start, length)
+    for start, length in expected + [(950, 20)]:
+        assert reader.read(storage, uri, start, length, len(data)) == data[start:start + length]
+    stats = reader.stats()
+    # blocks 0 [100, 4096), 1 [4096, 4200), 2 [9000, 9010), 3 [12_400, 16_384), 4 [16_384, 20_400)
+    assert stats["fetches"] == 5 and stats["unplanned"] == 0
+    assert stats["fetched_bytes"] == (4096 - 100) + 104 + 10 + (16_384 - 12_400) + (20_400 - 16_384)
+    assert reader.holds(uri, 120, 10) and not reader.holds(uri, 20, 10)  # block 0 is held from byte 100 on
+    assert reader.read(storage, uri, 20, 10, len(data)) == data[20:30]  # before the span: its own GET
+    assert reader.read(storage, uri, 30_000, 100, len(data)) == data[30_000:30_100]  # a block nobody expected
+    assert reader.stats()["unplanned"] == 2 and reader.stats()["fetches"] == 7
+
+
 def test_block_reader_evicts_least_recently_used(blob) -> None:
     storage, uri, data = blob
     reader = BlockReader(BLOCK, max_blocks=2)
@@ -245,6 +266,32 @@ def test_block_mode_gives_the_same_samples_with_two_workers_and_few_gets(uploade
     # the tars' size checks (a HEAD each) went over the signed-HTTP path: building a boto3 client
     # cost each worker ~0.5 s of CPU, 0.9 ms a sample of a 1,100-sample pass (issue #16)
     assert not any(c["boto3_client"] for c in last.values())
+
+
+def test_block_mode_fetches_only_what_the_data_json_uses(uploaded, tmp_path) -> None:
+    """A data.json that keeps every other sample: each tar's one block is fetched from its first
+    to its last used member (not whole), every sample still equal to the per-object read."""
+    import json
+
+    tree, bucket, endpoint = uploaded
+    subset = tmp_path / "subset.json"
+    subset.write_text(json.dumps(tree.entries[::2]))
+    reference = ds_for(tree, bucket, endpoint, "object", data_path=str(subset))
+    ds = ds_for(tree, bucket, endpoint, "shard", data_path=str(subset), shard_block_bytes=64 * BLOCK, prefetch=0)
+    sampler = LocalitySampler(ds, batch_size=2, num_workers=0, seed=0)  # asks for locality_groups()
+    for i in sampler:
+        assert_same(ds[i], reference[i])
+    source = ds.sample_source
+    refs = [source.locate(ds.ceph_folder, rel) for e in ds.data_list for rel in (e["image"], e["annotation"])]
+    spans: Dict[str, List[int]] = {}
+    for ref in refs:
+        lo, hi = spans.setdefault(ref.uri, [ref.start, ref.start + ref.length])
+        spans[ref.uri] = [min(lo, ref.start), max(hi, ref.start + ref.length)]
+    stats = ds.stats()["blocks"]
+    assert stats["unplanned"] == 0 and stats["fetches"] == len(spans) == 2
+    assert stats["fetched_bytes"] == sum(hi - lo for lo, hi in spans.values())
+    tar_bytes = sum(p.stat().st_size for p in tree.tars.glob("*.tar"))
+    assert stats["fetched_bytes"] < tar_bytes * 0.9, (stats, tar_bytes)
 
 
 def test_block_mode_settings_are_checked(uploaded) -> None:

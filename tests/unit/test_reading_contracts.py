@@ -124,7 +124,8 @@ def test_forked_child_reads_blocks_while_a_parent_thread_holds_the_lock(shard) -
 
     def child() -> int:
         # fresh lock, no blocks, zero counters, tar size checked again; then it reads
-        if source.resident(ref) or reader.stats() != {"reads": 0, "fetches": 0, "fetched_bytes": 0, "waits": 0}:
+        zero = {"reads": 0, "fetches": 0, "fetched_bytes": 0, "waits": 0, "unplanned": 0}
+        if source.resident(ref) or reader.stats() != zero:
             return 1
         if source._checked:
             return 2
@@ -145,7 +146,7 @@ def test_pickled_copies_start_empty_with_their_settings(shard, tmp_path: Path) -
     ref = source.locate(folder, "s/a.txt")
     source.read(storage, ref)
     copy = pickle.loads(pickle.dumps(source))
-    assert copy.stats() == {"blocks": {"reads": 0, "fetches": 0, "fetched_bytes": 0, "waits": 0},
+    assert copy.stats() == {"blocks": {"reads": 0, "fetches": 0, "fetched_bytes": 0, "waits": 0, "unplanned": 0},
                             "cache": {"hits": 0, "misses": 0, "evictions": 0, "puts": 0, "corrupt": 0,
                                       "refused": 0}}
     assert isinstance(copy.inner, ShardSource) and copy.inner.blocks is not None
