@@ -233,6 +233,7 @@ class _Counting(BLIP3oDataset):
     def __getitem__(self, idx: int):
         sample = super().__getitem__(idx)
         stats = self.stats()
+        assert self.ceph_folder is not None
         backend = self.storage.s3_backend(self.ceph_folder)
         sample["blocks"] = dict(stats["blocks"], pid=os.getpid(), prefetch_misses=stats["prefetch"]["misses"],
                                 boto3_client=backend._client is not None)
