@@ -46,6 +46,7 @@ matplotlib.use("Agg")  # before pyplot: files only, no display
 import matplotlib.pyplot as plt
 
 LABEL_CHARS = 60  # longer labels are cut with an ellipsis (run.py's measurements run to ~80)
+LABEL_TAIL = 22  # ... in the middle: rows that differ only at the end ("shared cores" / "--split-cpus") stay apart
 DPI = 80
 
 
@@ -65,7 +66,9 @@ def _first(row: Mapping[str, Any], *keys: str) -> Any:
 
 def _label(row: Mapping[str, Any]) -> str:
     text = str(_first(row, "name", "measurement", "id") or "?")
-    return text if len(text) <= LABEL_CHARS else text[:LABEL_CHARS - 1] + "…"
+    if len(text) <= LABEL_CHARS:
+        return text
+    return text[:LABEL_CHARS - LABEL_TAIL - 1] + "…" + text[-LABEL_TAIL:]
 
 
 def _number(value: Any) -> float | None:

@@ -88,3 +88,13 @@ def test_peer_rows_become_one_bar_per_tool_and_a_ratio_against_the_fastest(tmp_p
     assert written == {tmp_path / "throughput_files_s.png": 3, tmp_path / "ratio_vs_the_fastest_peer.png": 1}
     ratio = plots.ratio_groups(plain)["the fastest peer"]
     assert (ratio[0].value, ratio[0].lo, ratio[0].hi) == (0.9, 0.8, 0.97)
+
+
+def test_long_labels_that_differ_only_at_the_end_stay_apart() -> None:
+    """peers.py's shared / --split-cpus DataLoader rows share their first ~95 characters: a label cut
+    at the end drew both as the same text."""
+    head = "DataLoader shard mode (block reads) vs local disk (2 workers, batch 4, JPEG decode, 1,100 samples, "
+    shared, split = plots._label({"name": head + "shared cores"}), plots._label({"name": head + "--split-cpus"})
+    assert shared != split and shared.endswith("shared cores") and split.endswith("--split-cpus")
+    assert len(shared) == plots.LABEL_CHARS and shared.startswith("DataLoader shard mode") and "…" in shared
+    assert plots._label({"name": "upload 10 files"}) == "upload 10 files"
