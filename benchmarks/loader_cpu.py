@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,20 +30,11 @@ from typing import Any
 
 from cpu_split import ceph_pids, split_cpus  # benchmarks/, next to this script
 from peer_loaders import LOCAL, PROJECT, SHARDS, LoaderSetup, build_dataset, loader_pass, subset_entries
+from peer_tools import children_cpu_seconds, self_cpu_seconds
 from proc_cpu import proc_cpu_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = {"local": LOCAL, "shard": SHARDS, "object": PROJECT}
-
-
-def own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def upload(src: Path, bucket: str, conf: Path) -> None:
@@ -63,10 +53,10 @@ def server_cpu(pids: list[int]) -> float:
 
 def pass_row(mode: str, setup: LoaderSetup, seed: int, pids: list[int]) -> dict[str, float]:
     dataset = build_dataset(MODES[mode], setup)
-    own0, kids0, server0, t0 = own_cpu(), children_cpu(), server_cpu(pids), time.monotonic()
+    own0, kids0, server0, t0 = self_cpu_seconds(), children_cpu_seconds(), server_cpu(pids), time.monotonic()
     rate = loader_pass(dataset, setup, seed=seed, locality=mode == "shard")
-    own = own_cpu() - own0
-    return {"rate": rate, "wall": time.monotonic() - t0, "client": own + children_cpu() - kids0, "main": own,
+    own = self_cpu_seconds() - own0
+    return {"rate": rate, "wall": time.monotonic() - t0, "client": own + children_cpu_seconds() - kids0, "main": own,
             "server": server_cpu(pids) - server0}
 
 

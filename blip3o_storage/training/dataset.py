@@ -386,9 +386,8 @@ class CaptionDataset(Dataset, ProcessLocal):
         files). :class:`~blip3o_storage.training.locality_sampler.LocalitySampler` uses it.
 
         Every member located on the way is also handed to the source as expected
-        (:meth:`SampleSource.expect`): block reads then fetch only the bytes of a
-        block that this data.json uses (a third of them for a data.json keeping a
-        third of each tar), at no extra lookup."""
+        (:meth:`SampleSource.expect`): block reads then fetch a block only from the
+        first to the last of this data.json's members in it, at no extra lookup."""
         source, folder = self.sample_source, self.ceph_folder
         if folder is None or not source.has_locality():
             return None
