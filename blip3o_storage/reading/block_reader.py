@@ -96,7 +96,7 @@ class BlockReader(ProcessLocal):
     def _span(self, uri: str, block: int, object_size: int) -> tuple[int, int]:
         """The bytes block ``block`` of ``uri`` is fetched as: the expected ones, else all of it."""
         span = self._spans.get((uri, block))
-        if span is None or not self._spans:
+        if span is None:
             return block * self.block_bytes, min((block + 1) * self.block_bytes, object_size)
         return span[0], min(span[1], object_size)
 
@@ -143,11 +143,7 @@ class BlockReader(ProcessLocal):
         first, last = start // size, (start + length - 1) // size
         if not self._planned(uri, start, start + length, first, last):
             self._counters.add(unplanned=1, fetches=1, fetched_bytes=length)
-            data = storage.get_range(uri, start, length)
-            if len(data) != length:
-                raise CorruptDataError(f"{uri}: ranged read {start}+{length} returned {len(data)} bytes; "
-                                       "the object is not the one indexed")
-            return data
+            return _get_exact(storage, uri, start, length, f"{start}+{length}")
         parts = [self._block(storage, uri, b, object_size) for b in range(first, last + 1)]
         offset = start - self._span(uri, first, object_size)[0]
         if len(parts) == 1:
@@ -171,12 +167,8 @@ class BlockReader(ProcessLocal):
                 self._counters.add(waits=1)
             return future.result()
         start, end = self._span(uri, block, object_size)
-        want = end - start
         try:
-            data = storage.get_range(uri, start, want)
-            if len(data) != want:
-                raise CorruptDataError(f"{uri}: ranged read of block {block} returned {len(data)} bytes, "
-                                       f"expected {want}; the object is not the one indexed")
+            data = _get_exact(storage, uri, start, end - start, f"of block {block}")
         except BaseException as exc:
             future.set_exception(exc)
             with self._lock:  # the next read tries again rather than inheriting this failure
@@ -194,3 +186,12 @@ class BlockReader(ProcessLocal):
                            "asked for do not stay within blocks (use LocalitySampler, or drop shard_block_bytes "
                            "for a random sampler)", os.getpid(), fetches, self.block_bytes, reads)
         return data
+
+
+def _get_exact(storage: Storage, uri: str, start: int, length: int, what: str) -> bytes:
+    """``length`` bytes of ``uri`` from ``start``; fewer means the tar is not the one indexed."""
+    data = storage.get_range(uri, start, length)
+    if len(data) != length:
+        raise CorruptDataError(f"{uri}: ranged read {what} returned {len(data)} bytes, expected {length}; "
+                               "the object is not the one indexed")
+    return data

@@ -283,9 +283,6 @@ class CachedSource(SampleSource):
     def has_locality(self) -> bool:
         return self.inner.has_locality()
 
-    def locality_key(self, folder: str, relpath: str) -> LocalityKey | None:
-        return self.inner.locality_key(folder, relpath)
-
     def locality_of(self, ref: Ref) -> LocalityKey | None:
         return self.inner.locality_of(ref)
 
